@@ -1,0 +1,23 @@
+# Two entry points: `make demo` (set up, then run the demo on the simulated cohort) and `make test`.
+# torch==2.13.0 is installed before the package so pip never pulls a multi-GB CUDA build on a CPU box.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/comical demo --out demo-output --force
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-output

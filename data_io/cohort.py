@@ -1,0 +1,73 @@
+"""A cohort directory (DESIGN.md): every file checked, samples aligned by eid across genotypes and tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from comical.data_io.catalog import read_gwas_catalog
+from comical.data_io.errors import InputError
+from comical.data_io.plink import Genotypes, open_genotypes
+from comical.data_io.tables import read_table
+from comical.data_io.ukb_fields import COVARIATES, DISEASES, EPRS_DISEASES, IDPS
+
+COHORT_FILES = ["genotypes.bed", "genotypes.bim", "genotypes.fam", "idps.csv", "covariates.csv", "diagnoses.csv",
+                "eprs.csv", "gwas_catalog.tsv"]
+
+
+@dataclasses.dataclass
+class Cohort:
+    """The checked cohort. `sample_index[i]` is the bed row of analysis sample i; every table's row i is
+    that same sample (`eid` column equal to `genotypes.samples["iid"][sample_index[i]]`)."""
+
+    path: Path
+    genotypes: Genotypes
+    sample_index: np.ndarray
+    idps: pl.DataFrame
+    covariates: pl.DataFrame
+    diagnoses: pl.DataFrame
+    eprs: pl.DataFrame
+    catalog: pl.DataFrame
+
+    @property
+    def eids(self) -> pl.Series:
+        return self.idps["eid"]
+
+
+def load_cohort(path: str | Path) -> Cohort:
+    """Check every file of the cohort directory and align its samples; fail with one clear InputError.
+
+    Analysis samples are those present in the genotypes and in every table, in .fam order; it is an
+    error if there are none.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"--cohort {path}: not a folder")
+    absent = [f for f in COHORT_FILES if not (path / f).is_file()]
+    if absent:
+        raise InputError(f"--cohort {path}: missing file(s) {absent}; a cohort folder holds {COHORT_FILES}")
+    genotypes = open_genotypes(path / "genotypes")
+    tables = {
+        "idps": read_table(path / "idps.csv", columns=IDPS),
+        "covariates": read_table(path / "covariates.csv", columns=COVARIATES),
+        "diagnoses": read_table(path / "diagnoses.csv", columns=DISEASES, binary=True),
+        "eprs": read_table(path / "eprs.csv", columns=EPRS_DISEASES),
+    }
+    catalog = read_gwas_catalog(path / "gwas_catalog.tsv")
+    iid = genotypes.samples["iid"]
+    shared = np.ones(iid.len(), bool)
+    for name, table in tables.items():
+        in_table = iid.is_in(table["eid"].implode()).to_numpy()
+        if not in_table.any():
+            raise InputError(f"--cohort {path}: no samples shared between genotypes.fam and {name}.csv "
+                             f"(fam IIDs like {iid[0]!r}, {name}.csv eids like {table['eid'][0]!r})")
+        shared &= in_table
+    if not shared.any():
+        raise InputError(f"--cohort {path}: no sample is in genotypes.fam and in all of {list(tables)}")
+    sample_index = np.flatnonzero(shared)
+    order = pl.DataFrame({"eid": iid.gather(sample_index)})
+    aligned = {name: order.join(t, on="eid", how="left", maintain_order="left") for name, t in tables.items()}
+    return Cohort(path, genotypes, sample_index, catalog=catalog, **aligned)

@@ -1,0 +1,42 @@
+"""Typed configs: dataclasses that reject unknown keys and round-trip to YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from comical.data_io.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of every config: `from_dict` rejects unknown keys, `to_yaml`/`from_yaml` round-trip."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Self:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise InputError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        return cls.from_dict(values, source=str(path))
