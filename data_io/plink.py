@@ -36,6 +36,20 @@ def _read_whitespace_table(path: Path, columns: list[str]) -> pl.DataFrame:
     return pl.DataFrame({c: fields.list.get(i) for i, c in enumerate(columns)})
 
 
+def _check_padding(bed: Path, n: int, m: int, fam: Path) -> None:
+    """A .fam a few rows short can leave the .bed size unchanged; PLINK pads each variant's last byte with
+    zero bits, so genotype bits in the padding mean the .bed holds more samples than the .fam lists."""
+    if n % 4 == 0 or m == 0:
+        return
+    per_variant = (n + 3) // 4
+    last = np.memmap(bed, dtype=np.uint8, mode="r", offset=3, shape=(m, per_variant))[:, -1]
+    padding = (0xFF << (2 * (n % 4))) & 0xFF
+    dirty = np.flatnonzero(last & padding)
+    if dirty.size > m // 10:
+        raise InputError(f"{bed}: holds genotypes beyond the {n} samples of {fam.name} (padding bits set in "
+                         f"{dirty.size} of {m} variants); the .fam belongs to another fileset")
+
+
 @dataclasses.dataclass
 class Genotypes:
     """An opened PLINK 1 fileset: sample and variant tables in memory, genotypes read on demand.
@@ -97,5 +111,6 @@ def open_genotypes(prefix: str | Path) -> Genotypes:
         raise InputError(f"{bed}: {size} bytes, but {bim.name} has {variants.height} variants and {fam.name} "
                          f"{samples.height} samples, which need {expected} bytes (truncated, or .bim/.fam from "
                          "another fileset)")
+    _check_padding(bed, samples.height, variants.height, fam)
     sex = samples["sex"].cast(pl.Int8, strict=False).fill_null(0)
     return Genotypes(prefix, samples.select("fid", "iid").with_columns(sex.alias("sex")), variants)

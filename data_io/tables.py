@@ -37,7 +37,7 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, allow_miss
         raise InputError(f"{path}: missing column(s) {absent[:5]}{' ...' if len(absent) > 5 else ''}")
     table = raw.select("eid", *wanted)
     eid = table["eid"].cast(pl.String).str.strip_chars()
-    first_line = 1 if path.suffix != ".parquet" else 0  # CSV lines count the header; Parquet rows from 0
+    first_line = 1 if path.suffix != ".parquet" else 0  # text lines count the header; Parquet rows count from 1
     where = "line" if first_line else "row"
     if (eid.is_null() | (eid == "")).any():
         row = int((eid.is_null() | (eid == "")).arg_true()[0])

@@ -43,8 +43,9 @@ class QCConfig(Config):
 
 @dataclasses.dataclass
 class QCResult:
-    samples: pl.DataFrame  # eid, missing_rate, het_f, filter ("" kept, "mind", "het")
+    samples: pl.DataFrame  # eid, missing_rate, het_f, filter ("PASS", or the filter that removed it: mind, het)
     variants: pl.DataFrame  # variant_id chrom pos allele1 allele2 missing_rate a1_freq maf hwe_p filter pruned_in
+    # (variant filter: "PASS", or the one that removed it: geno, hwe, maf)
     pcs: pl.DataFrame  # eid, PC1..PCn for kept samples
     eigenvalues: np.ndarray
     report: dict
@@ -53,10 +54,10 @@ class QCResult:
         """Write the tables plink users expect (snplist, keep file, prune.in, eigenvec) and the report."""
         self.samples.write_csv(out / "sample_qc.tsv", separator="\t")
         self.variants.write_csv(out / "variant_qc.tsv", separator="\t")
-        kept = self.variants.filter(pl.col("filter") == "")
+        kept = self.variants.filter(pl.col("filter") == "PASS")
         kept.select("variant_id").write_csv(out / "kept_variants.snplist", include_header=False)
         kept.filter(pl.col("pruned_in")).select("variant_id").write_csv(out / "pruned.prune.in", include_header=False)
-        eids = self.samples.filter(pl.col("filter") == "")["eid"]
+        eids = self.samples.filter(pl.col("filter") == "PASS")["eid"]
         pl.DataFrame({"#FID": eids, "IID": eids}).write_csv(out / "kept_samples.id", separator="\t")
         self.pcs.rename({"eid": "IID"}).insert_column(0, self.pcs["eid"].alias("#FID")).write_csv(
             out / "pcs.eigenvec", separator="\t", float_precision=6)
@@ -80,18 +81,18 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
         block = geno.read(rows, slice(start, start + _BLOCK), dtype=np.int8)
         sample_missing += (block == MISSING_INT8).sum(axis=1)
     sample_missing /= m
-    sample_filter = np.where(sample_missing > config.mind, "mind", "")
-    keep_s = rows[sample_filter == ""]
+    sample_filter = np.where(sample_missing > config.mind, "mind", "PASS").astype(object)
+    keep_s = rows[sample_filter == "PASS"]
 
     stats = [_variant_stats(geno.read(keep_s, slice(s, s + _BLOCK), dtype=np.int8))
              for s in tqdm(range(0, m, _BLOCK), desc="qc: variant stats", leave=False)]
     missing_rate, a1_freq, hwe_p = (np.concatenate(x) for x in zip(*stats))
     maf = np.minimum(a1_freq, 1 - a1_freq)
-    variant_filter = np.full(m, "", dtype=object)
+    variant_filter = np.full(m, "PASS", dtype=object)
     for name, failed in (("geno", missing_rate > config.geno), ("hwe", hwe_p < config.hwe),
                          ("maf", maf < config.maf)):
-        variant_filter[(variant_filter == "") & failed] = name
-    kept_v = np.flatnonzero(variant_filter == "")
+        variant_filter[(variant_filter == "PASS") & failed] = name
+    kept_v = np.flatnonzero(variant_filter == "PASS")
 
     kept_genotypes = geno.read(keep_s, kept_v, dtype=np.int8)
     chrom = geno.variants["chrom"].to_numpy()[kept_v]
@@ -100,10 +101,10 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
     pruned_genotypes = geno.read(keep_s, pruned, dtype=np.int8)
     het_f = np.full(n, np.nan)
     f = heterozygosity_f(pruned_genotypes)
-    het_f[sample_filter == ""] = f
+    het_f[sample_filter == "PASS"] = f
     outlier = np.abs(f - f.mean()) > config.het_sd * f.std()
-    sample_filter[np.flatnonzero(sample_filter == "")[outlier]] = "het"
-    final = sample_filter == ""
+    sample_filter[np.flatnonzero(sample_filter == "PASS")[outlier]] = "het"
+    final = sample_filter == "PASS"
     scores, eigenvalues = genotype_pcs(pruned_genotypes[~outlier], config.n_pcs, seed=config.seed)
 
     variants = geno.variants.select("variant_id", "chrom", "pos", "allele1", "allele2").with_columns(
@@ -123,15 +124,15 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
     }
     truth = cohort.path / "truth" / "samples.parquet"
     if truth.is_file():  # simulated cohort: how much of each PC the planted subpopulations explain
-        report["planted_structure"] = {"population_eta2_PC1_to_PC5": _population_eta2(pcs, pl.read_parquet(truth))}
+        report["planted_structure"] = {"population_eta2_by_pc": _population_eta2(pcs, pl.read_parquet(truth))}
     return QCResult(samples, variants, pcs, eigenvalues, report)
 
 
 def _population_eta2(pcs: pl.DataFrame, truth: pl.DataFrame) -> list[float]:
-    """Between-population share of each PC's variance (eta squared), for PC1..PC5."""
+    """Between-population share of each PC's variance (eta squared), for the first five PCs."""
     table = pcs.join(truth.select(pl.col("eid").cast(pl.String), "population"), on="eid")
     eta2 = []
-    for k in range(1, 6):
+    for k in range(1, min(5, pcs.width - 1) + 1):
         pc = table[f"PC{k}"]
         means = table.group_by("population").agg(pl.col(f"PC{k}").mean().alias("mean"), pl.len().alias("n"))
         between = float((means["n"] * (means["mean"] - pc.mean()) ** 2).sum())

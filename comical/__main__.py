@@ -1,0 +1,7 @@
+"""`python -m comical` runs the CLI."""
+
+import sys
+
+from comical.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: one simulated mini cohort per test run, and plink2 when it is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from comical.data_io.simulate import write_cohort
+
+
+@pytest.fixture(scope="session")
+def mini_cohort(tmp_path_factory) -> Path:
+    """The mini cohort (seed 0). Read-only by convention: tests that damage files use `cohort_copy`."""
+    out = tmp_path_factory.mktemp("mini")
+    write_cohort(out, preset="mini", seed=0)
+    return out
+
+
+@pytest.fixture
+def cohort_copy(mini_cohort, tmp_path) -> Path:
+    copy = tmp_path / "cohort"
+    shutil.copytree(mini_cohort, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def plink2():
+    """Run plink2 quietly; tests that compare with it skip where it is not installed."""
+    exe = shutil.which("plink2")
+    if exe is None:
+        pytest.skip("plink2 not installed (apt-get install -y plink2); skipping the comparison with it")
+
+    def run(*args: str, cwd: Path | None = None) -> None:
+        subprocess.run([exe, "--threads", "1", *map(str, args)], check=True, capture_output=True, cwd=cwd)
+
+    return run

@@ -1,0 +1,149 @@
+"""Bad input: one clear line naming the file and the place, exit status 2, nothing left in --out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import polars as pl
+import pytest
+
+from comical.cli import main
+
+
+def _run_qc(cohort, out, capsys, *extra):
+    status = main(["qc", "--cohort", str(cohort), "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    return status, err
+
+
+def _expect_refusal(cohort, tmp_path, capsys, *needles):
+    out = tmp_path / "qc_out"
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in cohort.rglob("*") if p.is_file()}
+    status, err = _run_qc(cohort, out, capsys)
+    assert status == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not out.exists() and not list(tmp_path.glob(".qc_out*")), "partial outputs left behind"
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in cohort.rglob("*") if p.is_file()}
+    assert after == before, "the user's input was modified"
+    return err
+
+
+def test_bed_with_wrong_magic_bytes(cohort_copy, tmp_path, capsys):
+    bed = cohort_copy / "genotypes.bed"
+    data = bytearray(bed.read_bytes())
+    data[:3] = b"\x00\x00\x00"
+    bed.write_bytes(bytes(data))
+    _expect_refusal(cohort_copy, tmp_path, capsys, "genotypes.bed", "6c1b01")
+
+
+def test_truncated_bed(cohort_copy, tmp_path, capsys):
+    bed = cohort_copy / "genotypes.bed"
+    bed.write_bytes(bed.read_bytes()[:-1000])
+    _expect_refusal(cohort_copy, tmp_path, capsys, "genotypes.bed", "truncated")
+
+
+@pytest.mark.parametrize("suffix,drop,expected", [(".bim", 1, "2999 variants"), (".fam", 4, "1996 samples"),
+                                                 (".fam", 1, "beyond the 1999 samples")])
+def test_bim_or_fam_rows_disagree_with_bed(cohort_copy, tmp_path, capsys, suffix, drop, expected):
+    path = (cohort_copy / "genotypes").with_suffix(suffix)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-drop]))
+    _expect_refusal(cohort_copy, tmp_path, capsys, "genotypes.bed", expected)
+
+
+def test_non_numeric_value_names_line_and_column(cohort_copy, tmp_path, capsys):
+    idps = pl.read_csv(cohort_copy / "idps.csv", infer_schema=False)
+    column = "Volume_of_grey_matter_in_Left_Amygdala"
+    idps = idps.with_columns(pl.when(pl.int_range(pl.len()) == 15).then(pl.lit("abc")).otherwise(pl.col(column))
+                             .alias(column))
+    idps.write_csv(cohort_copy / "idps.csv")
+    err = _expect_refusal(cohort_copy, tmp_path, capsys, "idps.csv line 17", column, "'abc' is not a number")
+    assert err.startswith("comical qc: error:")
+
+
+def test_missing_value_in_a_numeric_column(cohort_copy, tmp_path, capsys):
+    cov = pl.read_csv(cohort_copy / "covariates.csv", infer_schema=False)
+    cov = cov.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col("bmi")).alias("bmi"))
+    cov.write_csv(cohort_copy / "covariates.csv")
+    _expect_refusal(cohort_copy, tmp_path, capsys, "covariates.csv line 6", "column bmi", "missing value")
+
+
+def test_duplicate_eids(cohort_copy, tmp_path, capsys):
+    path = cohort_copy / "diagnoses.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + [lines[3]]))
+    _expect_refusal(cohort_copy, tmp_path, capsys, "diagnoses.csv", "appears more than once", "lines 4 and 2002")
+
+
+def test_diagnosis_that_is_not_zero_or_one(cohort_copy, tmp_path, capsys):
+    diag = pl.read_csv(cohort_copy / "diagnoses.csv")
+    diag.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(2).otherwise(pl.col("MS")).alias("MS")).write_csv(
+        cohort_copy / "diagnoses.csv")
+    _expect_refusal(cohort_copy, tmp_path, capsys, "diagnoses.csv line 2, column MS", "expected 0 or 1")
+
+
+def test_missing_file(cohort_copy, tmp_path, capsys):
+    (cohort_copy / "eprs.csv").unlink()
+    _expect_refusal(cohort_copy, tmp_path, capsys, "missing file(s) ['eprs.csv']")
+
+
+def test_no_samples_shared_between_genotypes_and_tables(cohort_copy, tmp_path, capsys):
+    idps = pl.read_csv(cohort_copy / "idps.csv")
+    idps.with_columns(pl.col("eid") + 9_000_000).write_csv(cohort_copy / "idps.csv")
+    _expect_refusal(cohort_copy, tmp_path, capsys, "no samples shared between genotypes.fam and idps.csv")
+
+
+def test_catalog_without_required_columns(cohort_copy, tmp_path, capsys):
+    path = cohort_copy / "gwas_catalog.tsv"
+    catalog = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None)
+    catalog.drop("SNPS", "P-VALUE").write_csv(path, separator="\t", quote_style="never")
+    _expect_refusal(cohort_copy, tmp_path, capsys, "gwas_catalog.tsv", "['SNPS', 'P-VALUE']")
+
+
+def test_catalog_with_a_bad_p_value(cohort_copy, tmp_path, capsys):
+    path = cohort_copy / "gwas_catalog.tsv"
+    lines = path.read_text().splitlines(keepends=True)
+    fields = lines[5].split("\t")
+    fields[27] = "NR"
+    lines[5] = "\t".join(fields)
+    path.write_text("".join(lines))
+    _expect_refusal(cohort_copy, tmp_path, capsys, "gwas_catalog.tsv line 6, column P-VALUE", "'NR'")
+
+
+def test_out_holding_a_different_run_needs_force(mini_cohort, tmp_path, capsys):
+    out = tmp_path / "qc"
+    assert main(["qc", "--cohort", str(mini_cohort), "--out", str(out), "--maf", "0.05"]) == 0
+    first = (out / "variant_qc.tsv").read_bytes()
+    status, err = _run_qc(mini_cohort, out, capsys, "--maf", "0.2")
+    assert status == 2 and "holds a different run" in err and "--force" in err
+    assert (out / "variant_qc.tsv").read_bytes() == first  # untouched
+    assert main(["qc", "--cohort", str(mini_cohort), "--out", str(out), "--maf", "0.2", "--force"]) == 0
+    assert json.loads((out / "run.json").read_text())["config"]["maf"] == 0.2
+    assert not list(tmp_path.glob(".qc.*")), "staging folders left behind"
+
+
+def test_out_that_we_did_not_write_is_never_touched(mini_cohort, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    status, err = _run_qc(mini_cohort, out, capsys, "--force")
+    assert status == 2 and "not written by comical" in err
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_out_inside_the_cohort_is_refused(cohort_copy, capsys):
+    status, err = _run_qc(cohort_copy, cohort_copy / "qc", capsys)
+    assert status == 2 and "overlaps the input" in err
+    assert not (cohort_copy / "qc").exists()
+
+
+def test_config_with_unknown_key_or_bad_yaml(mini_cohort, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("maf: 0.05\nmax_af: 0.4\n")
+    status, err = _run_qc(mini_cohort, tmp_path / "o", capsys, "--config", str(tmp_path / "bad.yaml"))
+    assert status == 2 and "unknown key(s) ['max_af']" in err
+    (tmp_path / "broken.yaml").write_text("maf: [0.05\n")
+    status, err = _run_qc(mini_cohort, tmp_path / "o", capsys, "--config", str(tmp_path / "broken.yaml"))
+    assert status == 2 and "not valid YAML" in err and len(err.splitlines()) == 1

@@ -1,0 +1,48 @@
+"""The CLI end to end on the mini cohort: simulate, qc with a config file and flags, and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import yaml
+
+from comical.cli import main
+
+
+def test_demo_simulates_and_runs_qc(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "cohort") in printed and str(out / "qc") in printed
+    assert (out / "cohort" / "genotypes.bed").is_file() and (out / "cohort" / "manifest.json").is_file()
+    report = json.loads((out / "qc" / "qc_report.json").read_text())
+    assert report["samples"]["kept"] < 2000 and report["variants"]["kept"] < 3000
+    assert pl.read_csv(out / "qc" / "pcs.eigenvec", separator="\t").columns[:3] == ["#FID", "IID", "PC1"]
+    # Running the same demo again into its own folder is allowed; the outputs are the same.
+    bed = (out / "cohort" / "genotypes.bed").read_bytes()
+    assert main(["demo", "--out", str(out)]) == 0
+    assert (out / "cohort" / "genotypes.bed").read_bytes() == bed
+
+
+def test_qc_config_file_with_flag_override(mini_cohort, tmp_path):
+    (tmp_path / "qc.yaml").write_text(yaml.safe_dump({"maf": 0.2, "n_pcs": 5}))
+    out = tmp_path / "qc"
+    assert main(["qc", "--cohort", str(mini_cohort), "--out", str(out), "--config", str(tmp_path / "qc.yaml"),
+                 "--n-pcs", "3"]) == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["maf"] == 0.2 and resolved["n_pcs"] == 3
+    variants = pl.read_csv(out / "variant_qc.tsv", separator="\t")
+    kept = variants.filter(pl.col("filter") == "PASS")
+    assert kept["maf"].min() >= 0.2
+    assert len((out / "kept_variants.snplist").read_text().split()) == kept.height
+    assert pl.read_csv(out / "pcs.eigenvec", separator="\t").width == 2 + 3
+
+
+def test_console_script_reports_errors_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "comical", "qc", "--cohort", str(tmp_path / "nowhere"),
+                             "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"comical qc: error: --cohort {tmp_path / 'nowhere'}: not a folder"
