@@ -3,7 +3,7 @@
     comical simulate --preset mini --seed 0 --out cohort/
 
 What is planted, so that later steps can be scored against `truth/`:
-- genotypes: Balding-Nichols allele frequencies in four subpopulations (structure the PCs capture), LD blocks
+- genotypes: Balding-Nichols allele frequencies in four subpopulations (Fst per preset) (structure the PCs capture), LD blocks
   from an AR(1) latent haplotype model, a few percent missing calls, and planted QC failures (low-MAF,
   Hardy-Weinberg and missingness failures among variants; high-missingness and contaminated samples);
 - diseases: liabilities driven by a causal subset of each disease's catalog SNPs (the rest are catalog false
@@ -37,7 +37,6 @@ from comical.data_io.ukb_fields import (
 _CHROM_MB = [248.9, 242.2, 198.3, 190.2, 181.5, 170.8, 159.3, 145.1, 138.4, 133.8, 135.1, 133.3, 114.4, 107.0,
              102.0, 90.3, 83.3, 80.4, 58.6, 64.4, 46.7, 50.8]
 _POP_SHARES = [0.55, 0.2, 0.15, 0.1]  # four European-ancestry subpopulations
-_FST = 0.02
 # Share of the catalog's variants per pair-making disease (roughly as many hits as the Catalog lists).
 _CATALOG_SHARE = {"AD": 0.14, "ADHD": 0.10, "BD": 0.16, "CBVD": 0.06, "MD": 0.06, "MS": 0.18, "PD": 0.14, "UD": 0.16}
 _CAUSAL_FRACTION = 0.4  # the rest of a disease's catalog rows are false hits in this cohort
@@ -81,16 +80,18 @@ class Preset:
     min_prevalence: float  # rare diseases raised to this (mini), 0 = Table 2 counts as they are
     qc_failures: dict  # planted failures: catalog/background x maf/hwe/geno, and samples mind/het
     n_snp_idp_effects: int
+    fst: float  # drift of the four subpopulations from the ancestral frequencies
 
 
 PRESETS = {
     "mini": Preset(2000, 600, 2400, 0.08,
                    {"catalog": {"maf": 3, "hwe": 3, "geno": 3}, "background": {"hwe": 5, "geno": 10},
-                    "samples": {"mind": 6, "het": 6}}, 24),
-    # 10 + 10 + 9 catalog failures: QC keeps the paper's 5,603 of 5,632 catalog variants.
+                    "samples": {"mind": 6, "het": 6}}, 24, fst=0.02),
+    # 10 + 10 + 9 catalog failures: QC keeps the paper's 5,603 of 5,632 catalog variants. Structure is milder
+# than mini's (Fst 0.006, European-like): with 40k subjects, Fst 0.02 alone fails HWE at 1e-16 (Wahlund effect).
     "paper": Preset(40426, 5632, 14368, 0.0,
                     {"catalog": {"maf": 10, "hwe": 10, "geno": 9}, "background": {"hwe": 30, "geno": 60},
-                     "samples": {"mind": 60, "het": 50}}, 60),
+                     "samples": {"mind": 60, "het": 50}}, 60, fst=0.006),
 }
 _COMPONENTS = ["samples", "variants", "genotypes", "missing", "diseases", "idps", "catalog", "pcs"]
 
@@ -185,11 +186,11 @@ def _simulate_variants(rng: np.random.Generator, p: Preset) -> pl.DataFrame:
         for kind, k in p.qc_failures[group].items():
             failure[free[taken:taken + k]] = kind
             taken += k
-    freq = np.where(is_catalog, rng.uniform(0.08, 0.5, m), rng.uniform(0.01, 0.5, m))
+    freq = np.where(is_catalog, rng.uniform(0.1, 0.5, m), rng.uniform(0.01, 0.5, m))
     freq[failure == "maf"] = rng.uniform(0.004, 0.02, (failure == "maf").sum())
     freq = np.where(rng.random(m) < 0.5, freq, 1 - freq)  # the counted allele A1 is minor or major
     # Balding-Nichols: subpopulation frequencies drift from the ancestral one by Fst.
-    a, b = freq * (1 - _FST) / _FST, (1 - freq) * (1 - _FST) / _FST
+    a, b = freq * (1 - p.fst) / p.fst, (1 - freq) * (1 - p.fst) / p.fst
     p_pop = np.clip(rng.beta(a, b, (len(_POP_SHARES), m)), 0.001, 0.999)
     rs = 1000 + rng.choice(200_000_000, m, replace=False)
     bases = np.array(list("ACGT"))

@@ -98,6 +98,7 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
     chrom = geno.variants["chrom"].to_numpy()[kept_v]
     pruned = kept_v[ld_prune(kept_genotypes, chrom, maf[kept_v], window=config.prune_window,
                              step=config.prune_step, r2=config.prune_r2)]
+    del kept_genotypes  # the PCA below needs the memory
     pruned_genotypes = geno.read(keep_s, pruned, dtype=np.int8)
     het_f = np.full(n, np.nan)
     f = heterozygosity_f(pruned_genotypes)
@@ -169,19 +170,22 @@ def hwe_exact_p(hom1: int, het: int, hom2: int) -> float:
 
 
 def heterozygosity_f(genotypes: np.ndarray) -> np.ndarray:
-    """Inbreeding coefficient F per sample, as `plink --het`: (O(hom) - E(hom)) / (N - E(hom)).
+    """Inbreeding coefficient F per sample, as `plink2 --het`: (O(hom) - E(hom)) / (N - E(hom)).
 
-    E(hom) sums 1 - 2p(1-p) over the sample's called variants, p from all samples' calls.
+    E(hom) sums 1 - 2p(1-p) over the sample's called variants, p from all samples' calls (no small-sample
+    correction, as plink2). Accumulated over variant blocks so memory stays near the int8 input.
     """
-    called = genotypes != MISSING_INT8
-    x = np.where(called, genotypes, 0).astype(np.float64)
-    n_called = called.sum(axis=0)
-    p = x.sum(axis=0) / np.maximum(2 * n_called, 1)
-    exp_het = 2 * p * (1 - p)  # plink2 applies no small-sample correction here
-    obs_hom = (called & (genotypes != 1)).sum(axis=1)
-    exp_hom = called.astype(np.float64) @ (1 - exp_het)
-    n = called.sum(axis=1)
-    return (obs_hom - exp_hom) / (n - exp_hom)
+    n = genotypes.shape[0]
+    obs_hom, exp_hom, n_called = np.zeros(n), np.zeros(n), np.zeros(n)
+    for start in range(0, genotypes.shape[1], 512):
+        block = genotypes[:, start:start + 512]
+        called = block != MISSING_INT8
+        count = called.sum(axis=0)
+        p = np.where(called, block, 0).sum(axis=0) / np.maximum(2 * count, 1)
+        obs_hom += (called & (block != 1)).sum(axis=1)
+        exp_hom += called.astype(np.float64) @ (1 - 2 * p * (1 - p))
+        n_called += called.sum(axis=1)
+    return (obs_hom - exp_hom) / (n_called - exp_hom)
 
 
 def ld_prune(genotypes: np.ndarray, chrom: np.ndarray, maf: np.ndarray, *, window: int = 50, step: int = 5,
