@@ -42,8 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", type=Path, help="YAML of QC settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    _add_config_flags(p, _qc_config_class())
+    _add_config_flags(p, _config_class("qc", "QCConfig"))
     p.set_defaults(run=_qc)
+
+    p = sub.add_parser("phewas", help="every IDP against every pair-making disease; the IDP -> disease map")
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--qc", type=Path, help="a `comical qc` output to reuse (default: run QC first)")
+    p.add_argument("--config", type=Path, help="YAML of PheWAS settings; flags override it")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    _add_config_flags(p, _config_class("phewas", "PhewasConfig"))
+    p.set_defaults(run=_phewas)
+
+    p = sub.add_parser("pairs", help="disease-mediated SNP-IDP pairs as a Parquet pair store")
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--qc", type=Path, help="a `comical qc` output to reuse (default: run QC)")
+    p.add_argument("--phewas", type=Path, help="a `comical phewas` output to reuse (default: run PheWAS)")
+    p.add_argument("--trait-map", type=Path, help="CSV disease,trait,efo_uri mapping catalog traits to diagnoses")
+    p.add_argument("--config", type=Path, help="YAML of pair settings; flags override it")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    _add_config_flags(p, _config_class("pairs", "PairsConfig"))
+    p.set_defaults(run=_pairs)
 
     p = sub.add_parser("demo", help="simulate the mini cohort, then run every step on it")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -53,17 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _qc_config_class():
-    from comical.pipelines.qc import QCConfig
+def _config_class(module: str, name: str):
+    import importlib
 
-    return QCConfig
+    return getattr(importlib.import_module(f"comical.pipelines.{module}"), name)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """One `--flag` per config field (underscores become dashes); unset flags leave the config alone."""
+    """One `--flag` per config field (underscores become dashes); unset flags leave the config alone.
+
+    Tuple fields take comma-separated values; booleans take true/false.
+    """
     for field in dataclasses.fields(config_class):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}", type=type(field.default),
-                            default=None, help=f"(default {field.default})")
+        default = field.default
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            convert = lambda text, kind=kind: tuple(kind(x) for x in text.split(","))  # noqa: E731
+        elif isinstance(default, bool):
+            convert = lambda text: text.lower() in ("1", "true", "yes")  # noqa: E731
+        else:
+            convert = type(default)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}", type=convert,
+                            default=None, help=f"(default {default})")
 
 
 def _config_from_args(config_class, args):
@@ -100,7 +131,7 @@ def _qc(args) -> int:
     return 0
 
 
-def _write_qc(cohort, config, stage: Path, *, shown_as: Path) -> None:
+def _write_qc(cohort, config, stage: Path, *, shown_as: Path):
     from comical.pipelines.qc import run_qc
 
     result = run_qc(cohort, config)
@@ -110,12 +141,101 @@ def _write_qc(cohort, config, stage: Path, *, shown_as: Path) -> None:
     print(f"qc: kept {r['samples']['kept']}/{r['samples']['input']} samples and {r['variants']['kept']}/"
           f"{r['variants']['input']} variants ({r['variants']['pruned_in']} after LD pruning), "
           f"{config.n_pcs} PCs -> {shown_as}")
+    return result
+
+
+def _qc_of(cohort, qc_dir: Path | None, stage: Path, *, shown_as: Path):
+    """The QC to build on: read from `--qc DIR`, or run now with defaults and written to `stage/qc`."""
+    from comical.pipelines.qc import QCConfig, QCResult
+
+    if qc_dir is not None:
+        return QCResult.read(qc_dir)
+    (stage / "qc").mkdir()
+    return _write_qc(cohort, QCConfig(), stage / "qc", shown_as=shown_as / "qc")
+
+
+def _phewas(args) -> int:
+    from comical.data_io.cohort import load_cohort
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.pipelines.phewas import PhewasConfig, run_phewas, write_phewas
+    from comical.pipelines.qc import QCResult
+
+    config = _config_from_args(PhewasConfig, args)
+    run = {"command": "phewas", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "config": config.to_dict()}
+    out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
+    cohort = load_cohort(args.cohort)
+    if args.qc:
+        QCResult.read(args.qc)  # checked before any compute
+    with staged_output_dir(out, run) as stage:
+        qc = _qc_of(cohort, args.qc, stage, shown_as=out)
+        table, mapping = run_phewas(cohort, qc, config)
+        write_phewas(table, mapping, config, stage)
+    print(f"phewas: {table.height} tests, {mapping.height} IDPs mapped to a disease "
+          f"({', '.join(f'{d} {n}' for d, n in mapping['disease'].value_counts(sort=True).iter_rows())}) -> {out}")
+    return 0
+
+
+def _pairs(args) -> int:
+    from comical.data_io.cohort import load_cohort
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.data_io.traits import load_trait_map
+    from comical.pipelines.pairs import PairsConfig
+
+    config = _config_from_args(PairsConfig, args)
+    run = {"command": "pairs", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "phewas": str(args.phewas),
+           "trait_map": str(args.trait_map), "config": config.to_dict()}
+    out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
+    cohort = load_cohort(args.cohort)
+    trait_map = load_trait_map(args.trait_map)
+    with staged_output_dir(out, run) as stage:
+        manifest = _write_pairs(cohort, config, trait_map, stage, qc_dir=args.qc, phewas_dir=args.phewas,
+                                shown_as=out)
+    print(f"pairs: {sum(s['pairs'] for s in manifest['splits'].values()):,} pairs "
+          f"({manifest['n_subjects']} subjects x {manifest['pairs_per_subject']}; buckets "
+          f"{', '.join(manifest['buckets'])}) -> {out}")
+    return 0
+
+
+def _write_pairs(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, shown_as: Path) -> dict:
+    import json
+
+    from comical.pipelines.catalog_sets import catalog_snp_sets, snp_set_report
+    from comical.pipelines.pairs import make_pairs
+    from comical.pipelines.phewas import PhewasConfig, read_idp_disease_map, run_phewas, write_phewas
+
+    phewas_config = PhewasConfig()
+    idp_map = read_idp_disease_map(phewas_dir) if phewas_dir else None  # read (and checked) before compute
+    qc = _qc_of(cohort, qc_dir, stage, shown_as=shown_as)
+    if idp_map is None:
+        (stage / "phewas").mkdir()
+        table, idp_map = run_phewas(cohort, qc, phewas_config)
+        write_phewas(table, idp_map, phewas_config, stage / "phewas")
+    if idp_map.height == 0:
+        raise InputError(f"no IDP is significant for any disease (adjusted p < {phewas_config.alpha}); nothing to "
+                         "pair. Run `comical phewas` with a larger --alpha or --map-nonsignificant true")
+    diseases = list(phewas_config.diseases)
+    variants = cohort.genotypes.variants.with_columns(
+        (qc.variants["filter"] == "PASS").alias("passed_qc"))
+    selected, rows = catalog_snp_sets(cohort.catalog, variants, trait_map, top_n_perc=config.top_n_perc,
+                                      diseases=diseases)
+    report = snp_set_report(rows, selected, diseases)
+    for d in report["diseases_without_snps"]:
+        print(f"comical pairs: warning: no catalog SNP of {d} is in the genotypes and passed QC; {d} forms no "
+              "bucket", file=sys.stderr)
+    selected.write_csv(stage / "snp_sets.tsv", separator="\t")
+    rows.write_csv(stage / "catalog_rows.tsv", separator="\t")
+    manifest = make_pairs(cohort, qc.pcs["eid"], idp_map, selected, config, stage, diseases=diseases)
+    report["pairs"] = manifest["splits"]
+    (stage / "pairs_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return manifest
 
 
 def _demo(args) -> int:
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.data_io.simulate import write_cohort
+    from comical.data_io.traits import load_trait_map
+    from comical.pipelines.pairs import PairsConfig
     from comical.pipelines.qc import QCConfig
 
     run = {"command": "demo", "seed": args.seed}
@@ -125,7 +245,11 @@ def _demo(args) -> int:
         manifest = write_cohort(stage / "cohort", preset="mini", seed=args.seed)
         print(f"demo: simulated the mini cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
               f"variants) -> {out / 'cohort'}")
-        (stage / "qc").mkdir()
-        _write_qc(load_cohort(stage / "cohort"), QCConfig(seed=args.seed), stage / "qc", shown_as=out / "qc")
+        cohort = load_cohort(stage / "cohort")
+        (stage / "pairs").mkdir()
+        manifest = _write_pairs(cohort, PairsConfig(top_n_perc=5, seed=args.seed), load_trait_map(), stage / "pairs",
+                                qc_dir=None, phewas_dir=None, shown_as=out / "pairs")
+        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 5 "
+              f"-> {out / 'pairs'}")
     print(f"demo: done; outputs in {out}")
     return 0

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from comical.data_io.cohort import Cohort
 from comical.data_io.configs import Config
+from comical.data_io.errors import InputError
 from comical.data_io.pca import MISSING_INT8, genotype_pcs
 
 _BLOCK = 2048  # variants read from the bed at a time
@@ -63,6 +64,21 @@ class QCResult:
             out / "pcs.eigenvec", separator="\t", float_precision=6)
         (out / "pcs.eigenval").write_text("".join(f"{v:.6g}\n" for v in self.eigenvalues))
         (out / "qc_report.json").write_text(json.dumps(self.report, indent=2) + "\n")
+
+    @classmethod
+    def read(cls, folder: str | Path) -> QCResult:
+        """A QC written by `write` (`--qc DIR`), checked to be one."""
+        folder = Path(folder)
+        needed = ["sample_qc.tsv", "variant_qc.tsv", "pcs.eigenvec", "pcs.eigenval", "qc_report.json"]
+        missing = [f for f in needed if not (folder / f).is_file()]
+        if missing:
+            raise InputError(f"--qc {folder}: not a QC output folder (missing {missing}); make one with `comical qc`")
+        samples = pl.read_csv(folder / "sample_qc.tsv", separator="\t", schema_overrides={"eid": pl.String})
+        variants = pl.read_csv(folder / "variant_qc.tsv", separator="\t", schema_overrides={"chrom": pl.String})
+        pcs = pl.read_csv(folder / "pcs.eigenvec", separator="\t", schema_overrides={"IID": pl.String})
+        pcs = pcs.drop("#FID").rename({"IID": "eid"})
+        eigenvalues = np.loadtxt(folder / "pcs.eigenval", ndmin=1)
+        return cls(samples, variants, pcs, eigenvalues, json.loads((folder / "qc_report.json").read_text()))
 
 
 def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
