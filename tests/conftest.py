@@ -37,3 +37,23 @@ def plink2():
         subprocess.run([exe, "--threads", "1", *map(str, args)], check=True, capture_output=True, cwd=cwd)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mini_pairs(mini_cohort, tmp_path_factory) -> Path:
+    """`comical pairs --top-n-perc 5` on the mini cohort (runs QC and PheWAS itself)."""
+    from comical.cli import main
+
+    out = tmp_path_factory.mktemp("pairs") / "store"
+    assert main(["pairs", "--cohort", str(mini_cohort), "--top-n-perc", "5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session for the whole test run (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -147,3 +147,46 @@ def test_config_with_unknown_key_or_bad_yaml(mini_cohort, tmp_path, capsys):
     (tmp_path / "broken.yaml").write_text("maf: [0.05\n")
     status, err = _run_qc(mini_cohort, tmp_path / "o", capsys, "--config", str(tmp_path / "broken.yaml"))
     assert status == 2 and "not valid YAML" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "101"])
+def test_pairs_top_n_perc_out_of_range(mini_cohort, tmp_path, capsys, value):
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--cohort", str(mini_cohort), "--top-n-perc", value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"comical pairs: error: --top-n-perc {float(value)}: expected a percentage in (0, 100]"
+    assert not out.exists()
+
+
+def test_pairs_warns_about_a_disease_left_without_snps(mini_cohort, mini_pairs, tmp_path, capsys):
+    from comical.data_io.traits import load_trait_map
+
+    load_trait_map().filter(pl.col("disease") != "MD").write_csv(tmp_path / "traits.csv")
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--cohort", str(mini_cohort), "--top-n-perc", "5", "--out", str(out), "--trait-map",
+                 str(tmp_path / "traits.csv"), "--qc", str(mini_pairs / "qc"), "--phewas",
+                 str(mini_pairs / "phewas")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no catalog SNP of MD" in err
+    report = json.loads((out / "pairs_report.json").read_text())
+    assert report["diseases_without_snps"] == ["MD"] and report["rows_by_status"]["trait_not_mapped"] > 0
+    assert "MD" not in json.loads((out / "manifest.json").read_text())["buckets"]
+
+
+def test_pairs_with_no_significant_idp_is_an_error(mini_cohort, mini_pairs, tmp_path, capsys):
+    phewas = tmp_path / "phewas"
+    phewas.mkdir()
+    (phewas / "idp_disease_map.tsv").write_text("idp\tdisease\tbeta\tp\tp_adjusted\tsignificant\n")
+    out = tmp_path / "pairs"
+    status = main(["pairs", "--cohort", str(mini_cohort), "--out", str(out), "--qc", str(mini_pairs / "qc"),
+                   "--phewas", str(phewas)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "no IDP is significant for any disease" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".pairs*"))
+
+
+def test_pairs_refuses_a_non_store_qc_folder(mini_cohort, tmp_path, capsys):
+    (tmp_path / "notqc").mkdir()
+    status = main(["pairs", "--cohort", str(mini_cohort), "--out", str(tmp_path / "p"), "--qc",
+                   str(tmp_path / "notqc")])
+    assert status == 2 and "not a QC output folder" in capsys.readouterr().err
