@@ -48,3 +48,14 @@ def test_console_script_reports_errors_in_one_line(tmp_path):
                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"comical qc: error: --cohort {tmp_path / 'nowhere'}: not a folder"
+
+
+def test_phewas_command_reuses_a_qc(mini_cohort, mini_pairs, tmp_path, capsys):
+    out = tmp_path / "phewas"
+    assert main(["phewas", "--cohort", str(mini_cohort), "--qc", str(mini_pairs / "qc"), "--out", str(out),
+                 "--p-adjust", "bonferroni", "--diseases", "AD,MS"]) == 0
+    assert "IDPs mapped to a disease" in capsys.readouterr().out
+    table = pl.read_csv(out / "phewas.tsv", separator="\t")
+    assert set(table["disease"]) == {"AD", "MS"} and table.height == 2 * 154
+    assert (table["p_adjusted"] == (table["p"] * table.height).clip(upper_bound=1.0)).all()
+    assert not (out / "qc").exists()  # the given QC was reused, not recomputed

@@ -1,0 +1,69 @@
+"""Catalog SNP sets: every row's fate against the simulator's truth, harmonisation, and the top-n% rule."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from comical.data_io.errors import InputError
+from comical.data_io.traits import load_trait_map
+from comical.data_io.ukb_fields import PAIR_DISEASES
+from comical.pipelines.catalog_sets import catalog_snp_sets
+
+
+@pytest.fixture(scope="module")
+def rows_and_truth(mini_pairs, mini_cohort):
+    rows = pl.read_csv(mini_pairs / "catalog_rows.tsv", separator="\t")
+    truth = pl.read_parquet(mini_cohort / "truth" / "catalog_rows.parquet")
+    return rows.join(truth, on="row", suffix="_truth")
+
+
+def test_rows_naming_no_single_variant_are_skipped_and_ungenotyped_ones_reported(rows_and_truth):
+    kinds = rows_and_truth.group_by("kind").agg(pl.col("status").unique())
+    fate = dict(zip(kinds["kind"], kinds["status"].to_list()))
+    assert fate["interaction"] == ["not_single_variant"] and fate["haplotype"] == ["not_single_variant"]
+    assert fate["not_genotyped"] == ["not_in_genotypes"]
+
+
+def test_single_rows_match_their_variant_by_rsid_or_position(rows_and_truth):
+    single = rows_and_truth.filter(pl.col("kind") == "single")
+    assert (single["variant_id"] == single["variant_id_truth"]).all()
+    assert single["snps"].str.starts_with("chr").any()  # some rows name chr:pos only, and still match
+
+
+def test_strand_flips_and_unknown_risk_alleles_are_found(rows_and_truth):
+    single = rows_and_truth.filter(pl.col("kind") == "single")
+    assert (single.filter(pl.col("strand_flipped"))["risk_allele_status"] == "strand_flip").all()
+    assert (single.filter(pl.col("risk_allele_unknown"))["risk_allele_status"] == "unknown").all()
+    clean = single.filter(~pl.col("strand_flipped") & ~pl.col("risk_allele_unknown"))
+    assert (clean["risk_allele_status"] == "match").all()
+
+
+def test_top_n_percent_counts_each_snp_once_at_its_best_p(mini_pairs):
+    rows = pl.read_csv(mini_pairs / "catalog_rows.tsv", separator="\t")
+    selected = pl.read_csv(mini_pairs / "snp_sets.tsv", separator="\t")
+    for disease in PAIR_DISEASES:
+        eligible = rows.filter((pl.col("disease") == disease) & pl.col("status").is_in(["selected", "below_top_n"]))
+        best = eligible.group_by("variant_id").agg(pl.col("p_value").min()).sort("p_value")
+        chosen = selected.filter(pl.col("disease") == disease)
+        assert chosen.height == max(1, math.ceil(best.height * 5 / 100))
+        assert chosen["variant_id"].to_list() == best["variant_id"].head(chosen.height).to_list()
+
+
+def _tiny_catalog(**overrides):
+    row = {"DISEASE/TRAIT": "Some other phrasing", "SNPS": "rs1", "CHR_ID": "1", "CHR_POS": "100",
+           "STRONGEST SNP-RISK ALLELE": "rs1-T", "P-VALUE": "2E-8", "OR or BETA": "1.1",
+           "MAPPED_TRAIT_URI": "http://purl.obolibrary.org/obo/MONDO_0005301", "p_value": 2e-8}
+    return pl.DataFrame([{**row, **overrides}])
+
+
+def test_trait_matched_by_efo_uri_and_strand_flip_harmonised():
+    variants = pl.DataFrame({"variant_id": ["rs1"], "chrom": ["1"], "pos": [100], "allele1": ["A"],
+                             "allele2": ["G"], "passed_qc": [True]})
+    selected, rows = catalog_snp_sets(_tiny_catalog(), variants, load_trait_map(), top_n_perc=1, diseases=["MS"])
+    assert rows["disease"].to_list() == ["MS"] and rows["risk_allele_status"].to_list() == ["strand_flip"]
+    assert selected["risk_allele"].to_list() == ["A"]
+    with pytest.raises(InputError, match="expected a percentage"):
+        catalog_snp_sets(_tiny_catalog(), variants, load_trait_map(), top_n_perc=150, diseases=["MS"])
