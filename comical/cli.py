@@ -65,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(p, _config_class("pairs", "PairsConfig"))
     p.set_defaults(run=_pairs)
 
+    p = sub.add_parser("train", help="train COMICAL on a pair store with Ray Train (+ DeepSpeed)")
+    p.add_argument("--pairs", type=Path, required=True, help="a pair store (`comical pairs`)")
+    p.add_argument("--out", type=Path, required=True, help="the run folder")
+    p.add_argument("--config", type=Path, help="YAML of a TrainConfig (nested model/optim/engine); flags override")
+    p.add_argument("--workers", type=int, help="Ray Train workers (one per GPU or CPU slot)")
+    p.add_argument("--use-gpu", action="store_true", default=None)
+    p.add_argument("--engine", choices=["deepspeed", "ddp"])
+    p.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="pairs per step per worker")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--layout", choices=["paper", "separate"], help="token layout of the towers")
+    p.add_argument("--targets", choices=["onehot", "soft"], help="contrastive targets")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--storage-path", help="Ray Train checkpoint storage (default RUN/checkpoints; s3://, gs://, NFS)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.set_defaults(run=_train)
+
     p = sub.add_parser("demo", help="simulate the mini cohort, then run every step on it")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--seed", type=int, default=0)
@@ -228,6 +248,38 @@ def _write_pairs(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, 
     report["pairs"] = manifest["splits"]
     (stage / "pairs_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return manifest
+
+
+_TRAIN_FLAGS = {  # flag -> (section of TrainConfig or None for top level, key)
+    "workers": ("engine", "workers"), "use_gpu": ("engine", "use_gpu"), "engine": ("engine", "engine"),
+    "zero_stage": ("engine", "zero_stage"), "precision": ("engine", "precision"), "epochs": (None, "epochs"),
+    "batch_size": (None, "batch_size"), "learning_rate": ("optim", "learning_rate"), "layout": ("model", "layout"),
+    "targets": (None, "targets"), "seed": (None, "seed"), "storage_path": (None, "storage_path"),
+}
+
+
+def _train_config(args):
+    from comical.distributed.config import TrainConfig
+
+    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    values = base.to_dict()
+    values["pairs"] = str(args.pairs.resolve())
+    for flag, (section, key) in _TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            (values[section] if section else values)[key] = value
+    return TrainConfig.from_dict(values, source="comical train")
+
+
+def _train(args) -> int:
+    from comical.distributed.run import train_and_evaluate
+
+    config = _train_config(args)
+    metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force)
+    print(f"train: best epoch {metrics['best_epoch']}; test pair accuracy {metrics['pair_accuracy']:.4f} "
+          f"(chance {metrics['pair_accuracy_chance']:.4f}), strict top-1 {metrics['top1_accuracy']:.4f} "
+          f"(chance {metrics['top1_accuracy_chance']:.4f}) -> {args.out}")
+    return 0
 
 
 def _demo(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,7 +22,18 @@ class Config:
         unknown = sorted(set(values) - names)
         if unknown:
             raise InputError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        values = dict(values)
+        for name, value in values.items():  # nested configs arrive as mappings
+            kind = hints[name]
+            if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, Config):
+                values[name] = kind.from_dict(value, source=f"{source}: {name}")
+            elif isinstance(value, list):
+                values[name] = tuple(value)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,69 @@
+"""The training run's typed config: data, model, optimisation and engine, round-tripping to YAML.
+
+It crosses the Ray boundary as a plain dict (`to_dict`) and the worker's first line turns it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from comical.data_io.configs import Config
+from comical.data_io.errors import InputError
+from comical.distributed.models import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(Config):
+    learning_rate: float = 1e-3  # AdamW; paper Table 1 tuned 1e-4 to 3.3e-3 (`comical tune`)
+    weight_decay: float = 0.0015  # paper Table 1 (top 0.5%)
+    warmup_steps: int = 50  # linear warm-up from 0 (paper Table 1: 236-343 at 15 M pairs; fewer for mini)
+    betas: tuple[float, float] = (0.9, 0.98)  # CLIP's Adam betas
+    grad_clip: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig(Config):
+    engine: str = "deepspeed"  # deepspeed or ddp (plain torch DistributedDataParallel)
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    precision: str = "fp32"  # fp32, or bf16 (GPU; or a CPU with bf16 support)
+    workers: int = 1  # Ray Train workers: one per GPU or per CPU slot
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional, so Ray Data's read tasks still get a CPU on a small machine
+    gather_negatives: bool = True  # negatives from all workers (the loss of the concatenated batch)
+    max_failures: int = 2  # Ray Train FailureConfig: restarts from the last checkpoint
+
+    def __post_init__(self):
+        if self.engine not in ("deepspeed", "ddp"):
+            raise InputError(f"--engine {self.engine}: expected deepspeed or ddp")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise InputError(f"--zero-stage {self.zero_stage}: expected 0, 1, 2 or 3")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"--precision {self.precision}: expected fp32 or bf16")
+        if self.workers < 1:
+            raise InputError(f"--workers {self.workers}: expected at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    pairs: str = ""  # the pair store (`comical pairs`)
+    epochs: int = 10
+    batch_size: int = 4096  # pairs per step over all workers, the loss's batch (paper Table 1: 4096)
+    targets: str = "onehot"  # onehot (the paper's) or soft (identical inputs are positives too)
+    seed: int = 0
+    storage_path: str = ""  # Ray Train storage for checkpoints (local run dir by default; s3://, gs://, NFS)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+
+    def __post_init__(self):
+        if self.targets not in ("onehot", "soft"):
+            raise InputError(f"targets {self.targets!r}: expected onehot or soft")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise InputError(f"epochs {self.epochs}, batch_size {self.batch_size}: expected >= 1 and >= 2")
+        if self.batch_size % self.engine.workers:
+            raise InputError(f"--batch-size {self.batch_size} does not split evenly over {self.engine.workers} workers")
+
+    @property
+    def worker_batch_size(self) -> int:
+        """Each worker's share of a step's batch."""
+        return self.batch_size // self.engine.workers

@@ -1,0 +1,43 @@
+"""Model weights as safetensors + a JSON of the model config and the pair store's vocabularies (no pickle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from comical.data_io.errors import InputError
+from comical.distributed.models import ContrastiveModel, ModelConfig
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_INFO = "model.json"
+
+
+def save_model(folder: Path, weights: dict[str, torch.Tensor], config: ModelConfig, manifest: dict) -> None:
+    """Write `folder/model.safetensors` and `folder/model.json` (config, sizes, the store's index lists)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"model": dataclasses.asdict(config), "n_bins": manifest["n_bins"], "snps": manifest["snps"],
+            "idps": manifest["idps"], "vocabulary": manifest["vocabulary"],
+            "snp_token_table": manifest["snp_token_table"], "ple_bin_edges": manifest["ple_bin_edges"],
+            "diseases": manifest["diseases"], "buckets": manifest["buckets"]}
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / f".{MODEL_WEIGHTS}.tmp"))
+    os.replace(folder / f".{MODEL_WEIGHTS}.tmp", folder / MODEL_WEIGHTS)
+    (folder / f".{MODEL_INFO}.tmp").write_text(json.dumps(info) + "\n")
+    os.replace(folder / f".{MODEL_INFO}.tmp", folder / MODEL_INFO)
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[ContrastiveModel, dict]:
+    """The model saved by `save_model`, in eval mode, and its info."""
+    from comical.distributed.train import build_model
+
+    folder = Path(folder)
+    if not (folder / MODEL_WEIGHTS).is_file() or not (folder / MODEL_INFO).is_file():
+        raise InputError(f"{folder}: no {MODEL_WEIGHTS} + {MODEL_INFO}; is this a `comical train` run's model/?")
+    info = json.loads((folder / MODEL_INFO).read_text())
+    model = build_model(ModelConfig.from_dict(info["model"]), info)
+    model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS)))
+    return model.to(device).eval(), info

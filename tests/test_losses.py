@@ -1,0 +1,109 @@
+"""The CLIP loss against a plain computation, gathered negatives against one process, and the metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from comical.distributed.losses import clip_loss
+from comical.distributed.metrics import retrieval_metrics
+from comical.distributed.models import ModelConfig, build_comical_model
+
+
+def _plain_clip_loss(snp, idp, scale, target):
+    """Row by row, in float64: -sum_b t[a,b] log softmax(scale * s_a . i_b) over both directions."""
+    s, i, t = snp.double().numpy(), idp.double().numpy(), target.double().numpy()
+    total = 0.0
+    for logits in (scale * s @ i.T, scale * i @ s.T):
+        for a in range(len(s)):
+            row = logits[a] - logits[a].max()
+            log_p = row - np.log(np.exp(row).sum())
+            total -= (t[a] / t[a].sum() * log_p).sum() / len(s)
+    return total / 2
+
+
+def test_onehot_and_soft_losses_equal_the_plain_computation():
+    g = torch.Generator().manual_seed(0)
+    snp = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
+    idp = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)
+    scale = torch.tensor([7.5])
+    assert clip_loss(snp, idp, scale).item() == pytest.approx(_plain_clip_loss(snp, idp, 7.5, torch.eye(12)), rel=1e-5)
+    snp_key = torch.tensor([1, 1, 2, 3, 1, 4, 5, 6, 7, 8, 9, 2])
+    idp_key = torch.tensor([10, 11, 12, 13, 14, 10, 16, 17, 18, 19, 20, 21])
+    same = ((snp_key[:, None] == snp_key[None]) | (idp_key[:, None] == idp_key[None])).double()
+    soft = clip_loss(snp, idp, scale, targets="soft", snp_key=snp_key, idp_key=idp_key)
+    assert soft.item() == pytest.approx(_plain_clip_loss(snp, idp, 7.5, same), rel=1e-5)
+    assert soft.item() < clip_loss(snp, idp, scale).item() + 1  # sanity: same scale of loss
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, snp, idp, scale, targets, keys, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    rows = slice(rank * len(snp) // world, (rank + 1) * len(snp) // world)
+    s, i = snp[rows].clone().requires_grad_(), idp[rows].clone().requires_grad_()
+    snp_key, idp_key = (k[rows] for k in keys)
+    loss = clip_loss(s, i, scale, targets=targets, snp_key=snp_key, idp_key=idp_key, rank=rank, world_size=world)
+    loss.backward()
+    out[rank] = (loss.item(), s.grad, i.grad)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("targets", ["onehot", "soft"])
+def test_gathered_negatives_equal_the_single_process_loss_and_gradient(targets):
+    g = torch.Generator().manual_seed(1)
+    snp = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+    idp = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+    keys = (torch.randint(0, 4, (16,), generator=g), torch.randint(0, 6, (16,), generator=g))
+    scale = torch.tensor([5.0])
+    s, i = snp.clone().requires_grad_(), idp.clone().requires_grad_()
+    single = clip_loss(s, i, scale, targets=targets, snp_key=keys[0], idp_key=keys[1])
+    single.backward()
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), snp, idp, scale, targets, keys, out), nprocs=2, join=True)
+    # The workers' mean loss is the concatenated batch's loss; the engine's gradient mean is its gradient.
+    assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-6)
+    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, s.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, i.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_retrieval_metrics_by_hand():
+    logits = torch.tensor([[9.0, 1, 0], [0, 1, 9], [0, 9, 1]])  # SNP rows -> IDP columns 0, 2, 1
+    disease = torch.tensor([0, 1, 1])
+    snp_key, idp_key = torch.tensor([1, 2, 3]), torch.tensor([7, 8, 8])  # IDPs 1 and 2 are identical inputs
+    sums, per_pair = retrieval_metrics(logits, disease, snp_key, idp_key)
+    # SNP->IDP: 0->0 own; 1->2 (same disease, identical IDP input); 2->1 (same disease, identical input)
+    # IDP->SNP: column argmax 0->0, 1->2, 2->1: same disease; SNP keys differ so strict only for 0
+    assert sums["pair_accuracy"].item() == 6 and sums["top1_accuracy"].item() == 4
+    assert per_pair.tolist() == [2, 1, 1]
+    assert sums["pair_accuracy_chance"].item() == pytest.approx(2 * (1 / 3 + 2 / 3 + 2 / 3))
+
+
+@pytest.mark.parametrize("layout", ["paper", "separate"])
+def test_model_embeds_to_the_unit_sphere_and_learns(layout):
+    torch.manual_seed(0)
+    model = build_comical_model(ModelConfig(layout=layout), n_snps=6, n_tokens=4, n_idps=6, n_bins=8)
+    batch = {"snp": torch.arange(6), "genotype_token": torch.ones(6, dtype=torch.long), "idp": torch.arange(6),
+             "ple": torch.rand(6, 8)}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        snp, idp, scale = model(batch)
+        loss = clip_loss(snp, idp, scale)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert torch.allclose(snp.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert losses[-1] < 0.2 * losses[0]
