@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except InputError as err:
         print(f"comical {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    p.set_defaults(run=_simulate)
+    p.set_defaults(handler=_simulate)
 
     p = sub.add_parser("qc", help="sample/variant QC, LD pruning and genetic PCs of a cohort")
     p.add_argument("--cohort", type=Path, required=True, help="cohort folder (see `comical simulate`)")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML of QC settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     _add_config_flags(p, _config_class("qc", "QCConfig"))
-    p.set_defaults(run=_qc)
+    p.set_defaults(handler=_qc)
 
     p = sub.add_parser("phewas", help="every IDP against every pair-making disease; the IDP -> disease map")
     p.add_argument("--cohort", type=Path, required=True)
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML of PheWAS settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     _add_config_flags(p, _config_class("phewas", "PhewasConfig"))
-    p.set_defaults(run=_phewas)
+    p.set_defaults(handler=_phewas)
 
     p = sub.add_parser("pairs", help="disease-mediated SNP-IDP pairs as a Parquet pair store")
     p.add_argument("--cohort", type=Path, required=True)
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML of pair settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     _add_config_flags(p, _config_class("pairs", "PairsConfig"))
-    p.set_defaults(run=_pairs)
+    p.set_defaults(handler=_pairs)
 
     p = sub.add_parser("train", help="train COMICAL on a pair store with Ray Train (+ DeepSpeed)")
     p.add_argument("--pairs", type=Path, required=True, help="a pair store (`comical pairs`)")
@@ -83,13 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="Ray Train checkpoint storage (default RUN/checkpoints; s3://, gs://, NFS)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    p.set_defaults(run=_train)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("associate", help="association p-values of SNP-IDP pairs from a trained run's test split")
+    p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
+    p.set_defaults(handler=_associate)
+
+    p = sub.add_parser("embed", help="per-subject SNP and IDP embeddings from a trained run's frozen encoders")
+    p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
+    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="a .parquet file")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(handler=_embed)
 
     p = sub.add_parser("demo", help="simulate the mini cohort, then run every step on it")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    p.set_defaults(run=_demo)
+    p.set_defaults(handler=_demo)
     return parser
 
 
@@ -279,6 +290,64 @@ def _train(args) -> int:
     print(f"train: best epoch {metrics['best_epoch']}; test pair accuracy {metrics['pair_accuracy']:.4f} "
           f"(chance {metrics['pair_accuracy_chance']:.4f}), strict top-1 {metrics['top1_accuracy']:.4f} "
           f"(chance {metrics['top1_accuracy_chance']:.4f}) -> {args.out}")
+    return 0
+
+
+def _associate(args) -> int:
+    import json
+
+    import polars as pl
+
+    from comical.data_io.output_dir import write_atomic
+    from comical.pipelines.associations import pair_associations, score_against_truth
+
+    counts_path = args.run / "test_pair_counts.parquet"
+    info_path = args.run / "model" / "model.json"
+    if not counts_path.is_file() or not info_path.is_file():
+        raise InputError(f"--run {args.run}: no test_pair_counts.parquet and model/model.json; run `comical train`")
+    table = pair_associations(pl.read_parquet(counts_path), json.loads(info_path.read_text()))
+    table.write_csv(args.run / ".associations.tsv.tmp", separator="\t")
+    (args.run / ".associations.tsv.tmp").replace(args.run / "associations.tsv")
+    message = f"associate: {table.height} SNP-IDP pairs, {(table['p_adjusted'] < 0.05).sum()} with adjusted p < 0.05"
+    planted = _planted_snp_idp(args.run)
+    if planted is not None:
+        score = score_against_truth(table, planted)
+        write_atomic(args.run / "association_truth.json", json.dumps(score, indent=2) + "\n")
+        message += f"; against planted effects AUROC {score['auroc']}, precision@{score['k']} {score['precision_at_k']}"
+    print(f"{message} -> {args.run / 'associations.tsv'}")
+    return 0
+
+
+def _planted_snp_idp(run_dir: Path):
+    """The simulator's planted SNP -> IDP effects for the cohort behind a run, if it has them."""
+    import json
+
+    import polars as pl
+
+    pairs = Path(json.loads((run_dir / "run.json").read_text())["config"]["pairs"])
+    cohort = json.loads((pairs / "run.json").read_text()).get("cohort") if (pairs / "run.json").is_file() else None
+    truth = Path(cohort) / "truth" / "snp_idp_effects.parquet" if cohort else None
+    return pl.read_parquet(truth) if truth is not None and truth.is_file() else None
+
+
+def _embed(args) -> int:
+    from comical.data_io.cohort import load_cohort
+    from comical.distributed.export import load_model
+    from comical.pipelines.embed import subject_embeddings
+
+    if args.out.exists() and not args.force:
+        raise InputError(f"--out {args.out}: exists; pass --force to replace it")
+    if args.out.suffix != ".parquet":
+        raise InputError(f"--out {args.out}: expected a .parquet file name")
+    model, info = load_model(args.run / "model")
+    cohort = load_cohort(args.cohort)
+    table = subject_embeddings(model, info, cohort)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    table.write_parquet(tmp)
+    tmp.replace(args.out)
+    print(f"embed: {table.height} subjects x ({len(info['snps'])} SNP + "
+          f"{len(table['idp_embedding'][0]) // info['model']['embed_dim']} IDP embeddings of "
+          f"{info['model']['embed_dim']}) -> {args.out}")
     return 0
 
 

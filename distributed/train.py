@@ -95,13 +95,19 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
 
 def _pull_shard(shard, device: torch.device) -> dict[str, torch.Tensor]:
-    """A worker's whole shard as device tensors (Ray Data streams it in large blocks, once)."""
+    """A worker's whole shard as device tensors (Ray Data streams it in large blocks, once).
+
+    Rows are put in a canonical order (subject, disease, snp, idp), so the seeded shuffles that follow do not
+    depend on the order in which Ray Data delivered the blocks: the same seed gives the same run.
+    """
     parts = {c: [] for c in _COLUMNS}
     for batch in shard.iter_batches(batch_size=1 << 20, batch_format="numpy"):
         for c in _COLUMNS:
             parts[c].append(batch[c])
-    return {c: torch.from_numpy(np.concatenate(v) if v else np.empty(0, PAIR_SCHEMA.field(c).type.to_pandas_dtype()))
-            .to(device) for c, v in parts.items()}
+    columns = {c: np.concatenate(v) if v else np.empty(0, PAIR_SCHEMA.field(c).type.to_pandas_dtype())
+               for c, v in parts.items()}
+    order = np.lexsort([columns[c] for c in ("idp", "snp", "disease", "subject")])
+    return {c: torch.from_numpy(v[order]).to(device) for c, v in columns.items()}
 
 
 def _common_steps(steps: int, device: torch.device) -> int:
@@ -209,6 +215,7 @@ def run_training(config: TrainConfig, storage: Path):
 
     `comical train` and every Tune trial call this same driver.
     """
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -225,6 +232,9 @@ def run_training(config: TrainConfig, storage: Path):
             failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),
         datasets={"train": pair_dataset(config.pairs, "train"), "val": pair_dataset(config.pairs, "val")},
+        # Deterministic block-to-worker assignment: with the canonical row order in `_pull_shard`, a seed
+        # fixes the run (and a restarted worker gets the same shard back).
+        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     return trainer.fit()
 

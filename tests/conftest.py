@@ -57,3 +57,27 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_pairs(mini_pairs, mini_cohort, tmp_path_factory) -> Path:
+    """The mini cohort's pairs at --top-n-perc 1 (about 76k training pairs), reusing mini_pairs' QC and PheWAS."""
+    from comical.cli import main
+
+    out = tmp_path_factory.mktemp("small") / "store"
+    assert main(["pairs", "--cohort", str(mini_cohort), "--top-n-perc", "1", "--out", str(out), "--qc",
+                 str(mini_pairs / "qc"), "--phewas", str(mini_pairs / "phewas")]) == 0
+    return out
+
+
+TRAIN_ARGS = ["--workers", "2", "--zero-stage", "2", "--epochs", "3", "--batch-size", "1024"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_pairs, ray_session, tmp_path_factory) -> Path:
+    """`comical train --workers 2 --zero-stage 2` (DeepSpeed) on the small store, 3 epochs."""
+    from comical.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--pairs", str(small_pairs), "--out", str(out), *TRAIN_ARGS]) == 0
+    return out

@@ -1,0 +1,174 @@
+"""`comical train` end to end on the mini cohort: accuracy, outputs, determinism, the fault drill, DDP, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import polars as pl
+import psutil
+import pytest
+import torch
+from conftest import TRAIN_ARGS
+from safetensors.torch import load_file
+
+from comical.cli import main
+from comical.distributed.config import TrainConfig
+from comical.distributed.export import load_model
+from comical.distributed.train import evaluate, load_split
+
+_TIMING = ("pairs_per_s", "epoch_seconds")
+
+
+def _epochs(run):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if k not in _TIMING} for m in lines]
+
+
+def test_learns_the_pairs_far_above_chance(trained_run):
+    test = json.loads((trained_run / "test_metrics.json").read_text())
+    assert test["pair_accuracy"] >= 0.95
+    assert test["pair_accuracy"] > 3 * test["pair_accuracy_chance"]
+    assert test["top1_accuracy"] > 2 * test["top1_accuracy_chance"]
+    epochs = _epochs(trained_run)
+    assert [m["epoch"] for m in epochs] == [0, 1, 2] and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert test["best_epoch"] == epochs[-1]["best_epoch"]
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    config = TrainConfig.from_yaml(trained_run / "config.yaml")
+    assert config.engine.zero_stage == 2 and config.engine.workers == 2 and config.batch_size == 1024
+
+
+def test_exported_safetensors_reproduce_the_test_metrics(trained_run, small_pairs):
+    weights = load_file(str(trained_run / "model" / "model.safetensors"))
+    assert "logit_scale" in weights and weights["logit_scale"].shape == (1,)
+    model, info = load_model(trained_run / "model")
+    config = TrainConfig.from_yaml(trained_run / "config.yaml")
+    metrics = evaluate(model, load_split(small_pairs, "test"), config, info["n_bins"], seed=config.seed)
+    saved = json.loads((trained_run / "test_metrics.json").read_text())
+    assert metrics["pair_accuracy"] == pytest.approx(saved["pair_accuracy"])
+    assert metrics["loss"] == pytest.approx(saved["loss"], rel=1e-6)
+    assert not list(trained_run.rglob("*.pkl"))
+
+
+def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--run", str(trained_run), "--cohort", str(mini_cohort), "--out", str(out)]) == 0
+    table = pl.read_parquet(out)
+    info = json.loads((trained_run / "model" / "model.json").read_text())
+    dim = info["model"]["embed_dim"]
+    assert table.height == 2000 and len(table["snp_embedding"][0]) == len(info["snps"]) * dim
+    first = np.asarray(table["snp_embedding"][0]).reshape(len(info["snps"]), dim)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1, atol=1e-5)  # embeddings on the unit sphere
+    assert main(["embed", "--run", str(trained_run), "--cohort", str(mini_cohort), "--out", str(out)]) == 2
+    assert main(["associate", "--run", str(trained_run)]) == 0
+    assoc = pl.read_csv(trained_run / "associations.tsv", separator="\t")
+    counts = pl.read_parquet(trained_run / "test_pair_counts.parquet")
+    assert assoc.height == counts.height and assoc["n_test"].sum() == counts["n_test"].sum()
+    assert (assoc["p"].diff().drop_nulls() >= 0).all()
+    truth = json.loads((trained_run / "association_truth.json").read_text())
+    assert truth["n_pairs"] == assoc.height and "precision_at_k" in truth
+
+
+def _train_workers():
+    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_fault_drill_killed_worker_recovers_with_the_same_result(small_pairs, trained_run, ray_session, tmp_path):
+    """Kill one Train worker mid-epoch 1: the run restarts from epoch 0's checkpoint and ends as the
+    uninterrupted run did (same epochs, same metrics: the seed fixes the run)."""
+    out = tmp_path / "run"
+    status = {}
+    thread = threading.Thread(target=lambda: status.setdefault(
+        "rc", main(["train", "--pairs", str(small_pairs), "--out", str(out), *TRAIN_ARGS])))
+    thread.start()
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and thread.is_alive():
+        if list((out / "checkpoints" / "comical-train").glob("checkpoint_*")):
+            time.sleep(1.0)  # into epoch 1
+            workers = _train_workers()
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    assert killed is not None, "never saw a checkpoint and a worker to kill"
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    assert status["rc"] == 0
+    assert _epochs(out) == _epochs(trained_run)
+    assert json.loads((out / "test_metrics.json").read_text()) == json.loads(
+        (trained_run / "test_metrics.json").read_text())
+
+
+def test_ddp_engine_trains_and_resume_continues_a_run(small_pairs, ray_session, tmp_path, capsys):
+    out = tmp_path / "ddp"
+    args = ["train", "--pairs", str(small_pairs), "--out", str(out), "--engine", "ddp", "--workers", "1",
+            "--epochs", "1", "--batch-size", "512"]
+    assert main(args) == 0
+    first = _epochs(out)
+    assert len(first) == 1 and first[0]["val_pair_accuracy"] > 0.5
+    # --resume of a finished run: the checkpoint says every epoch is done, so nothing is retrained.
+    assert main(args + ["--resume"]) == 0
+    assert _epochs(out) == first
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_bad_training_input_fails_before_ray(small_pairs, tmp_path, capsys, monkeypatch):
+    cases = [
+        (["--pairs", str(tmp_path)], "not a pair store"),
+        (["--pairs", str(small_pairs), "--zero-stage", "5"], "--zero-stage 5: expected 0, 1, 2 or 3"),
+        (["--pairs", str(small_pairs), "--resume"], "--resume: no checkpoint"),
+        (["--pairs", str(small_pairs), "--batch-size", "1001", "--workers", "2"], "does not split evenly"),
+    ]
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nmodel:\n  widht: 32\n")
+    cases.append((["--pairs", str(small_pairs), "--config", str(tmp_path / "bad.yaml")], "unknown key(s) ['widht']"))
+    for extra, needle in cases:
+        assert main(["train", "--out", str(tmp_path / "o"), *extra]) == 2, needle
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    monkeypatch.setattr("comical.distributed.train.cpu_supports_bf16", lambda: False)
+    assert main(["train", "--pairs", str(small_pairs), "--out", str(tmp_path / "o"), "--precision", "bf16"]) == 2
+    assert "bf16 on CPU needs" in capsys.readouterr().err
+
+
+def test_deepspeed_checkpoint_round_trip_in_one_process(small_pairs, tmp_path, monkeypatch, request):
+    """Save after two steps, load into a fresh engine: same weights, same next step."""
+    import torch.distributed as dist
+
+    from comical.data_io.pair_store import expand_pairs, read_manifest
+    from comical.distributed.engine import make_engine
+    from comical.distributed.losses import clip_loss
+    from comical.distributed.train import build_model
+
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29611", RANK="0", WORLD_SIZE="1",
+                           LOCAL_RANK="0").items():
+        monkeypatch.setenv(key, value)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    request.addfinalizer(dist.destroy_process_group)
+    config = TrainConfig.from_dict({"pairs": str(small_pairs), "batch_size": 256, "engine": {"zero_stage": 2}})
+    manifest = read_manifest(small_pairs)
+    data = load_split(small_pairs, "val")
+    batches = [expand_pairs({k: v[i * 256:(i + 1) * 256] for k, v in data.items()}, manifest["n_bins"])
+               for i in range(3)]
+
+    def step(engine, batch):
+        snp, idp, scale = engine(batch)
+        loss = clip_loss(snp, idp, scale)
+        engine.backward(loss)
+        engine.step()
+        return loss.item()
+
+    torch.manual_seed(0)
+    first = make_engine(build_model(config.model, manifest), config, 1, torch.device("cpu"))
+    step(first, batches[0]), step(first, batches[1])
+    first.save(tmp_path, {"epoch": 7})
+    torch.manual_seed(1)  # different initial weights, overwritten by the load
+    second = make_engine(build_model(config.model, manifest), config, 1, torch.device("cpu"))
+    assert second.load(tmp_path)["epoch"] == 7
+    for key, value in first.full_state_dict().items():
+        torch.testing.assert_close(second.full_state_dict()[key], value)
+    assert step(second, batches[2]) == pytest.approx(step(first, batches[2]), rel=1e-6)
