@@ -85,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_train)
 
+    p = sub.add_parser("tune", help="Ray Tune ASHA sweep over training (the paper's Table 1 space)")
+    p.add_argument("--pairs", type=Path, help="a pair store (`comical pairs`)")
+    p.add_argument("--space", default="table1", help="search space: table1 (shipped) or a YAML file")
+    p.add_argument("--num-samples", type=int, default=10, help="trials to sample")
+    p.add_argument("--out", type=Path, help="the sweep folder")
+    p.add_argument("--max-epochs", type=int, default=5, help="epochs of a trial that ASHA never stops")
+    p.add_argument("--workers-per-trial", type=int, default=1)
+    p.add_argument("--gpus-per-worker", type=int, default=0, help="0: CPU workers; 1: one GPU each")
+    p.add_argument("--config", type=Path, help="YAML TrainConfig for the settings the space does not sample")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted sweep in DIR")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different sweep")
+    p.set_defaults(handler=_tune)
+
     p = sub.add_parser("associate", help="association p-values of SNP-IDP pairs from a trained run's test split")
     p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
     p.set_defaults(handler=_associate)
@@ -293,6 +306,70 @@ def _train(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    import json
+
+    from comical.data_io.output_dir import check_output_dir, write_atomic
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.train import check_train_inputs
+    from comical.tuning.sweep import load_space, results_table, run_sweep, write_sweep_outputs
+
+    if args.resume:
+        request_path = args.resume / "tune_request.json"
+        if not request_path.is_file() or not (args.resume / "sweep").is_dir():
+            raise InputError(f"--resume {args.resume}: no interrupted sweep there (tune_request.json, sweep/)")
+        request = json.loads(request_path.read_text())
+        out = args.resume.resolve()
+    else:
+        if args.pairs is None or args.out is None:
+            raise InputError("give --pairs and --out (or --resume DIR)")
+        if args.num_samples < 1:
+            raise InputError(f"--num-samples {args.num_samples}: expected at least 1")
+        if args.max_epochs < 1 or args.workers_per_trial < 1 or args.gpus_per_worker not in (0, 1):
+            raise InputError("--max-epochs and --workers-per-trial must be >= 1, --gpus-per-worker 0 or 1")
+        base = TrainConfig.from_yaml(args.config).to_dict() if args.config else TrainConfig().to_dict()
+        base.update(pairs=str(args.pairs.resolve()), epochs=args.max_epochs)
+        base["engine"].update(workers=args.workers_per_trial, use_gpu=bool(args.gpus_per_worker))
+        request = {"command": "tune", "space": args.space, "num_samples": args.num_samples, "base": base}
+        out = args.out.resolve()
+    space = load_space(request["space"])
+    base = TrainConfig.from_dict(request["base"], source="comical tune")
+    manifest = check_train_inputs(base)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False)
+    _check_cluster_fits(base)
+    if not args.resume:
+        check_output_dir(out, request, force=args.force, inputs=(Path(base.pairs),))
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        write_atomic(out / "tune_request.json", json.dumps(request, indent=2) + "\n")
+        write_atomic(out / "run.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
+    grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=bool(args.resume))
+    table = results_table(grid, space, base.epochs)
+    best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
+    print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA); best "
+          f"validation pair accuracy {best['best_val_pair_accuracy']:.4f} -> {out / 'best_config.yaml'}, "
+          f"{out / 'table1.md'}")
+    return 0
+
+
+def _check_cluster_fits(config) -> None:
+    """More workers than the cluster can ever hold would leave trials pending forever: refuse up front."""
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = config.engine.workers * config.engine.cpus_per_worker + 0.5
+    need_gpu = config.engine.workers if config.engine.use_gpu else 0
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise InputError(f"{config.engine.workers} workers need {need_cpu:g} CPUs and {need_gpu} GPUs; the Ray "
+                         f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+
+
 def _associate(args) -> int:
     import json
 
@@ -356,8 +433,9 @@ def _demo(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.data_io.simulate import write_cohort
     from comical.data_io.traits import load_trait_map
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.run import train_and_evaluate
     from comical.pipelines.pairs import PairsConfig
-    from comical.pipelines.qc import QCConfig
 
     run = {"command": "demo", "seed": args.seed}
     out = check_output_dir(args.out, run, force=args.force)
@@ -368,9 +446,15 @@ def _demo(args) -> int:
               f"variants) -> {out / 'cohort'}")
         cohort = load_cohort(stage / "cohort")
         (stage / "pairs").mkdir()
-        manifest = _write_pairs(cohort, PairsConfig(top_n_perc=5, seed=args.seed), load_trait_map(), stage / "pairs",
+        manifest = _write_pairs(cohort, PairsConfig(top_n_perc=1, seed=args.seed), load_trait_map(), stage / "pairs",
                                 qc_dir=None, phewas_dir=None, shown_as=out / "pairs")
-        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 5 "
+        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 1 "
               f"-> {out / 'pairs'}")
+        config = TrainConfig.from_dict({"pairs": str(stage / "pairs"), "seed": args.seed,
+                                        "engine": {"workers": 2, "zero_stage": 2}})
+        test = train_and_evaluate(config, stage / "run")
+        print(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): test pair accuracy "
+              f"{test['pair_accuracy']:.3f} (chance {test['pair_accuracy_chance']:.3f}), strict top-1 "
+              f"{test['top1_accuracy']:.3f} (chance {test['top1_accuracy_chance']:.3f}) -> {out / 'run'}")
     print(f"demo: done; outputs in {out}")
     return 0

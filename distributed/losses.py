@@ -6,6 +6,8 @@ Each worker scores its own B queries against the B x world_size candidates of al
 `local_loss` with `gather_with_grad`): the mean of the workers' losses is the loss of the concatenated batch,
 and since the gather passes gradients back to the worker that owns each feature, the engines' usual gradient
 average is exactly the concatenated batch's gradient, at 1/world_size of the compute of the full B_total^2 logits.
+The one-hot loss is a fused autograd function (`_SymmetricClip`); `clip_loss_reference` is the same loss in
+plain autograd ops, the reference it is tested against and the path of soft targets.
 
 Targets: `onehot` is the paper's (pair k's partner is candidate k). `soft` treats identical inputs as positives:
 with a few dozen SNPs x 3 genotypes, most in-batch "negatives" of a SNP are inputs identical to its positive,
@@ -51,11 +53,75 @@ def input_keys(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return snp_key, idp_key
 
 
+# The fused losses below compute exp(logits) once. Features are L2-normalised, so logits = scale * cosine and
+# one shift, the batch's largest logit, keeps every exponent <= 0. An entry underflows (exp < 1e-38) only when
+# it is more than 87 below that largest logit; a whole row or column underflows only if its best cosine is
+# 87/scale (>= 0.87, since CLIP caps the scale at 100) below the batch's best pair; its sum is then floored
+# at 1e-38 rather than being exact.
+_TINY = 1e-38
+
+
+class _SymmetricClip(torch.autograd.Function):
+    """One-hot symmetric CLIP loss, fused, for this worker's rows of the (B_total x B_total) logits.
+
+    Rows are the local SNP queries against every worker's IDPs; the IDP->SNP direction is the columns, whose
+    softmax denominators are the column sums all-reduced over workers (B_total floats), so no SNP features
+    are gathered. Forward: one B x B_total product and one exp pass (autograd: two products, four exp passes);
+    backward: two products. Each worker's backward is the gradient of world_size x the batch loss through its
+    block, so the engines' gradient average is exactly the concatenated batch's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, snp: torch.Tensor, idp_all: torch.Tensor, scale: torch.Tensor, rank: int,
+                world_size: int) -> torch.Tensor:
+        b = snp.shape[0]
+        offset = rank * b
+        logits = (snp @ idp_all.T).mul_(scale)
+        shift = logits.max()
+        if world_size > 1:
+            dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+        weights = logits.sub_(shift).exp_()  # in place: exp(logits - shift)
+        rows = weights.sum(dim=1).clamp_min(_TINY)
+        cols = weights.sum(dim=0)
+        if world_size > 1:
+            dist.all_reduce(cols)
+        cols = cols.clamp_min(_TINY)
+        own = scale * (snp * idp_all[offset:offset + b]).sum(dim=1)
+        ctx.offset = offset
+        ctx.save_for_backward(snp, idp_all, scale, weights, rows, cols)
+        return ((rows.log() + shift - own).mean() + (cols[offset:offset + b].log() + shift - own).mean()) / 2
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        snp, idp_all, scale, weights, rows, cols = ctx.saved_tensors
+        b = snp.shape[0]
+        g = weights * (1 / rows)[:, None] + weights * (1 / cols)[None, :]  # softmax over rows + over columns
+        g[:, ctx.offset:ctx.offset + b].diagonal().sub_(2.0)
+        g.mul_(grad / (2 * b))  # d loss / d logits
+        g_idp = g @ idp_all
+        grad_scale = (snp * g_idp).sum().reshape(1)  # sum(g * cosine): logits = scale * cosine
+        return scale * g_idp, scale * (g.T @ snp), grad_scale, None, None
+
+
 def clip_loss(snp: torch.Tensor, idp: torch.Tensor, logit_scale: torch.Tensor, *, targets: str = "onehot",
               snp_key: torch.Tensor | None = None, idp_key: torch.Tensor | None = None,
               rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """This worker's share of the symmetric CLIP loss: mean over its queries of the SNP->IDP and IDP->SNP
-    cross-entropies against all workers' candidates. Averaged over workers: the concatenated batch's loss."""
+    cross-entropies against all workers' candidates. Averaged over workers: the concatenated batch's loss.
+
+    One-hot targets take fused autograd functions (tested against `clip_loss_reference`); soft targets
+    take the plain autograd path.
+    """
+    if targets == "onehot":
+        return _SymmetricClip.apply(snp, gather_features(idp, rank, world_size), logit_scale, rank, world_size)
+    return clip_loss_reference(snp, idp, logit_scale, targets=targets, snp_key=snp_key, idp_key=idp_key,
+                               rank=rank, world_size=world_size)
+
+
+def clip_loss_reference(snp: torch.Tensor, idp: torch.Tensor, logit_scale: torch.Tensor, *,
+                        targets: str = "onehot", snp_key: torch.Tensor | None = None,
+                        idp_key: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """`clip_loss` written with plain autograd ops: the reference for the fused path, and the soft-target path."""
     all_snp = gather_features(snp, rank, world_size)
     all_idp = gather_features(idp, rank, world_size)
     snp_to_idp = logit_scale * snp @ all_idp.T  # (B, B_total)

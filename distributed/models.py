@@ -34,6 +34,9 @@ class ModelConfig(Config):
     embed_dim: int = 64  # joint space dimension of the projections W_s, W_i
     dropout: float = 0.0
     init_temperature: float = 0.07  # CLIP's initial temperature; logit scale = 1/T, clamped at 100
+    # A batch's SNP inputs (identity x genotype token) take a few hundred values: encode each once, then gather
+    # (the same maths and gradients; the tower's cost no longer grows with the batch).
+    dedupe_snp_inputs: bool = True
 
     def __post_init__(self):
         if self.layout not in ("paper", "separate"):
@@ -110,8 +113,17 @@ class ContrastiveModel(nn.Module):
         self.idp_projection = nn.Linear(config.width, config.embed_dim, bias=False)  # W_i
         # Shape [1], not a 0-dim tensor: DeepSpeed 0.19.8 cannot broadcast 0-dim parameters.
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / config.init_temperature)))
+        self.dedupe_snp_inputs = config.dedupe_snp_inputs
 
     def encode_snps(self, snp: torch.Tensor, genotype_token: torch.Tensor) -> torch.Tensor:
+        if self.dedupe_snp_inputs:
+            key = snp.long() * (int(genotype_token.max()) + 1) + genotype_token.long()
+            distinct, index = torch.unique(key, return_inverse=True)
+            first = torch.empty_like(distinct).scatter_(0, index, torch.arange(len(key), device=key.device))
+            return self._encode_snps(snp[first], genotype_token[first])[index]
+        return self._encode_snps(snp, genotype_token)
+
+    def _encode_snps(self, snp: torch.Tensor, genotype_token: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.snp_projection(self.snp_tower(snp, genotype_token)), dim=-1)
 
     def encode_idps(self, idp: torch.Tensor, ple: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     for epoch in range(start_epoch, config.epochs):
         train_loss, seconds = _train_epoch(engine, train, steps, epoch, rank, world, config, manifest["n_bins"])
         val_metrics = evaluate(engine, val, config, manifest["n_bins"], world=world, seed=config.seed + epoch)
-        metrics = {"epoch": epoch, "train_loss": train_loss, "pairs_per_s": steps * config.batch_size / seconds,
+        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "train_loss": train_loss, "pairs_per_s": steps * config.batch_size / seconds,
                    "epoch_seconds": seconds, **{f"val_{k}": v for k, v in val_metrics.items()}}
         score = (metrics["val_pair_accuracy"], -metrics["val_loss"])
         if best is None or score > tuple(best["score"]):
@@ -210,10 +210,11 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run_training(config: TrainConfig, storage: Path):
+def run_training(config: TrainConfig, storage: Path, *, name: str = RUN_NAME, callbacks: tuple = ()):
     """Build the TorchTrainer over the pair store and fit it; returns Ray's Result.
 
-    `comical train` and every Tune trial call this same driver.
+    `comical train` and every Tune trial call this same driver (a trial passes its own run name and Tune's
+    report callback).
     """
     import ray.data
     import ray.train
@@ -228,7 +229,7 @@ def run_training(config: TrainConfig, storage: Path):
         scaling_config=ray.train.ScalingConfig(num_workers=config.engine.workers, use_gpu=config.engine.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=str(storage),
+            name=name, storage_path=str(storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),
         datasets={"train": pair_dataset(config.pairs, "train"), "val": pair_dataset(config.pairs, "val")},

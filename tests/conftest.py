@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,6 +55,7 @@ def ray_session():
     """One local Ray session for the whole test run (starting Ray costs seconds)."""
     import ray
 
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reporting from tests (and no network)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

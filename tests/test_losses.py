@@ -70,7 +70,7 @@ def test_gathered_negatives_equal_the_single_process_loss_and_gradient(targets):
     s, i = snp.clone().requires_grad_(), idp.clone().requires_grad_()
     single = clip_loss(s, i, scale, targets=targets, snp_key=keys[0], idp_key=keys[1])
     single.backward()
-    out = mp.Manager().dict()
+    out = mp.get_context("spawn").Manager().dict()  # a forked manager would break the Ray driver's gRPC
     mp.spawn(_worker, args=(2, _free_port(), snp, idp, scale, targets, keys, out), nprocs=2, join=True)
     # The workers' mean loss is the concatenated batch's loss; the engine's gradient mean is its gradient.
     assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-6)
@@ -107,3 +107,37 @@ def test_model_embeds_to_the_unit_sphere_and_learns(layout):
         losses.append(loss.item())
     assert torch.allclose(snp.norm(dim=1), torch.ones(6), atol=1e-5)
     assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize("rows", [7, 64])
+def test_fused_loss_equals_autograd_reference_forward_and_backward(rows):
+    from comical.distributed.losses import clip_loss_reference
+
+    g = torch.Generator().manual_seed(rows)
+    base = [torch.nn.functional.normalize(torch.randn(rows, 16, generator=g), dim=1) for _ in range(2)]
+    results = []
+    for loss_fn in (clip_loss, clip_loss_reference):
+        snp, idp = (x.clone().double().requires_grad_() for x in base)
+        scale = torch.tensor([11.0], dtype=torch.float64, requires_grad=True)
+        loss = loss_fn(snp, idp, scale)
+        loss.backward()
+        results.append((loss.detach(), snp.grad, idp.grad, scale.grad))
+    for fused, plain in zip(*results):
+        torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_snp_dedupe_gives_the_same_embeddings_and_gradients():
+    outputs = []
+    for dedupe in (True, False):
+        torch.manual_seed(3)
+        model = build_comical_model(ModelConfig(dedupe_snp_inputs=dedupe), n_snps=5, n_tokens=4, n_idps=3, n_bins=8)
+        g = torch.Generator().manual_seed(0)
+        batch = {"snp": torch.randint(0, 5, (64,), generator=g), "genotype_token": torch.randint(0, 4, (64,), generator=g),
+                 "idp": torch.randint(0, 3, (64,), generator=g), "ple": torch.rand(64, 8, generator=g)}
+        snp, idp, scale = model(batch)
+        clip_loss(snp, idp, scale).backward()
+        outputs.append((snp.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0])
+    assert outputs[0][1].keys() == outputs[1][1].keys()
+    for name in outputs[0][1]:
+        torch.testing.assert_close(outputs[0][1][name], outputs[1][1][name], rtol=1e-5, atol=1e-6)

@@ -1,1 +1,1 @@
-"""Ray Tune search spaces and ASHA sweeps over the training driver (tuning issue)."""
+"""Ray Tune ASHA sweeps over the training driver: the paper's Table 1 space, results tables, sweep restore."""

@@ -1,0 +1,157 @@
+"""`comical tune`: Ray Tune with ASHA over the training driver, each trial a real Ray Train run.
+
+    comical tune --pairs pairs/ --space table1 --num-samples 20 --out sweep/ --max-epochs 10
+
+A trial is a function that builds and fits the same `TorchTrainer` as `comical train` (`run_training`), with
+Tune's report callback (Train V2 inside Tune, as Ray 2.60 documents it): every epoch reports validation pair
+accuracy, and ASHA stops the trials that trail. ASHA counts `epochs_done` (not Tune's iteration counter, which
+restarts at 0 in a resumed trial). Outputs: `results.parquet` (a row per trial: its settings under the config's
+own key names, last and best metrics, epochs run, whether ASHA stopped it), `best_config.yaml` (a TrainConfig
+for `comical train --config`), `table1.md` (the best settings laid out like the paper's Table 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from comical.data_io.errors import InputError
+from comical.distributed.config import TrainConfig
+
+SWEEP_NAME = "sweep"
+METRIC = "val_pair_accuracy"
+_TYPES = {"choice": ("values",), "loguniform": ("low", "high"), "uniform": ("low", "high"), "randint": ("low", "high")}
+_TABLE1_ROWS = [("Batch size", "batch_size"), ("Model dimensions", "width"), ("Number of Transformer layers", "layers"),
+                ("Attention heads per layer", "heads"), ("Feed-forward dimensions", "ff_dim"),
+                ("Learning rate", "learning_rate"), ("Warmup steps", "warmup_steps"), ("Weight decay", "weight_decay")]
+
+
+def load_space(name: str) -> dict[str, dict]:
+    """A search space by name (`table1`, shipped in tuning/) or YAML path; checked key by key."""
+    path = files("comical.tuning") / f"{name}.yaml" if "/" not in name and not name.endswith(".yaml") else Path(name)
+    try:
+        space = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"--space {name}: no such search space (shipped: table1; or a YAML file)") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"--space {name}: not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(space, dict) or not space:
+        raise InputError(f"--space {name}: expected a mapping of config keys to ranges")
+    defaults = TrainConfig().to_dict()
+    for key, spec in space.items():
+        section, _, leaf = key.rpartition(".")
+        holder = defaults.get(section) if section else defaults
+        if not isinstance(holder, dict) or leaf not in holder:
+            raise InputError(f"--space {name}: {key!r} is not a TrainConfig key (e.g. batch_size, optim.learning_rate)")
+        if not isinstance(spec, dict) or spec.get("type") not in _TYPES or any(f not in spec for f in _TYPES[spec["type"]]):
+            raise InputError(f"--space {name}: {key}: expected {{type: choice|loguniform|uniform|randint, ...}} with "
+                             f"{_TYPES.get(spec.get('type') if isinstance(spec, dict) else None, ('values',))}")
+    return space
+
+
+def _tune_space(space: dict[str, dict]) -> dict:
+    from ray import tune
+
+    nested: dict = {}
+    for key, spec in space.items():
+        section, _, leaf = key.rpartition(".")
+        target = nested.setdefault(section, {}) if section else nested
+        kind = spec["type"]
+        target[leaf] = (tune.choice(spec["values"]) if kind == "choice" else
+                        tune.loguniform(spec["low"], spec["high"]) if kind == "loguniform" else
+                        tune.uniform(spec["low"], spec["high"]) if kind == "uniform" else
+                        tune.randint(spec["low"], spec["high"]))
+    return nested
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _trial(params: dict) -> None:
+    """One Tune trial: the sampled settings over the base config, trained by the `comical train` driver."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from comical.distributed.train import run_training
+
+    sampled = {k: v for k, v in params.items() if k not in ("base", "storage")}
+    config = TrainConfig.from_dict(_merge(params["base"], sampled), source="tune trial")
+    trial_id = ray.tune.get_context().get_trial_id()
+    result = run_training(config, Path(params["storage"]), name=f"trial-{trial_id}", callbacks=[TuneReportCallback()])
+    if result.error is not None:
+        raise result.error
+
+
+def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, out: Path, resume: bool = False):
+    """Fit (or resume) the sweep in `out`; return Tune's ResultGrid."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # The trial's own driver needs little; its Train workers ask for their own CPUs/GPUs.
+    trainable = tune.with_resources(_trial, {"CPU": 0.5})
+    if resume:
+        tuner = tune.Tuner.restore(str(out / SWEEP_NAME), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        scheduler = ASHAScheduler(time_attr="epochs_done", metric=METRIC, mode="max", max_t=base.epochs,
+                                  grace_period=1, reduction_factor=2)
+        param_space = {"base": base.to_dict(), "storage": str(out / "trials"), **_tune_space(space)}
+        tuner = tune.Tuner(trainable, param_space=param_space,
+                           tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
+                                                       max_concurrent_trials=1),
+                           run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out),
+                                                     failure_config=tune.FailureConfig(max_failures=1)))
+    return tuner.fit()
+
+
+def results_table(grid, space: dict[str, dict], max_epochs: int) -> pl.DataFrame:
+    """One row per trial: trial_id, its sampled settings (leaf key names), last/best metrics, epochs, stopped."""
+    rows = []
+    for result in grid:
+        config = result.config or {}
+        row = {"trial_id": result.path.rsplit("/", 1)[-1] if result.path else None}
+        for key in space:
+            section, _, leaf = key.rpartition(".")
+            row[leaf] = (config.get(section, {}) if section else config).get(leaf)
+        history = result.metrics_dataframe
+        last = result.metrics or {}
+        epochs = int(last.get("epochs_done", 0) or 0)
+        row.update({"epochs_run": epochs, "errored": result.error is not None,
+                    "stopped_by_asha": result.error is None and 0 < epochs < max_epochs,
+                    f"last_{METRIC}": last.get(METRIC), "last_val_loss": last.get("val_loss"),
+                    f"best_{METRIC}": float(history[METRIC].max()) if history is not None and METRIC in history else None,
+                    "best_val_loss": float(history["val_loss"].min()) if history is not None and "val_loss" in history else None})
+        rows.append(row)
+    return pl.DataFrame(rows).sort(f"best_{METRIC}", descending=True, nulls_last=True)
+
+
+def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out: Path, top_n_perc) -> dict:
+    """results.parquet, best_config.yaml (a full TrainConfig), table1.md; returns the best row."""
+    table.write_parquet(out / "results.parquet")
+    best = table.row(0, named=True)
+    overrides: dict = {}
+    for key in space:
+        section, _, leaf = key.rpartition(".")
+        (overrides.setdefault(section, {}) if section else overrides)[leaf] = best[leaf]
+    best_config = TrainConfig.from_dict(_merge(base.to_dict(), overrides))
+    (out / "best_config.yaml").write_text(best_config.to_yaml())
+    flat = {**best_config.to_dict(), **best_config.model.to_dict(), **best_config.optim.to_dict()}
+    lines = [f"| | Top {top_n_perc}% SNPs |", "|---|---|"]
+    lines += [f"| **{label}** | {flat[key]:.4g} |" if isinstance(flat[key], float) else f"| **{label}** | {flat[key]} |"
+              for label, key in _TABLE1_ROWS]
+    (out / "table1.md").write_text("\n".join(lines) + f"\n\nBest of {table.height} trials by validation pair "
+                                   f"accuracy ({best[f'best_{METRIC}']:.4f}).\n")
+    (out / "best_trial.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
+    return best
