@@ -105,7 +105,11 @@ def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, ou
         tuner = tune.Tuner.restore(str(out / SWEEP_NAME), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        scheduler = ASHAScheduler(time_attr="epochs_done", metric=METRIC, mode="max", max_t=base.epochs,
+        # max_t one past the last epoch: ASHA never stops a trial at its final report, so the trial returns and
+        # its Train controller shuts down cleanly. A trial Tune kills leaves its Train resource request with
+        # Ray Data's AutoscalingCoordinator for 180 s, and on a 2-CPU machine two such leftovers starve the
+        # next trial's Parquet reads.
+        scheduler = ASHAScheduler(time_attr="epochs_done", metric=METRIC, mode="max", max_t=base.epochs + 1,
                                   grace_period=1, reduction_factor=2)
         param_space = {"base": base.to_dict(), "storage": str(out / "trials"), **_tune_space(space)}
         tuner = tune.Tuner(trainable, param_space=param_space,

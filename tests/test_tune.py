@@ -1,0 +1,170 @@
+"""Tune sweeps with ASHA (and their resume), cluster.yaml against Ray's schema, and `ray job submit` for real."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from comical.cli import main
+from comical.distributed.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SPACE = {  # small, fast corners of the Table 1 space, so a CI sweep takes a minute or two
+    "batch_size": {"type": "choice", "values": [512, 1024]},
+    "model.width": {"type": "choice", "values": [32]},
+    "optim.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+    "optim.warmup_steps": {"type": "randint", "low": 0, "high": 20},
+}
+
+
+@pytest.fixture
+def tiny_space(tmp_path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(TINY_SPACE))
+    return path
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    types = config["available_node_types"]
+    assert types["a100"]["resources"]["GPU"] == 8 and types["h100"]["resources"]["GPU"] == 8
+    assert "GPU" not in types[config["head_node_type"]]["resources"]
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["a100"]["min_workers"] = "two"
+    with pytest.raises(Exception, match="not of type 'integer'"):
+        validate_config(prepare_config(broken))
+
+
+def test_table1_space_is_shipped_and_brackets_the_papers_values():
+    from comical.tuning.sweep import load_space
+
+    space = load_space("table1")
+    assert 4096 in space["batch_size"]["values"] and 64 in space["model.width"]["values"]
+    lr = space["optim.learning_rate"]
+    assert lr["low"] <= 1e-4 and 3.3e-3 <= lr["high"] and all("source" in spec for spec in space.values())
+
+
+def test_asha_sweep_writes_results_best_config_and_table1(small_pairs, tiny_space, ray_session, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["tune", "--pairs", str(small_pairs), "--space", str(tiny_space), "--num-samples", "3",
+                 "--max-epochs", "2", "--out", str(out)]) == 0
+    results = pl.read_parquet(out / "results.parquet")
+    assert results.height == 3
+    assert {"learning_rate", "batch_size", "width", "warmup_steps", "epochs_run", "stopped_by_asha",
+            "best_val_pair_accuracy", "last_val_pair_accuracy"} <= set(results.columns)
+    assert results["epochs_run"].max() == 2 and (results["epochs_run"] >= 1).all()
+    assert (results["stopped_by_asha"] == (results["epochs_run"] < 2)).all()
+    best = TrainConfig.from_yaml(out / "best_config.yaml")
+    top = results.row(0, named=True)
+    assert best.optim.learning_rate == pytest.approx(top["learning_rate"]) and best.batch_size == top["batch_size"]
+    table = (out / "table1.md").read_text()
+    assert "| **Learning rate** |" in table and "Top 1.0% SNPs" in table
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_pairs, tiny_space, ray_session, tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}  # its own Ray, then interrupted
+    process = subprocess.Popen([sys.executable, "-m", "comical", "tune", "--pairs", str(small_pairs), "--space",
+                                str(tiny_space), "--num-samples", "3", "--max-epochs", "2", "--out", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    finished = []
+    while time.time() < deadline and process.poll() is None:
+        finished = [p for p in (out / "sweep").glob("*/result.json") if len(p.read_text().splitlines()) >= 1]
+        if finished:
+            break
+        time.sleep(1)
+    assert finished, "no trial reported before the deadline"
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves the sweep state and stops
+    process.wait(timeout=120)
+    before = {p.parent.name: p.read_text() for p in (out / "sweep").glob("*/result.json")}
+    done_before = {name for name, text in before.items()
+                   if text.strip() and json.loads(text.strip().splitlines()[-1]).get("epochs_done") == 2}
+    assert main(["tune", "--resume", str(out)]) == 0
+    results = pl.read_parquet(out / "results.parquet")
+    assert results.height == 3
+    for name in done_before:  # a trial that had finished was not trained again
+        assert (out / "sweep" / name / "result.json").read_text() == before[name]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_dashboard(port: int, env: dict) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{port}"], env=env,
+                               capture_output=True)
+        if probe.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError("the local Ray cluster's job server did not come up")
+
+
+def test_ray_job_submit_runs_comical_train_on_a_local_cluster(small_pairs, tmp_path):
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard = _free_port(), _free_port()
+    # --block keeps the cluster's processes under this one process group: stopping it stops only this cluster
+    # (`ray stop` would also stop the test session's own Ray).
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                             "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={dashboard}",
+                             "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        workdir = tmp_path / "job"
+        workdir.mkdir()
+        (workdir / "README.txt").write_text("comical-ray job working dir\n")
+        out = tmp_path / "run"
+        _wait_for_dashboard(dashboard, env)
+        submit = subprocess.run(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--submission-id", "comical-test",
+             "--working-dir", str(workdir), "--", "comical", "train", "--pairs", str(small_pairs), "--out", str(out),
+             "--workers", "1", "--engine", "ddp", "--epochs", "1", "--batch-size", "512"],
+            env=env, capture_output=True, text=True, timeout=600)
+        status = subprocess.run(["ray", "job", "status", "--address", f"http://127.0.0.1:{dashboard}", "comical-test"],
+                                env=env, capture_output=True, text=True)
+        assert submit.returncode == 0 and "comical-test' succeeded" in status.stdout, submit.stdout[-3000:]
+        metrics = json.loads((out / "test_metrics.json").read_text())
+        assert metrics["pair_accuracy"] > metrics["pair_accuracy_chance"]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+
+
+def test_bad_tune_input_fails_before_any_trial(small_pairs, tmp_path, capsys, ray_session):
+    (tmp_path / "broken.yaml").write_text("batch_size: [1024\n")
+    (tmp_path / "unknown.yaml").write_text("model.depth: {type: choice, values: [1, 2]}\n")
+    cases = [
+        (["--space", "nosuchspace"], "no such search space"),
+        (["--space", str(tmp_path / "broken.yaml")], "not valid YAML"),
+        (["--space", str(tmp_path / "unknown.yaml")], "'model.depth' is not a TrainConfig key"),
+        (["--num-samples", "0"], "--num-samples 0"),
+        (["--workers-per-trial", "64"], "the Ray cluster has"),
+    ]
+    for extra, needle in cases:
+        status = main(["tune", "--pairs", str(small_pairs), "--out", str(tmp_path / "o"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and needle in err and len(err.splitlines()) == 1, (needle, err)
+        assert not (tmp_path / "o").exists()
+    assert main(["tune", "--pairs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a pair store" in capsys.readouterr().err
