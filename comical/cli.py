@@ -98,6 +98,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different sweep")
     p.set_defaults(handler=_tune)
 
+    p = sub.add_parser("gwas", help="per-variant GWAS as Ray tasks (plink2 --glm linear/logistic), multi-trait test")
+    p.add_argument("--bfile", type=Path, help="PLINK 1 fileset prefix (with --pheno)")
+    p.add_argument("--pheno", type=Path, help="phenotypes: plink2 `#FID IID` file, or eid-keyed CSV/TSV/Parquet")
+    p.add_argument("--covar", type=Path, help="covariates, same formats (default: intercept only)")
+    p.add_argument("--pheno-name", help="comma-separated phenotype columns (default: all)")
+    p.add_argument("--covar-name", help="comma-separated covariate columns (default: all; cohort: age,sex,PC1-10)")
+    p.add_argument("--cohort", type=Path, help="a cohort folder: its IDPs as phenotypes (--binary: its diagnoses)")
+    p.add_argument("--binary", action="store_true", help="logistic regression (0/1 or plink 1/2 case-control)")
+    p.add_argument("--multi-trait", type=Path, metavar="EMBEDDINGS",
+                   help="eid-keyed table of embedding dims: one joint likelihood-ratio test per variant")
+    p.add_argument("--mt-pcs", type=int, help="multi-trait: project the embeddings on their top D PCs first")
+    p.add_argument("--rank-normalise", action="store_true", help="multi-trait: rank-based inverse normal transform")
+    p.add_argument("--out", type=Path, required=True, help="output prefix: PREFIX.<phenotype>.tsv, PREFIX.summary.json")
+    p.add_argument("--workers", type=int, default=1, help="Ray tasks at a time on a local machine (CPUs)")
+    p.add_argument("--block-size", type=int, help="variants per Ray task (default: about 4 tasks per worker)")
+    p.add_argument("--no-plots", action="store_true", help="skip the Manhattan/QQ PNGs")
+    p.add_argument("--clump-p1", type=float, default=5e-8, help="index-variant p threshold (paper 001: 5e-8)")
+    p.add_argument("--clump-p2", type=float, default=1e-2, help="p threshold for variants a clump may take")
+    p.add_argument("--clump-r2", type=float, default=0.05, help="r^2 at which a variant joins a clump (paper 001)")
+    p.add_argument("--clump-kb", type=float, default=5000, help="clump window in kb (paper 001: 5 Mb)")
+    p.set_defaults(handler=_gwas)
+
+    p = sub.add_parser("bench", help="benchmarks users run on their own cluster")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("scaling", help="training pairs/s and time per epoch as Ray Train workers grow")
+    p.add_argument("--pairs", type=Path, required=True, help="a pair store (`comical pairs`)")
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts, e.g. 1,2,4,8")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--engine", choices=["deepspeed", "ddp"], default="deepspeed")
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=2)
+    p.add_argument("--epochs", type=int, default=3, help="the first is warm-up; later epochs are measured")
+    p.add_argument("--batch-size", type=int, default=4096, help="global batch (the same at every worker count)")
+    p.add_argument("--out", type=Path, required=True, help="folder for scaling.csv, scaling.md, scaling.png")
+    p.set_defaults(handler=_bench_scaling)
+
     p = sub.add_parser("associate", help="association p-values of SNP-IDP pairs from a trained run's test split")
     p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
     p.set_defaults(handler=_associate)
@@ -311,7 +346,7 @@ def _tune(args) -> int:
 
     from comical.data_io.output_dir import check_output_dir, write_atomic
     from comical.distributed.config import TrainConfig
-    from comical.distributed.train import check_train_inputs
+    from comical.distributed.train import check_cluster_fits, check_train_inputs
     from comical.tuning.sweep import load_space, results_table, run_sweep, write_sweep_outputs
 
     if args.resume:
@@ -339,7 +374,7 @@ def _tune(args) -> int:
 
     if not ray.is_initialized():
         ray.init(configure_logging=False)
-    _check_cluster_fits(base)
+    check_cluster_fits(base)
     if not args.resume:
         check_output_dir(out, request, force=args.force, inputs=(Path(base.pairs),))
         if out.exists():
@@ -358,16 +393,74 @@ def _tune(args) -> int:
     return 0
 
 
-def _check_cluster_fits(config) -> None:
-    """More workers than the cluster can ever hold would leave trials pending forever: refuse up front."""
+def _gwas(args) -> int:
+    from comical.pipelines.gwas import inputs_from_cohort, inputs_from_files, run_gwas
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: expected at least 1")
+    if args.cohort is not None and (args.bfile or args.pheno):
+        raise InputError("give --cohort, or --bfile with --pheno, not both")
+    if args.cohort is None and not (args.bfile and args.pheno):
+        raise InputError("give --bfile PREFIX --pheno FILE [--covar FILE], or --cohort DIR")
+    if args.multi_trait and args.cohort is None:
+        raise InputError("--multi-trait runs on a --cohort folder")
+    given = ([args.cohort, args.multi_trait] if args.cohort else
+             [args.pheno, args.covar, *(args.bfile.with_suffix(s) for s in (".bed", ".bim", ".fam"))])
+    prefix = str(args.out.resolve()) + "."
+    for path in filter(None, given):
+        if str(path.resolve()).startswith(prefix) or path.resolve() == args.out.resolve():
+            raise InputError(f"--out {args.out}: would write over the input {path}; choose another prefix")
+    if args.cohort is not None:
+        inputs = inputs_from_cohort(args.cohort, binary=args.binary, pheno_names=split(args.pheno_name),
+                                    covar_names=split(args.covar_name), multi_trait=args.multi_trait,
+                                    mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise)
+    else:
+        inputs = inputs_from_files(args.bfile, args.pheno, args.covar, pheno_names=split(args.pheno_name),
+                                   covar_names=split(args.covar_name), binary=True if args.binary else None)
+    clump = {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2, "window_kb": args.clump_kb}
+    summary = run_gwas(inputs, args.out, workers=args.workers, block_size=args.block_size, plots=not args.no_plots,
+                       clump=clump)
+    for name, info in list(summary["phenotypes"].items())[:10]:
+        lam = f"{info['lambda_gc']:.3f}" if info["lambda_gc"] is not None else "NA"
+        print(f"gwas: {name}: {info['test']}, n {info['n']}, lambda_GC {lam}, {info['hits']} hits at 5e-8, "
+              f"{info.get('clumps', 0)} clumps")
+    more = len(summary["phenotypes"]) - 10
+    print(f"gwas: {summary['n_variants']} variants x {len(summary['phenotypes'])} phenotypes"
+          f"{f' ({more} more in the summary)' if more > 0 else ''} -> {args.out}.*.tsv, {args.out}.summary.json")
+    return 0
+
+
+def _bench_scaling(args) -> int:
+    import platform
+
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.scaling import measure, write_outputs
+    from comical.distributed.train import check_train_inputs
+
+    try:
+        workers = sorted({int(w) for w in args.workers.split(",")})
+    except ValueError:
+        raise InputError(f"--workers {args.workers}: expected comma-separated counts like 1,2,4") from None
+    if workers[0] < 1 or args.epochs < 2:
+        raise InputError("--workers must be >= 1 and --epochs >= 2 (the first epoch is warm-up)")
+    config = TrainConfig.from_dict({"pairs": str(args.pairs.resolve()), "epochs": args.epochs,
+                                    "batch_size": args.batch_size,
+                                    "engine": {"engine": args.engine, "zero_stage": args.zero_stage,
+                                               "use_gpu": args.use_gpu,
+                                               **({"precision": "bf16"} if args.use_gpu else {})}})
+    check_train_inputs(config)
     import ray
 
-    have = ray.cluster_resources()
-    need_cpu = config.engine.workers * config.engine.cpus_per_worker + 0.5
-    need_gpu = config.engine.workers if config.engine.use_gpu else 0
-    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-        raise InputError(f"{config.engine.workers} workers need {need_cpu:g} CPUs and {need_gpu} GPUs; the Ray "
-                         f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=False)
+    resources = ray.cluster_resources()
+    table = measure(config, workers)
+    title = (f"{args.engine} ZeRO-{args.zero_stage}, batch {args.batch_size}, {platform.node() or 'host'}: "
+             f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    write_outputs(table, args.out, title)
+    print((args.out / "scaling.md").read_text(), end="")
+    return 0
 
 
 def _associate(args) -> int:
@@ -435,6 +528,7 @@ def _demo(args) -> int:
     from comical.data_io.traits import load_trait_map
     from comical.distributed.config import TrainConfig
     from comical.distributed.run import train_and_evaluate
+    from comical.pipelines.gwas import inputs_from_cohort, run_gwas
     from comical.pipelines.pairs import PairsConfig
 
     run = {"command": "demo", "seed": args.seed}
@@ -456,5 +550,13 @@ def _demo(args) -> int:
         print(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): test pair accuracy "
               f"{test['pair_accuracy']:.3f} (chance {test['pair_accuracy_chance']:.3f}), strict top-1 "
               f"{test['top1_accuracy']:.3f} (chance {test['top1_accuracy_chance']:.3f}) -> {out / 'run'}")
+        (stage / "gwas").mkdir()
+        summary = run_gwas(inputs_from_cohort(stage / "cohort", binary=False, pheno_names=None, covar_names=None),
+                           stage / "gwas" / "idps", workers=2)
+        hits = {name: info["hits"] for name, info in summary["phenotypes"].items() if info["hits"]}
+        lambdas = [info["lambda_gc"] for info in summary["phenotypes"].values()]
+        print(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "
+              f"{sorted(lambdas)[len(lambdas) // 2]:.3f}, {sum(hits.values())} hits at 5e-8 in {len(hits)} IDPs "
+              f"-> {out / 'gwas'} (idps.manhattan.png)")
     print(f"demo: done; outputs in {out}")
     return 0

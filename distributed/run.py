@@ -25,7 +25,7 @@ from comical.data_io.errors import InputError
 from comical.data_io.output_dir import RUN_FILE, check_output_dir, write_atomic
 from comical.distributed.config import TrainConfig
 from comical.distributed.export import load_model, save_model
-from comical.distributed.train import RUN_NAME, WEIGHTS, check_train_inputs, evaluate, load_split, run_training
+from comical.distributed.train import RUN_NAME, WEIGHTS, check_cluster_fits, check_train_inputs, evaluate, load_split, run_training
 
 
 def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False) -> dict:
@@ -52,6 +52,7 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True, configure_logging=False)
+    check_cluster_fits(config, driver_cpus=0.0)
     result = run_training(config, storage)
     if result.error is not None:
         raise result.error

@@ -191,6 +191,21 @@ def evaluate(model, data: dict[str, torch.Tensor], config: TrainConfig, n_bins: 
 # ---------------------------------------------------------------- driver
 
 
+def check_cluster_fits(config: TrainConfig, driver_cpus: float = 0.5) -> None:
+    """More workers than the Ray cluster can ever hold would wait forever: refuse up front.
+
+    `driver_cpus` leaves room for a Tune trial's own driver (and Ray Data's reads) beside the workers.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = config.engine.workers * config.engine.cpus_per_worker + driver_cpus
+    need_gpu = config.engine.workers if config.engine.use_gpu else 0
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise InputError(f"{config.engine.workers} workers need {need_cpu:g} CPUs and {need_gpu} GPUs; the Ray "
+                         f"cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+
+
 def check_train_inputs(config: TrainConfig) -> dict:
     """Everything that can be checked before Ray starts; returns the store's manifest."""
     manifest = read_manifest(config.pairs)

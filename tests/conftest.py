@@ -52,11 +52,15 @@ def mini_pairs(mini_cohort, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray session for the whole test run (starting Ray costs seconds)."""
+    """One local Ray session for the whole test run (starting Ray costs seconds); always a new one, never a
+    cluster another test started."""
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reporting from tests (and no network)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # 4 logical CPUs on a 2-core box: a Train run that Tune stops (ASHA) leaves its resource request with Ray
+    # Data's AutoscalingCoordinator for up to 180 s, and the coordinator splits what is left in whole CPUs, so
+    # after a few such runs a 2-CPU session starves the next run's Parquet reads until the requests expire.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

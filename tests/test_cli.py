@@ -12,7 +12,7 @@ import yaml
 from comical.cli import main
 
 
-def test_demo_simulates_makes_pairs_and_trains(tmp_path, capsys, ray_session):
+def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray_session):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -25,6 +25,8 @@ def test_demo_simulates_makes_pairs_and_trains(tmp_path, capsys, ray_session):
     assert manifest["splits"]["train"]["pairs"] == pl.read_parquet(out / "pairs" / "train").height > 0
     test = json.loads((out / "run" / "test_metrics.json").read_text())
     assert test["pair_accuracy"] >= 0.95 and (out / "run" / "model" / "model.safetensors").is_file()
+    gwas = json.loads((out / "gwas" / "idps.summary.json").read_text())
+    assert len(gwas["phenotypes"]) == 154 and (out / "gwas" / "idps.manhattan.png").is_file() and "GWAS of 154" in printed
     assert not list(tmp_path.glob(".demo*")), "staging folders left behind"
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,15 +109,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_dashboard(port: int, env: dict) -> None:
+def _retry_until_up(command: list[str], env: dict) -> None:
     deadline = time.time() + 120
-    while time.time() < deadline:
-        probe = subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{port}"], env=env,
-                               capture_output=True)
-        if probe.returncode == 0:
+    while True:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
             return
+        if time.time() > deadline:
+            raise AssertionError(f"{command[:3]} kept failing: {done.stderr[-2000:]}")
         time.sleep(2)
-    raise AssertionError("the local Ray cluster's job server did not come up")
+
+
+def _wait_for_job(address: str, job: str, env: dict) -> str:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        text = subprocess.run(["ray", "job", "status", "--address", address, job], env=env, capture_output=True,
+                              text=True).stdout
+        for state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if f"{job}' {state.lower()}" in text or f"Status for job '{job}': {state}" in text:
+                return state
+        time.sleep(2)
+    return "TIMEOUT"
 
 
 def test_ray_job_submit_runs_comical_train_on_a_local_cluster(small_pairs, tmp_path):
@@ -124,31 +138,32 @@ def test_ray_job_submit_runs_comical_train_on_a_local_cluster(small_pairs, tmp_p
            "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     gcs, dashboard = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # its own session folder (short: socket paths)
     # --block keeps the cluster's processes under this one process group: stopping it stops only this cluster
     # (`ray stop` would also stop the test session's own Ray).
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                              "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={dashboard}",
-                             "--disable-usage-stats"],
+                             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         workdir = tmp_path / "job"
         workdir.mkdir()
         (workdir / "README.txt").write_text("comical-ray job working dir\n")
         out = tmp_path / "run"
-        _wait_for_dashboard(dashboard, env)
-        submit = subprocess.run(
-            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--submission-id", "comical-test",
-             "--working-dir", str(workdir), "--", "comical", "train", "--pairs", str(small_pairs), "--out", str(out),
-             "--workers", "1", "--engine", "ddp", "--epochs", "1", "--batch-size", "512"],
-            env=env, capture_output=True, text=True, timeout=600)
-        status = subprocess.run(["ray", "job", "status", "--address", f"http://127.0.0.1:{dashboard}", "comical-test"],
-                                env=env, capture_output=True, text=True)
-        assert submit.returncode == 0 and "comical-test' succeeded" in status.stdout, submit.stdout[-3000:]
+        address = f"http://127.0.0.1:{dashboard}"
+        submit = ["ray", "job", "submit", "--address", address, "--submission-id", "comical-test", "--no-wait",
+                  "--working-dir", str(workdir), "--", "comical", "train", "--pairs", str(small_pairs), "--out",
+                  str(out), "--workers", "1", "--engine", "ddp", "--epochs", "1", "--batch-size", "512"]
+        _retry_until_up(submit, env)  # the job server answers a little before its agent takes jobs
+        status = _wait_for_job(address, "comical-test", env)
+        assert status == "SUCCEEDED", subprocess.run(["ray", "job", "logs", "--address", address, "comical-test"],
+                                                    env=env, capture_output=True, text=True).stdout[-3000:]
         metrics = json.loads((out / "test_metrics.json").read_text())
         assert metrics["pair_accuracy"] > metrics["pair_accuracy_chance"]
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_bad_tune_input_fails_before_any_trial(small_pairs, tmp_path, capsys, ray_session):
@@ -168,3 +183,18 @@ def test_bad_tune_input_fails_before_any_trial(small_pairs, tmp_path, capsys, ra
         assert not (tmp_path / "o").exists()
     assert main(["tune", "--pairs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a pair store" in capsys.readouterr().err
+
+
+def test_bench_scaling_writes_the_table_and_plot(small_pairs, ray_session, tmp_path, capsys):
+    out = tmp_path / "scaling"
+    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,2", "--epochs", "2",
+                 "--batch-size", "1024", "--engine", "ddp", "--out", str(out)]) == 0
+    table = pl.read_csv(out / "scaling.csv")
+    assert table["workers"].to_list() == [1, 2] and (table["pairs_per_s"] > 0).all()
+    assert table["speedup"][0] == pytest.approx(1.0)
+    assert table["speedup"][1] == pytest.approx(table["pairs_per_s"][1] / table["pairs_per_s"][0])
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 2 | CPU |" in capsys.readouterr().out
+    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,x", "--out", str(out)]) == 2
+    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,64", "--out", str(tmp_path / "o")]) == 2
+    assert "the Ray cluster has" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -1,0 +1,121 @@
+"""Benchmark: `comical gwas` against plink2 `--glm` on the paper cohort, whole processes, in one run.
+
+    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--plink2-phenotypes 4]
+
+Inputs: the `paper` cohort (40,426 subjects; simulated here unless --work holds it), its GWAS Catalog variants
+(5,632 genotyped; ~3% missing calls), the 154 IDPs as phenotypes, covariates age, sex, PC1-10. Rows:
+  one phenotype: plink2 --glm --threads 2 vs comical gwas --workers 2;
+  all 154 IDPs: comical gwas --workers 2 (with its combined plots) vs plink2 on `--plink2-phenotypes` IDPs,
+  scaled to 154 (plink2 runs each phenotype separately once missing calls push it off its fast path; the
+  measured per-phenotype time is linear, and 154 of them take ~30 min);
+  workers: comical gwas on all 20,000 variants x 154 IDPs with 1 and 2 Ray workers.
+Wall time and peak RSS (the whole process tree) of each command; plink2 from `apt-get install plink2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import psutil
+
+
+def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of a command and all its children."""
+    start = time.perf_counter()
+    process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    peak = 0.0
+
+    def watch():
+        nonlocal peak
+        while process.poll() is None:
+            try:
+                tree = [process, *process.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    _, err = process.communicate()
+    thread.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed: {err.decode()[-2000:]}")
+    return time.perf_counter() - start, peak / 2**30
+
+
+def prepare(work: Path) -> tuple[Path, Path, Path, Path, list[str]]:
+    comical = [sys.executable, "-m", "comical"]
+    cohort = work / "paper"
+    if not (cohort / "genotypes.bed").exists():
+        subprocess.run([*comical, "simulate", "--preset", "paper", "--out", str(cohort)], check=True)
+    catalog = pl.read_csv(cohort / "gwas_catalog.tsv", separator="\t", infer_schema=False, quote_char=None)
+    bim = pl.read_csv(cohort / "genotypes.bim", separator="\t", has_header=False, infer_schema=False)
+    ids = set(bim["column_2"]) & set(catalog["SNPS"])
+    (work / "catalog.txt").write_text("\n".join(sorted(ids)) + "\n")
+    if not (work / "catalog.bed").exists():
+        subprocess.run(["plink2", "--bfile", cohort / "genotypes", "--extract", work / "catalog.txt", "--make-bed",
+                        "--out", work / "catalog"], check=True, capture_output=True)
+    idps = pl.read_csv(cohort / "idps.csv", infer_schema=False)
+    names = idps.columns[1:]
+    idps.select(pl.col("eid").alias("#FID"), pl.col("eid").alias("IID"), *names).write_csv(
+        work / "pheno.txt", separator="\t")
+    covariates = pl.read_csv(cohort / "covariates.csv", infer_schema=False)
+    covariates.select(pl.col("eid").alias("#FID"), pl.col("eid").alias("IID"), "age", "sex",
+                      *[f"PC{i}" for i in range(1, 11)]).write_csv(work / "covar.txt", separator="\t")
+    return cohort, work / "catalog", work / "pheno.txt", work / "covar.txt", names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--plink2-phenotypes", type=int, default=4)
+    args = parser.parse_args()
+    if shutil.which("plink2") is None:
+        subprocess.run(["apt-get", "install", "-y", "plink2"], check=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    cohort, catalog, pheno, covar, names = prepare(args.work)
+    out = args.work / "out"
+    out.mkdir(exist_ok=True)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    comical = [sys.executable, "-m", "comical", "gwas", "--pheno", str(pheno), "--covar", str(covar)]
+    plink = ["plink2", "--threads", "2", "--pheno", str(pheno), "--covar", str(covar), "--glm", "hide-covar"]
+    first, some = names[0], ",".join(names[:args.plink2_phenotypes])
+    rows = {
+        "plink2, 1 IDP": timed([*plink, "--bfile", str(catalog), "--pheno-name", first, "--out", str(out / "p1")]),
+        "comical, 1 IDP": timed([*comical, "--bfile", str(catalog), "--pheno-name", first, "--workers", "2",
+                                 "--no-plots", "--out", str(out / "c1")], env),
+        f"plink2, {args.plink2_phenotypes} IDPs": timed([*plink, "--bfile", str(catalog), "--pheno-name", some,
+                                                         "--out", str(out / "pn")]),
+        "comical, 154 IDPs (with plots)": timed([*comical, "--bfile", str(catalog), "--workers", "2",
+                                                 "--out", str(out / "c154")], env),
+        "comical, 20,000 variants x 154 IDPs, 1 worker": timed(
+            [*comical, "--bfile", str(cohort / "genotypes"), "--workers", "1", "--no-plots", "--out",
+             str(out / "w1")], env),
+        "comical, 20,000 variants x 154 IDPs, 2 workers": timed(
+            [*comical, "--bfile", str(cohort / "genotypes"), "--workers", "2", "--no-plots", "--out",
+             str(out / "w2")], env),
+    }
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {sum(1 for _ in open(catalog.with_suffix('.bim')))}"
+          f" catalog variants x 40,426 subjects")
+    print("| run | wall s | peak GiB |\n|---|---|---|")
+    for name, (seconds, gib) in rows.items():
+        print(f"| {name} | {seconds:.1f} | {gib:.2f} |")
+    plink_154 = rows[f"plink2, {args.plink2_phenotypes} IDPs"][0] / args.plink2_phenotypes * 154
+    print(f"| plink2, 154 IDPs (scaled from {args.plink2_phenotypes}) | {plink_154:.0f} | |")
+    print(f"1 IDP: plink2 / comical = {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP'][0]:.1f}x; "
+          f"154 IDPs: plink2 (scaled) / comical = {plink_154 / rows['comical, 154 IDPs (with plots)'][0]:.1f}x; "
+          f"2 workers / 1 worker = {rows['comical, 20,000 variants x 154 IDPs, 1 worker'][0] / rows['comical, 20,000 variants x 154 IDPs, 2 workers'][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

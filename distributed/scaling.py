@@ -1,0 +1,73 @@
+"""`comical bench scaling`: training throughput as the number of Ray Train workers grows.
+
+    comical bench scaling --pairs pairs/ --workers 1,2,4,8 --use-gpu --out scaling/
+
+Each worker count is a real `comical train` fit (`run_training`, the same driver) on the same pair store with
+the same global batch. Per epoch the workers report pairs/s over the training part of the epoch; the first epoch
+holds warm-up (allocator, DeepSpeed set-up, caches), so a point is the median of the later epochs. Outputs:
+`scaling.csv`, `scaling.md` (speed-up and efficiency against the smallest worker count) and `scaling.png`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from comical.data_io.output_dir import write_atomic
+from comical.distributed.config import TrainConfig
+from comical.distributed.train import check_cluster_fits, run_training
+
+
+def measure(base: TrainConfig, workers: list[int]) -> pl.DataFrame:
+    """One fit per worker count; a row each: pairs/s and seconds per epoch (median of the epochs after the first)."""
+    configs = {n: TrainConfig.from_dict({**base.to_dict(), "engine": {**base.engine.to_dict(), "workers": n}})
+               for n in workers}
+    for config in configs.values():  # all before the first fit
+        check_cluster_fits(config, driver_cpus=0.0)
+    rows = []
+    for n, config in configs.items():
+        with tempfile.TemporaryDirectory(prefix="comical-scaling-") as storage:
+            result = run_training(config, Path(storage), name=f"workers-{n}")
+            if result.error is not None:
+                raise result.error
+            epochs = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
+        steady = epochs[1:] or epochs
+        rows.append({"workers": n, "device": "GPU" if config.engine.use_gpu else "CPU",
+                     "pairs_per_s": statistics.median(m["pairs_per_s"] for m in steady),
+                     "epoch_seconds": statistics.median(m["epoch_seconds"] for m in steady),
+                     "epochs_measured": len(steady)})
+    table = pl.DataFrame(rows)
+    first = table.row(0, named=True)
+    return table.with_columns(
+        speedup=pl.col("pairs_per_s") / first["pairs_per_s"],
+        efficiency=pl.col("pairs_per_s") / first["pairs_per_s"] / (pl.col("workers") / first["workers"]))
+
+
+def write_outputs(table: pl.DataFrame, out: Path, title: str) -> None:
+    """scaling.csv, scaling.md and scaling.png in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "scaling.csv", table.write_csv())
+    lines = [f"{title}\n", "| workers | device | pairs/s | s/epoch | speed-up | efficiency |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['device']} | {r['pairs_per_s']:,.0f} | {r['epoch_seconds']:.2f} | "
+              f"{r['speedup']:.2f}x | {r['efficiency']:.0%} |" for r in table.iter_rows(named=True)]
+    write_atomic(out / "scaling.md", "\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    first = table.row(0, named=True)
+    ax.plot(table["workers"], table["pairs_per_s"], "o-", label="measured")
+    ax.plot(table["workers"], first["pairs_per_s"] * table["workers"] / first["workers"], "--", color="grey",
+            label="linear")
+    ax.set(xlabel="Ray Train workers", ylabel="training pairs/s", title=title, xticks=table["workers"].to_list())
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png.tmp", dpi=120, format="png")
+    plt.close(fig)
+    (out / "scaling.png.tmp").replace(out / "scaling.png")

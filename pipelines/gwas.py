@@ -1,0 +1,298 @@
+"""`comical gwas`: per-variant association as Ray tasks over variant blocks, exact against plink2 `--glm`.
+
+    comical gwas --bfile geno --pheno pheno.txt --covar covar.txt --out results/run
+    comical gwas --cohort cohort/ --out results/idps              # every IDP; --binary: the diagnoses
+    comical gwas --cohort cohort/ --multi-trait embeddings.parquet --out results/mt
+
+Phenotypes that share their missing samples form a group; a group's covariates are projected out once and its
+quantitative phenotypes are tested together by matrix products (`gwas_stats`), so 154 IDPs cost little more
+than one. Each Ray task reads its own block of the .bed by index range and returns the block's statistics; the
+driver writes blocks in order into staged files and moves them into place at the end. Outputs per phenotype:
+`PREFIX.<phenotype>.tsv` (GWAS-SSF columns), clumps, `PREFIX.summary.json` (lambda_GC, hits), and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from comical.data_io.errors import InputError
+from comical.data_io.plink import Genotypes, open_genotypes
+from comical.data_io.tables import read_table
+from comical.pipelines import gwas_stats
+
+GENOME_WIDE = 5e-8
+SSF_COLUMNS = ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta", "standard_error",
+               "effect_allele_frequency", "p_value", "variant_id", "n"]
+DEFAULT_COHORT_COVARIATES = ["age", "sex"] + [f"PC{i}" for i in range(1, 11)]
+
+
+@dataclasses.dataclass
+class Group:
+    """Phenotypes analysed on the same samples: `rows` index the analysis samples; y is residualised on q for
+    linear and multi-trait tests, raw 0/1 for a logistic one."""
+
+    kind: str  # linear, logistic or multi_trait
+    names: list[str]
+    rows: np.ndarray
+    q: np.ndarray
+    c: np.ndarray
+    y: np.ndarray
+
+
+@dataclasses.dataclass
+class GwasInputs:
+    genotypes: Genotypes
+    sample_index: np.ndarray  # bed rows of the analysis samples
+    groups: list[Group]
+    covariate_names: list[str]
+
+
+def _phenotype_kind(values: np.ndarray) -> str | None:
+    """'binary' (0/1, or plink's 1/2), or None for quantitative."""
+    present = np.unique(values[~np.isnan(values)])
+    return "binary" if present.size <= 2 and (set(present) <= {0.0, 1.0} or set(present) <= {1.0, 2.0}) else None
+
+
+def build_inputs(genotypes: Genotypes, phenotypes: pl.DataFrame, covariates: pl.DataFrame, *, source: str,
+                 binary: bool | None = None, multi_trait: bool = False) -> GwasInputs:
+    """Align tables to the .fam, group phenotypes by their missing samples, and check everything up front.
+
+    `binary`: True forces logistic (every phenotype must be 0/1 or 1/2), False forces linear, None decides per
+    phenotype from its values.
+    """
+    iid = genotypes.samples["iid"]
+    covariate_names = [c for c in covariates.columns if c != "eid"]
+    complete = covariates.drop_nulls()
+    keep = iid.is_in(phenotypes["eid"].implode()) & iid.is_in(complete["eid"].implode())
+    if not keep.any():
+        raise InputError(f"{source}: no sample ID of the phenotype and covariate files is in {genotypes.prefix}.fam "
+                         f"(fam IIDs like {iid[0]!r}, phenotype IDs like {phenotypes['eid'][0]!r})")
+    sample_index = np.flatnonzero(keep.to_numpy())
+    order = pl.DataFrame({"eid": iid.gather(sample_index)})
+    pheno = order.join(phenotypes, on="eid", how="left", maintain_order="left")
+    covar = order.join(complete, on="eid", how="left", maintain_order="left").drop("eid").to_numpy().astype(float)
+    names = [c for c in pheno.columns if c != "eid"]
+    values = pheno.drop("eid").to_numpy().astype(float)
+    if multi_trait:
+        rows = np.flatnonzero(~np.isnan(values).any(1))
+        q = _basis(covar[rows], covariate_names, source)
+        y = values[rows]
+        return GwasInputs(genotypes, sample_index, [Group("multi_trait", names, rows, q, covar[rows],
+                                                          y - q @ (q.T @ y))], covariate_names)
+    groups: dict[tuple, Group] = {}
+    for j, name in enumerate(names):
+        column = values[:, j]
+        rows = np.flatnonzero(~np.isnan(column))
+        if rows.size == 0:
+            raise InputError(f"{source}: phenotype {name} has no values for the genotyped samples")
+        kind = _phenotype_kind(column)
+        if binary and kind != "binary":
+            raise InputError(f"{source}: phenotype {name} is not case/control (expected 0/1 or 1/2 values)")
+        if kind == "binary" and binary is not False:
+            y = column[rows] - column[rows].min() if set(np.unique(column[rows])) <= {1.0, 2.0} else column[rows]
+            if y.sum() == 0 or y.sum() == y.size:
+                raise InputError(f"{source}: binary phenotype {name} has no {'cases' if y.sum() == 0 else 'controls'}")
+            q = _basis(covar[rows], covariate_names, source)
+            groups[("logistic", name)] = Group("logistic", [name], rows, q, covar[rows], y)
+            continue
+        key = ("linear", rows.tobytes())
+        if key not in groups:
+            groups[key] = Group("linear", [], rows, _basis(covar[rows], covariate_names, source), covar[rows],
+                                np.empty((rows.size, 0)))
+        group = groups[key]
+        y = column[rows]
+        group.names.append(name)
+        group.y = np.column_stack([group.y, y - group.q @ (group.q.T @ y)])
+    return GwasInputs(genotypes, sample_index, list(groups.values()), covariate_names)
+
+
+def _basis(covar: np.ndarray, names: list[str], source: str) -> np.ndarray:
+    try:
+        return gwas_stats.covariate_basis(covar, names)
+    except ValueError as err:
+        raise InputError(f"{source}: {err}") from None
+
+
+def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group]) -> list[dict]:
+    """One variant block's statistics for every group (runs in a Ray task; reads its own slice of the .bed)."""
+    g = genotypes.read(samples=sample_index, variants=slice(lo, hi), dtype=np.float64)
+    results = []
+    for group in groups:
+        gg = g[group.rows]
+        if group.kind == "linear":
+            results.append(gwas_stats.linear(gg, group.q, group.y))
+        elif group.kind == "multi_trait":
+            results.append(gwas_stats.multi_trait(gg, group.q, group.y))
+        else:
+            results.append(gwas_stats.logistic(gg, group.c, group.y))
+    return results
+
+
+def run_gwas(inputs: GwasInputs, out: str | Path, *, workers: int = 1, block_size: int | None = None,
+             plots: bool = True, clump: dict | None = None) -> dict:
+    """Ray tasks over variant blocks; writes PREFIX.<phenotype>.tsv, clumps, summary.json, plots; returns the summary."""
+    import ray
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        if "RAY_ADDRESS" in os.environ:  # inside `ray job submit`: the cluster's Ray
+            ray.init(configure_logging=False)
+        else:  # a laptop: a small local Ray, no dashboard, so start-up stays short
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)
+    block = ray.remote(num_cpus=1)(_block)
+    m = inputs.genotypes.n_variants
+    size = block_size or max(256, math.ceil(m / (4 * workers)))
+    bounds = [(lo, min(lo + size, m)) for lo in range(0, m, size)]
+    genotypes, samples, groups = (ray.put(x) for x in (inputs.genotypes, inputs.sample_index, inputs.groups))
+    pending = {block.remote(genotypes, samples, lo, hi, groups): i for i, (lo, hi) in enumerate(bounds)}
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        writers = _Writers(inputs, stage / out.name)
+        done: dict[int, list[dict]] = {}
+        next_block = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            done[pending.pop(ready[0])] = ray.get(ready[0])
+            while next_block in done:  # blocks reach the files in variant order
+                writers.append(bounds[next_block], done.pop(next_block))
+                next_block += 1
+        summary = writers.finish(plots=plots, clump=clump)
+        for path in sorted(stage.iterdir()):
+            os.replace(path, out.parent / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+class _Writers:
+    """Per-phenotype TSVs written block by block; keeps p-values for the summary, plots and clumping."""
+
+    def __init__(self, inputs: GwasInputs, prefix: Path):
+        self.inputs, self.prefix = inputs, prefix
+        self.variants = inputs.genotypes.variants
+        self.files = {}
+        self.log10_p: dict[str, list[np.ndarray]] = {}
+        for group in inputs.groups:
+            for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
+                self.files[name] = open(f"{prefix}.{name}.tsv", "w")
+                self.log10_p[name] = []
+
+    def append(self, bounds: tuple[int, int], results: list[dict]) -> None:
+        lo, hi = bounds
+        base = self.variants.slice(lo, hi - lo)
+        ssf = pl.DataFrame({"chromosome": base["chrom"], "base_pair_location": base["pos"],
+                            "effect_allele": base["allele1"], "other_allele": base["allele2"]})
+        for group, result in zip(self.inputs.groups, results):
+            columns = ["multi_trait"] if group.kind == "multi_trait" else group.names
+            for j, name in enumerate(columns):
+                pick = (lambda a: a[:, j]) if group.kind == "linear" else (lambda a: a)
+                table = ssf.with_columns(
+                    **({"beta": pick(result["beta"]), "standard_error": pick(result["se"])}
+                       if group.kind != "multi_trait" else {"lrt": result["lrt"], "df": result["df"]}),
+                    effect_allele_frequency=result["freq"], p_value=pick(result["p"]),
+                    variant_id=base["variant_id"], n=result["n"], neg_log10_p=-pick(result["log10_p"]))
+                if group.kind == "logistic":
+                    table = table.with_columns(odds_ratio=np.exp(result["beta"]), firth=result["firth"])
+                table = table.with_columns(note=pl.Series(result["note"], dtype=pl.String))
+                table.write_csv(self.files[name], separator="\t", include_header=lo == 0, null_value="NA",
+                                float_precision=None)
+                self.log10_p[name].append(-pick(result["log10_p"]))
+
+    def finish(self, *, plots: bool, clump: dict | None) -> dict:
+        for f in self.files.values():
+            f.close()
+        summary = {"n_samples": int(self.inputs.sample_index.size), "n_variants": self.variants.height,
+                   "covariates": self.inputs.covariate_names, "phenotypes": {}}
+        threshold = -math.log10(GENOME_WIDE)
+        for group in self.inputs.groups:
+            df = len(group.names) if group.kind == "multi_trait" else 1
+            for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
+                neg = np.concatenate(self.log10_p[name])
+                summary["phenotypes"][name] = {"test": group.kind, "n": int(group.rows.size),
+                                               "lambda_gc": lambda_gc(neg, df), "hits": int((neg > threshold).sum()),
+                                               "min_p": float(10 ** -np.nanmax(neg)) if np.isfinite(neg).any() else None}
+        if clump is not None:
+            from comical.pipelines.clump import clump_hits
+
+            for name, info in summary["phenotypes"].items():
+                neg = np.concatenate(self.log10_p[name])
+                clumps = clump_hits(self.inputs.genotypes, self.inputs.sample_index, neg, **clump)
+                clumps.write_csv(f"{self.prefix}.{name}.clumps.tsv", separator="\t")
+                info["clumps"] = clumps.height
+        if plots:
+            from comical.pipelines.gwas_plots import plot_all
+
+            plot_all(self.variants, {n: np.concatenate(v) for n, v in self.log10_p.items()}, summary, self.prefix)
+        Path(f"{self.prefix}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def lambda_gc(neg_log10_p: np.ndarray, df: int = 1) -> float | None:
+    """Genomic inflation: median chi-square of the p-values over the chi-square median (df degrees of freedom)."""
+    neg = neg_log10_p[np.isfinite(neg_log10_p)]
+    if neg.size == 0:
+        return None
+    chi2 = stats.chi2.isf(np.power(10.0, -neg), df)
+    return float(np.median(chi2) / stats.chi2.ppf(0.5, df))
+
+
+# ------------------------------------------------------------------ inputs from files or a cohort
+
+
+def inputs_from_files(bfile: Path, pheno: Path, covar: Path | None, *, pheno_names: list[str] | None,
+                      covar_names: list[str] | None, binary: bool | None) -> GwasInputs:
+    genotypes = open_genotypes(bfile)
+    phenotypes = read_table(pheno, columns=pheno_names, allow_missing=True)
+    if phenotypes.width < 2:
+        raise InputError(f"{pheno}: no phenotype columns")
+    covariates = (read_table(covar, columns=covar_names, allow_missing=True) if covar is not None
+                  else pl.DataFrame({"eid": phenotypes["eid"]}))
+    return build_inputs(genotypes, phenotypes, covariates, source=f"{pheno}" + (f", {covar}" if covar else ""),
+                        binary=binary)
+
+
+def inputs_from_cohort(cohort_dir: Path, *, binary: bool, pheno_names: list[str] | None,
+                       covar_names: list[str] | None, multi_trait: Path | None = None, mt_pcs: int | None = None,
+                       rank_normalise: bool = False) -> GwasInputs:
+    from comical.data_io.cohort import load_cohort
+
+    cohort = load_cohort(cohort_dir)
+    covariates = cohort.covariates.select("eid", *(covar_names or DEFAULT_COHORT_COVARIATES))
+    if multi_trait is not None:  # default traits: every numeric column (`comical embed` also writes list columns)
+        schema = pl.read_parquet_schema(multi_trait) if multi_trait.suffix == ".parquet" else None
+        columns = pheno_names or ([c for c, t in schema.items() if c != "eid" and t.is_numeric()] if schema else None)
+        phenotypes = embedding_traits(read_table(multi_trait, columns=columns), n_pcs=mt_pcs,
+                                      rank_normalise=rank_normalise)
+        return build_inputs(cohort.genotypes, phenotypes, covariates, source=str(multi_trait), multi_trait=True)
+    table = cohort.diagnoses if binary else cohort.idps
+    phenotypes = table.select("eid", *pheno_names) if pheno_names else table
+    return build_inputs(cohort.genotypes, phenotypes, covariates, source=str(cohort_dir), binary=binary or None)
+
+
+def embedding_traits(table: pl.DataFrame, *, n_pcs: int | None, rank_normalise: bool) -> pl.DataFrame:
+    """Paper 001's preprocessing of embeddings before the multi-trait test: top PCs, then rank-based inverse normal."""
+    values = table.drop("eid").to_numpy().astype(float)
+    if np.isnan(values).any():
+        raise InputError("multi-trait embeddings: missing values; expected a complete table")
+    if n_pcs:
+        if not 1 <= n_pcs <= values.shape[1]:
+            raise InputError(f"--mt-pcs {n_pcs}: expected 1..{values.shape[1]} (the embedding's dimensions)")
+        centred = values - values.mean(0)
+        u, s, _ = np.linalg.svd(centred, full_matrices=False)
+        values = u[:, :n_pcs] * s[:n_pcs]
+    if rank_normalise:
+        ranks = stats.rankdata(values, axis=0)
+        values = stats.norm.ppf((ranks - 0.5) / len(values))
+    return pl.DataFrame({"eid": table["eid"], **{f"dim{i}": values[:, i] for i in range(values.shape[1])}})

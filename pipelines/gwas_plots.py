@@ -1,0 +1,76 @@
+"""Manhattan and QQ plots: one PNG pair per phenotype for a few phenotypes, one combined page for many."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+PER_PHENOTYPE_LIMIT = 6  # above this, one combined page (plotting 154 pages would cost more than the GWAS)
+
+
+def _positions(variants: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Cumulative x position per variant, chromosome centres and labels (chromosomes in file order)."""
+    chrom = variants["chrom"].to_numpy()
+    pos = variants["pos"].to_numpy().astype(float)
+    x = np.empty(len(pos))
+    offset, centres, labels = 0.0, [], []
+    for c in dict.fromkeys(chrom):
+        rows = chrom == c
+        x[rows] = pos[rows] - pos[rows].min() + offset
+        centres.append(offset + np.ptp(pos[rows]) / 2)
+        labels.append(str(c))
+        offset += np.ptp(pos[rows]) + 1e6
+    return x, np.array(centres), labels
+
+
+def _manhattan(ax, x, neg, chrom, centres, labels, title):
+    colours = np.where(np.unique(chrom, return_inverse=True)[1] % 2 == 0, "#1f4e79", "#7fa7d0")
+    ok = np.isfinite(neg)
+    ax.scatter(x[ok], neg[ok], s=3, c=colours[ok], rasterized=True)
+    ax.axhline(-math.log10(5e-8), color="red", lw=0.8, ls="--")
+    ax.set(title=title, ylabel="-log10 p")
+    ax.set_xticks(centres, labels, fontsize=6)
+
+
+def _qq(ax, neg, title):
+    neg = np.sort(neg[np.isfinite(neg)])[::-1]
+    expected = -np.log10((np.arange(1, neg.size + 1) - 0.5) / neg.size)
+    ax.scatter(expected, neg, s=3, rasterized=True)
+    top = max(expected.max(initial=1), neg.max(initial=1))
+    ax.plot([0, top], [0, top], color="grey", lw=0.8)
+    ax.set(title=title, xlabel="expected -log10 p", ylabel="observed -log10 p")
+
+
+def plot_all(variants: pl.DataFrame, neg_log10_p: dict[str, np.ndarray], summary: dict, prefix: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, centres, labels = _positions(variants)
+    chrom = variants["chrom"].to_numpy()
+    names = list(neg_log10_p)
+    if len(names) <= PER_PHENOTYPE_LIMIT:
+        for name in names:
+            fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [3, 1]})
+            lam = summary["phenotypes"][name]["lambda_gc"]
+            _manhattan(left, x, neg_log10_p[name], chrom, centres, labels, name)
+            _qq(right, neg_log10_p[name], f"QQ, lambda_GC {lam:.3f}" if lam else "QQ")
+            fig.tight_layout()
+            fig.savefig(f"{prefix}.{name}.png", dpi=100)
+            plt.close(fig)
+        return
+    # Many phenotypes: the strongest per variant across phenotypes, the 8 phenotypes with most hits, one QQ.
+    ranked = sorted(names, key=lambda n: -np.nanmax(neg_log10_p[n], initial=0))[:8]
+    fig, axes = plt.subplots(5, 2, figsize=(14, 14))
+    stacked = np.vstack([neg_log10_p[n] for n in names])
+    _manhattan(axes[0, 0], x, np.nanmax(stacked, 0), chrom, centres, labels, f"best of {len(names)} phenotypes")
+    _qq(axes[0, 1], stacked.ravel(), f"QQ, all {len(names)} phenotypes")
+    for ax, name in zip(axes[1:].ravel(), ranked):
+        _manhattan(ax, x, neg_log10_p[name], chrom, centres, labels, name[:60])
+    fig.tight_layout()
+    fig.savefig(f"{prefix}.manhattan.png", dpi=80)
+    plt.close(fig)

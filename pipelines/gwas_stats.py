@@ -1,0 +1,217 @@
+"""Per-variant association statistics on a block of genotypes: linear, logistic (Firth fallback), multi-trait.
+
+Exact under per-variant missing calls, as plink2 `--glm` is (a sample with no call for a variant is dropped for
+that variant only). For the linear and multi-trait tests: Q is an orthonormal basis of [1, covariates] on the
+analysed samples, Y is residualised on Q once, and g is centred with missing calls set to 0. Restricted to the
+samples O observed for a variant (M the missing ones), by Frisch-Waugh-Lovell
+
+    A = Q_O'Q_O = I - Q_M'Q_M        a = Q_O'g_O = Q'g          b = Q_O'y_O = -Q_M'y_M
+    g'Pg = g'g - a'A^-1 a            g'Py = g'y + (Q_M A^-1 a)'y_M
+    y'Py = y'y - y_M'y_M - b'A^-1 b
+
+so one GEMM over all samples (G'Y) plus corrections from the few missing rows of each variant gives every
+(variant, phenotype) regression exactly; mean-imputing instead is off by 1e-3 relative on strong hits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+MONOMORPHIC = "monomorphic in the analysed samples"
+COLLINEAR = "collinear with the covariates"
+NO_CONVERGENCE = "logistic and Firth regression did not converge"
+
+
+def covariate_basis(covariates: np.ndarray, names: list[str]) -> np.ndarray:
+    """Q: orthonormal basis of [intercept, covariates]; names a constant or collinear covariate (ValueError)."""
+    n = len(covariates)
+    design = np.column_stack([np.ones(n), covariates])
+    for j, name in enumerate(names):
+        column = covariates[:, j]
+        if np.ptp(column) == 0:
+            raise ValueError(f"covariate {name} is constant in the analysed samples")
+    q, r = np.linalg.qr(design)
+    scale = np.abs(np.diag(r)) / np.maximum(np.linalg.norm(design, axis=0), 1e-300)
+    weak = np.flatnonzero(scale < 1e-8)
+    if weak.size:
+        raise ValueError(f"covariate {names[weak[0] - 1]} is collinear with the intercept and the covariates before it")
+    return q
+
+
+def _centred(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Genotypes centred on their observed mean, missing set to 0; missing mask, observed count, A1 frequency."""
+    missing = np.isnan(g)
+    n_obs = (~missing).sum(0)
+    total = np.where(missing, 0.0, g).sum(0)
+    mean = total / np.maximum(n_obs, 1)
+    centred = np.where(missing, 0.0, g - mean)
+    return centred, missing, n_obs, total / np.maximum(2 * n_obs, 1)
+
+
+def _restricted(g: np.ndarray, q: np.ndarray, y: np.ndarray, yy: np.ndarray, *, cross: bool):
+    """g'Pg (m,), g'Py (m, P), and y'Py: (m, P), or (m, P, P) with `cross` (multi-trait); plus n_obs, A1 freq."""
+    centred, missing, n_obs, freq = _centred(g)
+    a = q.T @ centred
+    gpg = (centred * centred).sum(0) - (a * a).sum(0)
+    gpy = centred.T @ y
+    m, p = gpy.shape
+    ypy = np.broadcast_to(yy, (m, p, p) if cross else (m, p)).copy()
+    for j in np.flatnonzero(missing.any(0)):
+        rows = np.flatnonzero(missing[:, j])
+        q_m, y_m = q[rows], y[rows]
+        gram = np.eye(q.shape[1]) - q_m.T @ q_m
+        c = np.linalg.solve(gram, a[:, j])
+        gpg[j] = (centred[:, j] ** 2).sum() - a[:, j] @ c
+        gpy[j] += (q_m @ c) @ y_m
+        b = q_m.T @ y_m
+        if cross:
+            ypy[j] -= y_m.T @ y_m + b.T @ np.linalg.solve(gram, b)
+        else:
+            ypy[j] -= (y_m * y_m).sum(0) + (b * np.linalg.solve(gram, b)).sum(0)
+    return gpg, gpy, ypy, n_obs, freq
+
+
+def _degenerate(gpg: np.ndarray, g: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
+    """Per variant: '' or why it has no test (no variation, or none left after the covariates)."""
+    spread = np.nanmax(g, 0) - np.nanmin(g, 0) if g.size else np.zeros(0)
+    note = np.where(~(spread > 0), MONOMORPHIC, "")
+    return np.where((note == "") & (gpg <= 1e-9 * np.maximum(n_obs, 1)), COLLINEAR, note)
+
+
+def linear(g: np.ndarray, q: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """OLS of every phenotype (columns of y, residualised on q) on every variant (columns of g, NaN = missing).
+
+    Returns (variants x phenotypes) beta, se, p, log10_p; (variants,) n, freq, note.
+    """
+    yy = (y * y).sum(0)
+    gpg, gpy, ypy, n_obs, freq = _restricted(g, q, y, yy, cross=False)
+    note = _degenerate(gpg, g, n_obs)
+    ok = (note == "")[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = gpy / gpg[:, None]
+        df = (n_obs - q.shape[1] - 1)[:, None].astype(float)
+        rss = np.maximum(ypy - beta * gpy, 0.0)
+        se = np.sqrt(rss / df / gpg[:, None])
+        t = np.abs(beta / se)
+        log_p = (stats.t.logsf(t, df) + np.log(2)) / np.log(10)
+    nan = np.full_like(beta, np.nan)
+    return {"beta": np.where(ok, beta, nan), "se": np.where(ok, se, nan), "p": np.where(ok, 10 ** log_p, nan),
+            "log10_p": np.where(ok, log_p, nan), "n": n_obs, "freq": freq, "note": note}
+
+
+def multi_trait(g: np.ndarray, q: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Likelihood-ratio test of all D traits (columns of y, residualised on q) jointly (paper 001, eq. 3).
+
+    Multivariate normal residuals with a free D x D covariance: -2 log LR = -n log(1 - u'S^-1 u / g'Pg), with
+    u = g'PY and S = Y'PY on the variant's observed samples; chi-square with D degrees of freedom.
+    """
+    yy = y.T @ y
+    gpg, gpy, ypy, n_obs, freq = _restricted(g, q, y, yy, cross=True)
+    note = _degenerate(gpg, g, n_obs)
+    ok = note == ""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        explained = np.einsum("md,md->m", gpy, np.linalg.solve(ypy, gpy[..., None])[..., 0]) / gpg
+        lrt = -n_obs * np.log1p(-np.clip(explained, 0.0, 1 - 1e-16))
+    d = y.shape[1]
+    log_p = stats.chi2.logsf(lrt, d) / np.log(10)
+    return {"lrt": np.where(ok, lrt, np.nan), "df": np.full(len(lrt), d), "p": np.where(ok, 10 ** log_p, np.nan),
+            "log10_p": np.where(ok, log_p, np.nan), "n": n_obs, "freq": freq, "note": note}
+
+
+def logistic(g: np.ndarray, c: np.ndarray, y: np.ndarray, *, max_iter: int = 25, tol: float = 1e-10):
+    """Logistic regression of a 0/1 phenotype on [1, covariates, variant] for every variant (Wald test).
+
+    Newton-Raphson batched over variants: each variant's Gram comes from GEMMs over sample-wise products, so a
+    block costs a few matrix products per iteration. Variants that do not converge (separation) are refitted
+    with Firth's penalised likelihood, as plink2's default firth-fallback does. Returns beta (log OR), se, p,
+    log10_p, n, freq, firth, note (variants,).
+    """
+    n, m = g.shape
+    design = np.column_stack([np.ones(n), c])
+    k = design.shape[1]
+    missing = np.isnan(g)
+    observed = (~missing).astype(float)
+    n_obs = observed.sum(0).astype(int)
+    freq = np.where(missing, 0.0, g).sum(0) / np.maximum(2 * n_obs, 1)
+    mean = np.where(missing, 0.0, g).sum(0) / np.maximum(n_obs, 1)
+    gc = np.where(missing, 0.0, g - mean)  # centred: a better-conditioned Newton system; beta unchanged
+    theta = np.zeros((m, k + 1))
+    pairs = (design[:, :, None] * design[:, None, :]).reshape(n, k * k)
+    converged = np.zeros(m, bool)
+    info = None
+    for _ in range(max_iter):
+        eta = design @ theta[:, :k].T + gc * theta[:, k]
+        mu = special.expit(eta)
+        w = mu * (1 - mu) * observed
+        resid = (y[:, None] - mu) * observed
+        info = np.empty((m, k + 1, k + 1))
+        info[:, :k, :k] = (pairs.T @ w).T.reshape(m, k, k)
+        info[:, :k, k] = info[:, k, :k] = (design.T @ (w * gc)).T
+        info[:, k, k] = (w * gc * gc).sum(0)
+        score = np.concatenate([(design.T @ resid).T, (gc * resid).sum(0)[:, None]], 1)
+        with np.errstate(all="ignore"):
+            step = np.linalg.solve(info + 1e-300 * np.eye(k + 1), score[..., None])[..., 0]
+        step = np.where(np.isfinite(step), step, 0.0)
+        theta += step
+        converged = np.abs(step).max(1) < tol * (1 + np.abs(theta).max(1))
+        if converged.all():
+            break
+    with np.errstate(all="ignore"):
+        cov = np.linalg.inv(info)
+    se = np.sqrt(cov[:, k, k])
+    beta = theta[:, k]
+    spread = np.nanmax(g, 0) - np.nanmin(g, 0)
+    note = np.where(~(spread > 0), MONOMORPHIC, "").astype(object)
+    firth = np.zeros(m, bool)
+    bad = (note == "") & (~converged | ~np.isfinite(se) | (np.abs(beta) > 15))
+    for j in np.flatnonzero(bad):
+        rows = ~missing[:, j]
+        fit = _firth(np.column_stack([design[rows], gc[rows, j]]), y[rows])
+        if fit is None:
+            note[j] = NO_CONVERGENCE
+        else:
+            beta[j], se[j], firth[j] = fit[0], fit[1], True
+    z = np.abs(beta / se)
+    log_p = (stats.norm.logsf(z) + np.log(2)) / np.log(10)
+    ok = note == ""
+    return {"beta": np.where(ok, beta, np.nan), "se": np.where(ok, se, np.nan), "p": np.where(ok, 10 ** log_p, np.nan),
+            "log10_p": np.where(ok, log_p, np.nan), "n": n_obs, "freq": freq, "firth": firth & ok,
+            "note": note.astype(str)}
+
+
+def _firth(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-9):
+    """Firth-penalised logistic regression (Jeffreys prior); (beta, se) of the last column, or None.
+
+    Maximises l(theta) + log|I(theta)| / 2 by BFGS with its exact gradient, the modified score
+    X'(y - mu + h (1/2 - mu)): near separation the usual fixed-point iteration converges only linearly.
+    The standard error is sqrt of [I(theta)^-1] at the optimum, as logistf and plink2 report it.
+    """
+    from scipy import optimize
+
+    # Standardising the covariate columns (not the intercept, not the variant's last column) changes neither the
+    # variant's estimate nor the penalised optimum; it only conditions the problem.
+    x = x.copy()
+    middle = x[:, 1:-1]
+    x[:, 1:-1] = (middle - middle.mean(0)) / np.where(middle.std(0) > 0, middle.std(0), 1.0)
+
+    def objective(theta):
+        eta = x @ theta
+        mu = special.expit(eta)
+        w = mu * (1 - mu)
+        info = x.T @ (x * w[:, None])
+        sign, logdet = np.linalg.slogdet(info)
+        if sign <= 0:
+            return np.inf, np.zeros_like(theta)
+        root = x * np.sqrt(w)[:, None]
+        hat = np.einsum("ij,jk,ik->i", root, np.linalg.inv(info), root)
+        loglik = np.sum(y * eta - np.logaddexp(0.0, eta))
+        return -(loglik + 0.5 * logdet), -(x.T @ (y - mu + hat * (0.5 - mu)))
+
+    fit = optimize.minimize(objective, np.zeros(x.shape[1]), jac=True, method="BFGS",
+                            options={"gtol": tol, "maxiter": 500})
+    if not np.isfinite(fit.fun) or np.abs(fit.jac).max() > 1e-5:
+        return None
+    mu = special.expit(x @ fit.x)
+    info = x.T @ (x * (mu * (1 - mu))[:, None])
+    return fit.x[-1], float(np.sqrt(np.linalg.inv(info)[-1, -1]))

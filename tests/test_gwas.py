@@ -1,0 +1,254 @@
+"""GWAS: exact against statsmodels and plink2 --glm (with missing calls), calibrated under the null, planted
+effects found, multi-trait test against a direct likelihood, clumping, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+
+from comical.cli import main
+from comical.data_io.plink import open_genotypes
+from comical.pipelines import gwas_stats
+from comical.pipelines.clump import clump_hits, r_squared
+from comical.pipelines.gwas import build_inputs, lambda_gc, run_gwas
+
+
+def _tiny(seed=0, n=300, m=12, p=3, k=3, missing=0.05):
+    rng = np.random.default_rng(seed)
+    g = rng.binomial(2, rng.uniform(0.1, 0.5, m), size=(n, m)).astype(float)
+    g[rng.random((n, m)) < missing] = np.nan
+    c = np.column_stack([rng.normal(50, 10, n), rng.integers(0, 2, n), rng.normal(size=(n, k - 2))])
+    y = 0.3 * np.nan_to_num(g[:, :p]) + c[:, :1] * 0.02 + rng.normal(size=(n, p))
+    return g, c, y
+
+
+def test_linear_equals_statsmodels_per_variant_with_missing_calls():
+    g, c, y = _tiny()
+    q = gwas_stats.covariate_basis(c, ["age", "sex", "x"])
+    result = gwas_stats.linear(g, q, y - q @ (q.T @ y))
+    for j in range(g.shape[1]):
+        ok = ~np.isnan(g[:, j])
+        for k in range(y.shape[1]):
+            fit = sm.OLS(y[ok, k], sm.add_constant(np.column_stack([c[ok], g[ok, j]]))).fit()
+            assert result["beta"][j, k] == pytest.approx(fit.params[-1], rel=1e-9)
+            assert result["se"][j, k] == pytest.approx(fit.bse[-1], rel=1e-9)
+            assert result["p"][j, k] == pytest.approx(fit.pvalues[-1], rel=1e-8)
+        assert result["n"][j] == ok.sum()
+
+
+def test_logistic_equals_statsmodels_and_firth_rescues_separation():
+    g, c, _ = _tiny(seed=1)
+    rng = np.random.default_rng(2)
+    y = (rng.random(len(g)) < 1 / (1 + np.exp(-(np.nan_to_num(g[:, 0]) - 1)))).astype(float)
+    g[:, -1] = np.where(y == 1, 2.0, 0.0)  # perfect separation: plain logistic diverges
+    result = gwas_stats.logistic(g, c, y)
+    for j in range(g.shape[1] - 1):
+        ok = ~np.isnan(g[:, j])
+        fit = sm.Logit(y[ok], sm.add_constant(np.column_stack([c[ok], g[ok, j]]))).fit(disp=0, tol=1e-12)
+        assert result["beta"][j] == pytest.approx(fit.params[-1], rel=1e-7)
+        assert result["se"][j] == pytest.approx(fit.bse[-1], rel=1e-7)
+        assert not result["firth"][j]
+    assert result["firth"][-1] and np.isfinite(result["beta"][-1]) and result["beta"][-1] > 0
+
+
+def test_multi_trait_equals_the_direct_likelihood_ratio():
+    g, c, y = _tiny(seed=3, p=4)
+    q = gwas_stats.covariate_basis(c, ["age", "sex", "x"])
+    result = gwas_stats.multi_trait(g, q, y - q @ (q.T @ y))
+    for j in range(g.shape[1]):
+        ok = ~np.isnan(g[:, j])
+        null = np.column_stack([np.ones(ok.sum()), c[ok]])
+        full = np.column_stack([null, g[ok, j]])
+        sigma = [np.cov((y[ok] - x @ np.linalg.lstsq(x, y[ok], rcond=None)[0]).T, bias=True) for x in (null, full)]
+        lrt = ok.sum() * (np.linalg.slogdet(sigma[0])[1] - np.linalg.slogdet(sigma[1])[1])
+        assert result["lrt"][j] == pytest.approx(lrt, rel=1e-8)
+        assert result["p"][j] == pytest.approx(stats.chi2.sf(lrt, 4), rel=1e-6)
+
+
+def test_monomorphic_and_collinear_variants_get_na_with_a_reason():
+    g, c, y = _tiny(seed=4)
+    g[:, 0] = 1.0
+    g[:, 1] = np.where(np.isnan(g[:, 1]), np.nan, c[:, 1])  # the variant is the sex covariate
+    q = gwas_stats.covariate_basis(c, ["age", "sex", "x"])
+    result = gwas_stats.linear(g, q, y - q @ (q.T @ y))
+    assert result["note"][0] == gwas_stats.MONOMORPHIC and result["note"][1] == gwas_stats.COLLINEAR
+    assert np.isnan(result["beta"][:2]).all() and np.isfinite(result["beta"][2:]).all()
+
+
+def _plink_files(cohort, tmp_path):
+    idps = pl.read_csv(cohort / "idps.csv", infer_schema=False)
+    names = idps.columns[1:4]
+    pheno = idps.select(pl.col("eid").alias("#FID"), pl.col("eid").alias("IID"), *names).with_columns(
+        pl.when(pl.int_range(pl.len()) % 17 == 0).then(pl.lit("NA")).otherwise(pl.col(names[2])).alias(names[2]))
+    pheno.write_csv(tmp_path / "pheno.txt", separator="\t")
+    covar = pl.read_csv(cohort / "covariates.csv", infer_schema=False)
+    covar.select(pl.col("eid").alias("#FID"), pl.col("eid").alias("IID"), "age", "sex", "PC1", "PC2", "PC3").write_csv(
+        tmp_path / "covar.txt", separator="\t")
+    dx = pl.read_csv(cohort / "diagnoses.csv", infer_schema=False)
+    dx.select(pl.col("eid").alias("#FID"), pl.col("eid").alias("IID"),
+              (pl.col("CBVD").cast(int) + 1).alias("CBVD")).write_csv(tmp_path / "binary.txt", separator="\t")
+    return names
+
+
+def _against_plink(ours: pl.DataFrame, theirs: pl.DataFrame):
+    """Our columns oriented to plink2's A1 (it may count either allele), beside plink2's."""
+    sign = np.where(theirs["A1"].to_numpy() == ours["effect_allele"].to_numpy(), 1.0, -1.0)
+    return ours["beta"].to_numpy() * sign, ours["standard_error"].to_numpy(), ours["p_value"].to_numpy()
+
+
+def _rel(a, b):
+    return np.abs(a - b) / np.abs(b)
+
+
+def test_linear_and_logistic_match_plink2_glm(mini_cohort, plink2, ray_session, tmp_path):
+    names = _plink_files(mini_cohort, tmp_path)
+    bfile = mini_cohort / "genotypes"
+    plink2("--bfile", bfile, "--pheno", tmp_path / "pheno.txt", "--covar", tmp_path / "covar.txt",
+           "--glm", "hide-covar", "--out", tmp_path / "plq")
+    plink2("--bfile", bfile, "--pheno", tmp_path / "binary.txt", "--covar", tmp_path / "covar.txt",
+           "--glm", "hide-covar", "--out", tmp_path / "plb")
+    assert main(["gwas", "--bfile", str(bfile), "--pheno", str(tmp_path / "pheno.txt"), "--covar",
+                 str(tmp_path / "covar.txt"), "--out", str(tmp_path / "q"), "--workers", "2", "--no-plots"]) == 0
+    for name in names:
+        ours = pl.read_csv(tmp_path / f"q.{name}.tsv", separator="\t", null_values="NA")
+        theirs = pl.read_csv(tmp_path / f"plq.{name}.glm.linear", separator="\t", null_values="NA")
+        assert ours.columns[:10] == ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta",
+                                     "standard_error", "effect_allele_frequency", "p_value", "variant_id", "n"]
+        assert (ours["n"] == theirs["OBS_CT"]).all() and ours["n"].min() < ours["n"].max()  # per-variant samples
+        beta, se, p = _against_plink(ours, theirs)
+        # plink2 prints 6 significant digits: a relative difference up to 5e-6 is its rounding
+        for a, b in ((beta, theirs["BETA"]), (se, theirs["SE"]), (p, theirs["P"])):
+            assert _rel(a, b.to_numpy()).max() < 6e-6
+
+    assert main(["gwas", "--bfile", str(bfile), "--pheno", str(tmp_path / "binary.txt"), "--covar",
+                 str(tmp_path / "covar.txt"), "--out", str(tmp_path / "b"), "--no-plots"]) == 0
+    ours = pl.read_csv(tmp_path / "b.CBVD.tsv", separator="\t", null_values="NA")
+    theirs = pl.read_csv(tmp_path / "plb.CBVD.glm.logistic.hybrid", separator="\t", null_values="NA")
+    assert (ours["firth"].to_numpy() == (theirs["FIRTH?"] == "Y").to_numpy()).all()
+    assert np.allclose(ours["odds_ratio"], np.exp(ours["beta"]))
+    plain = (theirs["FIRTH?"] == "N").to_numpy()
+    beta, se, p = _against_plink(ours, theirs)
+    close = _rel(se, theirs["LOG(OR)_SE"].to_numpy()) < 1e-4
+    assert close[plain].mean() > 0.97
+    # beta from plink2's OR (6 digits) is only good to ~1e-5 absolute; p amplifies a 1e-5 SE difference by z^2
+    assert np.abs(beta - np.log(theirs["OR"].to_numpy()))[plain & close].max() < 2e-5
+    assert _rel(p, theirs["P"].to_numpy())[plain & close].max() < 1e-3
+    firth = ~plain & np.isfinite(theirs["P"].to_numpy())
+    assert firth.any() and _rel(p, theirs["P"].to_numpy())[firth].max() < 1e-3
+    # Where plink2 2.00a3's single-precision logistic drifts, statsmodels (double precision) sides with us.
+    genotypes = open_genotypes(bfile)
+    covar = pl.read_csv(tmp_path / "covar.txt", separator="\t").select("age", "sex", "PC1", "PC2", "PC3").to_numpy()
+    y = pl.read_csv(tmp_path / "binary.txt", separator="\t")["CBVD"].to_numpy() - 1.0
+    for j in np.flatnonzero(plain & ~close)[:3]:
+        x = genotypes.read(variants=[int(j)], dtype=np.float64)[:, 0]
+        ok = ~np.isnan(x)
+        fit = sm.Logit(y[ok], sm.add_constant(np.column_stack([covar[ok], x[ok]]))).fit(disp=0, tol=1e-12)
+        assert se[j] == pytest.approx(fit.bse[-1], rel=1e-7)
+
+
+def test_null_phenotypes_are_calibrated(mini_cohort, ray_session, tmp_path):
+    genotypes = open_genotypes(mini_cohort / "genotypes")
+    rng = np.random.default_rng(7)
+    eid = genotypes.samples["iid"]
+    pheno = pl.DataFrame({"eid": eid, **{f"null{i}": rng.normal(size=eid.len()) for i in range(8)}})
+    covar = pl.DataFrame({"eid": eid, "age": rng.normal(60, 8, eid.len())})
+    summary = run_gwas(build_inputs(genotypes, pheno, covar, source="null"), tmp_path / "null", plots=False)
+    pooled = np.concatenate([-np.log10(pl.read_csv(tmp_path / f"null.null{i}.tsv", separator="\t",
+                                                   null_values="NA")["p_value"].to_numpy()) for i in range(8)])
+    assert 0.95 <= lambda_gc(pooled) <= 1.05
+    assert all(0.85 < info["lambda_gc"] < 1.15 and info["hits"] == 0 for info in summary["phenotypes"].values())
+    embeddings = pl.DataFrame({"eid": eid, **{f"e{i}": rng.normal(size=eid.len()) for i in range(6)}})
+    mt = run_gwas(build_inputs(genotypes, embeddings, covar, source="null", multi_trait=True), tmp_path / "mt",
+                  plots=False)
+    assert 0.9 <= mt["phenotypes"]["multi_trait"]["lambda_gc"] <= 1.1
+
+
+def test_cohort_gwas_finds_the_planted_snp_idp_effects_and_clumps_them(mini_cohort, ray_session, tmp_path):
+    out = tmp_path / "idps"
+    assert main(["gwas", "--cohort", str(mini_cohort), "--out", str(out), "--workers", "2"]) == 0
+    summary = json.loads((tmp_path / "idps.summary.json").read_text())
+    assert len(summary["phenotypes"]) == 154 and (tmp_path / "idps.manhattan.png").stat().st_size > 10_000
+    planted = pl.read_parquet(mini_cohort / "truth" / "snp_idp_effects.parquet")
+    found = 0
+    for row in planted.iter_rows(named=True):
+        table = pl.read_csv(tmp_path / f"idps.{row['idp']}.tsv", separator="\t", null_values="NA")
+        found += table.filter(pl.col("variant_id") == row["variant_id"])["p_value"][0] < 5e-8
+    assert found >= 0.8 * planted.height
+    genotypes = open_genotypes(mini_cohort / "genotypes")
+    for name, info in summary["phenotypes"].items():
+        if info["hits"] < 2:
+            continue
+        clumps = pl.read_csv(tmp_path / f"idps.{name}.clumps.tsv", separator="\t")
+        table = pl.read_csv(tmp_path / f"idps.{name}.tsv", separator="\t", null_values="NA")
+        hits = set(table.filter(pl.col("p_value") < 5e-8)["variant_id"])
+        members = set(clumps["index_variant"]) | {v for c in clumps["clumped"].drop_nulls() for v in c.split(",")}
+        assert hits <= members  # every hit is an index variant or was taken by one
+        index = genotypes.variants["variant_id"].to_list()
+        rows = [index.index(v) for v in clumps["index_variant"]]
+        g = genotypes.read(variants=rows, dtype=np.float64)
+        for a in range(len(rows)):  # index variants are not in LD with each other (within the window)
+            assert (r_squared(g[:, a], np.delete(g, a, 1)) < 0.05).all() or len(rows) == 1
+
+
+def test_r_squared_and_clump_against_a_direct_computation(mini_cohort):
+    genotypes = open_genotypes(mini_cohort / "genotypes")
+    g = genotypes.read(variants=slice(0, 40), dtype=np.float64)
+    ok = ~np.isnan(g[:, 0]) & ~np.isnan(g[:, 1])
+    assert r_squared(g[:, 0], g[:, 1:2])[0] == pytest.approx(np.corrcoef(g[ok, 0], g[ok, 1])[0, 1] ** 2, rel=1e-10)
+    neg = np.zeros(genotypes.n_variants)
+    neg[[0, 1, 2]] = [20.0, 15.0, 9.0]  # three hits in one LD region
+    clumps = clump_hits(genotypes, np.arange(genotypes.n_samples), neg, r2=0.05)
+    r2 = r_squared(g[:, 0], g[:, 1:3])
+    taken = {genotypes.variants["variant_id"][int(i) + 1] for i in np.flatnonzero(r2 >= 0.05)}
+    first = clumps.row(0, named=True)
+    assert first["index_variant"] == genotypes.variants["variant_id"][0]
+    assert set(filter(None, first["clumped"].split(","))) == taken
+    assert clumps.height == 1 + (3 - 1 - len(taken))
+
+
+def test_bad_gwas_input_fails_before_compute(cohort_copy, tmp_path, capsys):
+    bfile = cohort_copy / "genotypes"
+    eid = pl.read_csv(cohort_copy / "idps.csv", infer_schema=False)["eid"]
+    n = eid.len()
+
+    def write(name, **columns):
+        pl.DataFrame({"eid": columns.pop("ids", eid), **columns}).write_csv(tmp_path / name)
+        return str(tmp_path / name)
+
+    good_pheno = write("pheno.csv", y=np.arange(n, dtype=float))
+    cases = [
+        (["--pheno", write("strangers.csv", ids=[f"x{i}" for i in range(n)], y=np.ones(n))], "no sample ID"),
+        (["--pheno", good_pheno, "--covar", write("const.csv", age=np.ones(n))], "covariate age is constant"),
+        (["--pheno", good_pheno, "--covar", write("coll.csv", a=np.arange(n) % 7, b=2.0 * (np.arange(n) % 7))],
+         "covariate b is collinear"),
+        (["--pheno", write("text.csv", y=["tall"] * n)], "'tall' is not a number"),
+        (["--pheno", write("nocase.csv", y=np.zeros(n)), "--binary"], "has no cases"),
+    ]
+    for extra, needle in cases:
+        status = main(["gwas", "--bfile", str(bfile), *extra, "--out", str(tmp_path / "out" / "r")])
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and needle in err and len(err.splitlines()) == 1, (needle, err)
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    bim = (cohort_copy / "genotypes.bim").read_text().splitlines()
+    (cohort_copy / "genotypes.bim").write_text("\n".join(bim[:-5]) + "\n")
+    assert main(["gwas", "--bfile", str(bfile), "--pheno", good_pheno, "--out", str(tmp_path / "out" / "r")]) == 2
+    assert "bytes" in capsys.readouterr().err
+    assert main(["gwas", "--bfile", str(bfile), "--pheno", good_pheno, "--out", str(tmp_path / "pheno")]) == 2
+    assert "would write over the input" in capsys.readouterr().err
+
+
+def test_multi_trait_gwas_of_a_trained_models_embeddings(trained_run, mini_cohort, tmp_path, capsys):
+    embeddings = tmp_path / "embeddings.parquet"
+    assert main(["embed", "--run", str(trained_run), "--cohort", str(mini_cohort), "--out", str(embeddings)]) == 0
+    assert main(["gwas", "--cohort", str(mini_cohort), "--multi-trait", str(embeddings), "--mt-pcs", "6",
+                 "--rank-normalise", "--out", str(tmp_path / "mt"), "--no-plots"]) == 0
+    table = pl.read_csv(tmp_path / "mt.multi_trait.tsv", separator="\t", null_values="NA")
+    assert (table["df"] == 6).all() and table["lrt"].min() >= 0 and table.height == 3000
+    summary = json.loads((tmp_path / "mt.summary.json").read_text())
+    assert summary["phenotypes"]["multi_trait"]["test"] == "multi_trait"
+    assert 0.8 < summary["phenotypes"]["multi_trait"]["lambda_gc"] < 1.3
