@@ -111,9 +111,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    import ray
+    from comical.ray_init import init_ray
 
-    ray.init(num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False)
+    init_ray(num_cpus=os.cpu_count(), log_to_driver=False)
     torch.set_num_threads(1)
     rows = {"(a) per-item Dataset + DataLoader": per_item_loader(args.pairs, args.batch_size, args.epochs),
             "(b) bare torch loop, tensors resident": bare_torch(args.pairs, args.batch_size, args.epochs),

@@ -23,9 +23,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    import ray
+    from comical.ray_init import init_ray
 
-    ray.init(log_to_driver=False, configure_logging=False)
+    init_ray(log_to_driver=False)
     print("| layout | targets | pair accuracy (chance) | strict top-1 (chance) | test loss |")
     print("|---|---|---|---|---|")
     for layout in ("paper", "separate"):

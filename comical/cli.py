@@ -346,6 +346,7 @@ def _tune(args) -> int:
 
     from comical.data_io.output_dir import check_output_dir, write_atomic
     from comical.distributed.config import TrainConfig
+    from comical.ray_init import init_ray
     from comical.distributed.train import check_cluster_fits, check_train_inputs
     from comical.tuning.sweep import load_space, results_table, run_sweep, write_sweep_outputs
 
@@ -370,10 +371,7 @@ def _tune(args) -> int:
     space = load_space(request["space"])
     base = TrainConfig.from_dict(request["base"], source="comical tune")
     manifest = check_train_inputs(base)
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(configure_logging=False)
+    init_ray()
     check_cluster_fits(base)
     if not args.resume:
         check_output_dir(out, request, force=args.force, inputs=(Path(base.pairs),))
@@ -452,8 +450,9 @@ def _bench_scaling(args) -> int:
     check_train_inputs(config)
     import ray
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False)
+    from comical.ray_init import init_ray
+
+    init_ray(log_to_driver=False)
     resources = ray.cluster_resources()
     table = measure(config, workers)
     title = (f"{args.engine} ZeRO-{args.zero_stage}, batch {args.batch_size}, {platform.node() or 'host'}: "

@@ -67,7 +67,7 @@ def pair_dataset(store: str | Path, split: str):
     read_manifest(store)
     # Reading Parquet is light: a quarter CPU per read task, so on a small machine the reads still find room
     # beside the Train workers (and a Tune trial's driver) that hold fractional CPUs.
-    return ray.data.read_parquet(str(Path(store) / split), schema=PAIR_SCHEMA, ray_remote_args={"num_cpus": 0.25})
+    return ray.data.read_parquet(str(Path(store) / split), schema=PAIR_SCHEMA, num_cpus=0.25)
 
 
 def ple_vectors(idp_bin, idp_frac, n_bins: int):

@@ -48,10 +48,9 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
     write_atomic(out / RUN_FILE, json.dumps(run, indent=2, sort_keys=True) + "\n")
     write_atomic(out / "config.yaml", config.to_yaml())
 
-    import ray
+    from comical.ray_init import init_ray
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, configure_logging=False)
+    init_ray()
     check_cluster_fits(config, driver_cpus=0.0)
     result = run_training(config, storage)
     if result.error is not None:

@@ -65,7 +65,8 @@ def write_outputs(table: pl.DataFrame, out: Path, title: str) -> None:
     ax.plot(table["workers"], table["pairs_per_s"], "o-", label="measured")
     ax.plot(table["workers"], first["pairs_per_s"] * table["workers"] / first["workers"], "--", color="grey",
             label="linear")
-    ax.set(xlabel="Ray Train workers", ylabel="training pairs/s", title=title, xticks=table["workers"].to_list())
+    ax.set(xlabel="Ray Train workers", ylabel="training pairs/s", xticks=table["workers"].to_list())
+    ax.set_title(title, fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "scaling.png.tmp", dpi=120, format="png")

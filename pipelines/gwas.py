@@ -28,6 +28,7 @@ from scipy import stats
 from comical.data_io.errors import InputError
 from comical.data_io.plink import Genotypes, open_genotypes
 from comical.data_io.tables import read_table
+from comical.ray_init import init_ray
 from comical.pipelines import gwas_stats
 
 GENOME_WIDE = 5e-8
@@ -145,12 +146,7 @@ def run_gwas(inputs: GwasInputs, out: str | Path, *, workers: int = 1, block_siz
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        if "RAY_ADDRESS" in os.environ:  # inside `ray job submit`: the cluster's Ray
-            ray.init(configure_logging=False)
-        else:  # a laptop: a small local Ray, no dashboard, so start-up stays short
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False,
-                     log_to_driver=False)
+    init_ray(num_cpus=workers, log_to_driver=False)  # a local Ray without dashboard starts in a few seconds
     block = ray.remote(num_cpus=1)(_block)
     m = inputs.genotypes.n_variants
     size = block_size or max(256, math.ceil(m / (4 * workers)))

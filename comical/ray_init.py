@@ -1,0 +1,23 @@
+"""How every command joins Ray: the cluster named by RAY_ADDRESS (`ray job submit` sets it), else a new local one.
+
+Ray's own default (`ray.init()` with no address) also attaches to whatever /tmp/ray/ray_current_cluster names;
+after a crashed or killed session that file points at a dead head and `ray.init()` retries it for minutes. To
+run on a cluster you started yourself, export RAY_ADDRESS=auto (or its address), or submit a job.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(*, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    """Start or join Ray once per process; `num_cpus` only sizes a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(configure_logging=False, log_to_driver=log_to_driver)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+                 log_to_driver=log_to_driver)
