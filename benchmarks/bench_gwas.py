@@ -27,6 +27,9 @@ from pathlib import Path
 import polars as pl
 import psutil
 
+from comical.data_io.catalog import read_gwas_catalog
+from comical.data_io.plink import open_genotypes
+
 
 def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (GiB) of a command and all its children."""
@@ -58,9 +61,8 @@ def prepare(work: Path) -> tuple[Path, Path, Path, Path, list[str]]:
     cohort = work / "paper"
     if not (cohort / "genotypes.bed").exists():
         subprocess.run([*comical, "simulate", "--preset", "paper", "--out", str(cohort)], check=True)
-    catalog = pl.read_csv(cohort / "gwas_catalog.tsv", separator="\t", infer_schema=False, quote_char=None)
-    bim = pl.read_csv(cohort / "genotypes.bim", separator="\t", has_header=False, infer_schema=False)
-    ids = set(bim["column_2"]) & set(catalog["SNPS"])
+    ids = set(open_genotypes(cohort / "genotypes").variants["variant_id"]) & set(
+        read_gwas_catalog(cohort / "gwas_catalog.tsv")["SNPS"])
     (work / "catalog.txt").write_text("\n".join(sorted(ids)) + "\n")
     if not (work / "catalog.bed").exists():
         subprocess.run(["plink2", "--bfile", cohort / "genotypes", "--extract", work / "catalog.txt", "--make-bed",
@@ -88,7 +90,8 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     comical = [sys.executable, "-m", "comical", "gwas", "--pheno", str(pheno), "--covar", str(covar)]
-    plink = ["plink2", "--threads", "2", "--pheno", str(pheno), "--covar", str(covar), "--glm", "hide-covar"]
+    plink = ["plink2", "--threads", "2", "--pheno", str(pheno), "--covar", str(covar), "--glm", "hide-covar",
+             "--covar-variance-standardize"]  # plink2 refuses raw age beside PCs (scale check); OLS beta is unchanged
     first, some = names[0], ",".join(names[:args.plink2_phenotypes])
     rows = {
         "plink2, 1 IDP": timed([*plink, "--bfile", str(catalog), "--pheno-name", first, "--out", str(out / "p1")]),

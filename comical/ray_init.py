@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 
 
-def init_ray(*, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Start or join Ray once per process; `num_cpus` only sizes a local Ray."""
+def init_ray(*, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
+    """Start or join Ray once per process; `num_cpus` only sizes a local Ray. True when this call started it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(configure_logging=False, log_to_driver=log_to_driver)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
                  log_to_driver=log_to_driver)
+    return True
