@@ -124,8 +124,9 @@ def _basis(covar: np.ndarray, names: list[str], source: str) -> np.ndarray:
         raise InputError(f"{source}: {err}") from None
 
 
-def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group]) -> list[dict]:
-    """One variant block's statistics for every group (runs in a Ray task; reads its own slice of the .bed)."""
+def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group]):
+    """One variant block for every group (a Ray task): reads its own slice of the .bed, computes, and formats its
+    rows, so the driver only appends text. Returns ({phenotype: TSV text}, {phenotype: -log10 p})."""
     every = sample_index.size == genotypes.n_samples  # sorted, unique: all samples, read without an index
     g = genotypes.read(samples=None if every else sample_index, variants=slice(lo, hi), dtype=np.float64)
     results = []
@@ -139,7 +140,30 @@ def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, gro
             results.append(gwas_stats.multi_trait(gg, group.q, group.y, overwrite_g=scratch))
         else:
             results.append(gwas_stats.logistic(gg, group.c, group.y))
-    return results
+    return _format_block(genotypes.variants.slice(lo, hi - lo), groups, results, header=lo == 0)
+
+
+def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], *, header: bool):
+    """GWAS-SSF rows of one block per phenotype, as TSV text; and its -log10 p per phenotype."""
+    ssf = pl.DataFrame({"chromosome": base["chrom"], "base_pair_location": base["pos"],
+                        "effect_allele": base["allele1"], "other_allele": base["allele2"]})
+    texts, neg_log10_p = {}, {}
+    for group, result in zip(groups, results):
+        columns = ["multi_trait"] if group.kind == "multi_trait" else group.names
+        for j, name in enumerate(columns):
+            pick = (lambda a: a[:, j]) if group.kind == "linear" else (lambda a: a)  # noqa: E731
+            table = ssf.with_columns(
+                **({"beta": pick(result["beta"]), "standard_error": pick(result["se"])}
+                   if group.kind != "multi_trait" else {"lrt": result["lrt"], "df": result["df"]}),
+                effect_allele_frequency=result["freq"], p_value=pick(result["p"]),
+                variant_id=base["variant_id"], n=result["n"], neg_log10_p=-pick(result["log10_p"]))
+            if group.kind == "logistic":
+                table = table.with_columns(odds_ratio=np.exp(result["beta"]), firth=result["firth"])
+            table = table.with_columns(note=pl.Series(result["note"], dtype=pl.String))
+            texts[name] = table.write_csv(separator="\t", include_header=header, null_value="NA",
+                                          float_precision=None)
+            neg_log10_p[name] = -pick(result["log10_p"])
+    return texts, neg_log10_p
 
 
 def run_gwas(inputs: GwasInputs, out: str | Path, *, workers: int = 1, block_size: int | None = None,
@@ -159,13 +183,13 @@ def run_gwas(inputs: GwasInputs, out: str | Path, *, workers: int = 1, block_siz
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         writers = _Writers(inputs, stage / out.name)
-        done: dict[int, list[dict]] = {}
+        done: dict[int, tuple] = {}
         next_block = 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             done[pending.pop(ready[0])] = ray.get(ready[0])
             while next_block in done:  # blocks reach the files in variant order
-                writers.append(bounds[next_block], done.pop(next_block))
+                writers.append(done.pop(next_block))
                 next_block += 1
         summary = writers.finish(plots=plots, clump=clump)
         for path in sorted(stage.iterdir()):
@@ -190,26 +214,11 @@ class _Writers:
                 self.files[name] = open(f"{prefix}.{name}.tsv", "w")
                 self.log10_p[name] = []
 
-    def append(self, bounds: tuple[int, int], results: list[dict]) -> None:
-        lo, hi = bounds
-        base = self.variants.slice(lo, hi - lo)
-        ssf = pl.DataFrame({"chromosome": base["chrom"], "base_pair_location": base["pos"],
-                            "effect_allele": base["allele1"], "other_allele": base["allele2"]})
-        for group, result in zip(self.inputs.groups, results):
-            columns = ["multi_trait"] if group.kind == "multi_trait" else group.names
-            for j, name in enumerate(columns):
-                pick = (lambda a: a[:, j]) if group.kind == "linear" else (lambda a: a)
-                table = ssf.with_columns(
-                    **({"beta": pick(result["beta"]), "standard_error": pick(result["se"])}
-                       if group.kind != "multi_trait" else {"lrt": result["lrt"], "df": result["df"]}),
-                    effect_allele_frequency=result["freq"], p_value=pick(result["p"]),
-                    variant_id=base["variant_id"], n=result["n"], neg_log10_p=-pick(result["log10_p"]))
-                if group.kind == "logistic":
-                    table = table.with_columns(odds_ratio=np.exp(result["beta"]), firth=result["firth"])
-                table = table.with_columns(note=pl.Series(result["note"], dtype=pl.String))
-                table.write_csv(self.files[name], separator="\t", include_header=lo == 0, null_value="NA",
-                                float_precision=None)
-                self.log10_p[name].append(-pick(result["log10_p"]))
+    def append(self, block: tuple[dict[str, str], dict[str, np.ndarray]]) -> None:
+        texts, neg_log10_p = block
+        for name, text in texts.items():
+            self.files[name].write(text)
+            self.log10_p[name].append(neg_log10_p[name])
 
     def finish(self, *, plots: bool, clump: dict | None) -> dict:
         for f in self.files.values():
