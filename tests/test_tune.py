@@ -84,22 +84,23 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_pairs
                                 str(tiny_space), "--num-samples", "3", "--max-epochs", "2", "--out", str(out)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
-    finished = []
+    started = []
     while time.time() < deadline and process.poll() is None:
-        finished = [p for p in (out / "sweep").glob("*/result.json") if len(p.read_text().splitlines()) >= 1]
-        if finished:
+        # trials run one at a time: once the second has reported, the first is finished (TERMINATED)
+        started = sorted((out / "sweep").glob("_trial_*/result.json"))
+        if len(started) >= 2 and started[1].read_text().strip():
             break
         time.sleep(1)
-    assert finished, "no trial reported before the deadline"
+    assert len(started) >= 2, "the second trial did not report before the deadline"
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves the sweep state and stops
     process.wait(timeout=120)
-    before = {p.parent.name: p.read_text() for p in (out / "sweep").glob("*/result.json")}
-    done_before = {name for name, text in before.items()
-                   if text.strip() and json.loads(text.strip().splitlines()[-1]).get("epochs_done") == 2}
+    trials = sorted((out / "sweep").glob("_trial_*/result.json"))
+    before = {p.parent.name: p.read_text() for p in trials[:-1]}  # all but the newest had finished
     assert main(["tune", "--resume", str(out)]) == 0
     results = pl.read_parquet(out / "results.parquet")
     assert results.height == 3
-    for name in done_before:  # a trial that had finished was not trained again
+    assert before
+    for name in before:  # a trial that had finished was not trained again
         assert (out / "sweep" / name / "result.json").read_text() == before[name]
 
 
@@ -137,13 +138,17 @@ def test_ray_job_submit_runs_comical_train_on_a_local_cluster(small_pairs, tmp_p
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # its own session folder (short: socket paths)
     # --block keeps the cluster's processes under this one process group: stopping it stops only this cluster
     # (`ray stop` would also stop the test session's own Ray).
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                              "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={dashboard}",
-                             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                             "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                             # the test session's own Ray holds the default agent ports: its job agent would be
+                             # unreachable ("No available agent to submit job")
+                             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                             f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         workdir = tmp_path / "job"
