@@ -32,8 +32,6 @@ from comical.ray_init import init_ray
 from comical.pipelines import gwas_stats
 
 GENOME_WIDE = 5e-8
-SSF_COLUMNS = ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta", "standard_error",
-               "effect_allele_frequency", "p_value", "variant_id", "n"]
 DEFAULT_COHORT_COVARIATES = ["age", "sex"] + [f"PC{i}" for i in range(1, 11)]
 
 
