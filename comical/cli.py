@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from comical.data_io.errors import InputError
@@ -410,14 +411,14 @@ def _gwas(args) -> int:
         if str(path.resolve()).startswith(prefix) or path.resolve() == args.out.resolve():
             raise InputError(f"--out {args.out}: would write over the input {path}; choose another prefix")
     if args.cohort is not None:
-        inputs = inputs_from_cohort(args.cohort, binary=args.binary, pheno_names=split(args.pheno_name),
-                                    covar_names=split(args.covar_name), multi_trait=args.multi_trait,
-                                    mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise)
+        load = partial(inputs_from_cohort, args.cohort, binary=args.binary, pheno_names=split(args.pheno_name),
+                       covar_names=split(args.covar_name), multi_trait=args.multi_trait, mt_pcs=args.mt_pcs,
+                       rank_normalise=args.rank_normalise)
     else:
-        inputs = inputs_from_files(args.bfile, args.pheno, args.covar, pheno_names=split(args.pheno_name),
-                                   covar_names=split(args.covar_name), binary=True if args.binary else None)
+        load = partial(inputs_from_files, args.bfile, args.pheno, args.covar, pheno_names=split(args.pheno_name),
+                       covar_names=split(args.covar_name), binary=True if args.binary else None)
     clump = {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2, "window_kb": args.clump_kb}
-    summary = run_gwas(inputs, args.out, workers=args.workers, block_size=args.block_size, plots=not args.no_plots,
+    summary = run_gwas(load, args.out, workers=args.workers, block_size=args.block_size, plots=not args.no_plots,
                        clump=clump)
     for name, info in list(summary["phenotypes"].items())[:10]:
         lam = f"{info['lambda_gc']:.3f}" if info["lambda_gc"] is not None else "NA"
@@ -550,8 +551,8 @@ def _demo(args) -> int:
               f"{test['pair_accuracy']:.3f} (chance {test['pair_accuracy_chance']:.3f}), strict top-1 "
               f"{test['top1_accuracy']:.3f} (chance {test['top1_accuracy_chance']:.3f}) -> {out / 'run'}")
         (stage / "gwas").mkdir()
-        summary = run_gwas(inputs_from_cohort(stage / "cohort", binary=False, pheno_names=None, covar_names=None),
-                           stage / "gwas" / "idps", workers=2)
+        summary = run_gwas(partial(inputs_from_cohort, stage / "cohort", binary=False, pheno_names=None,
+                                   covar_names=None), stage / "gwas" / "idps", workers=2)
         hits = {name: info["hits"] for name, info in summary["phenotypes"].items() if info["hits"]}
         lambdas = [info["lambda_gc"] for info in summary["phenotypes"].values()]
         print(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.extmath import randomized_svd
 
 MISSING_INT8 = -127  # bed-reader's missing call in int8 reads
 
@@ -36,6 +35,8 @@ def genotype_pcs(genotypes: np.ndarray, n_pcs: int, *, seed: int) -> tuple[np.nd
     (scores: samples x n_pcs, eigenvalues of the relationship matrix X X' / n_variants). The sign of
     each PC is fixed (largest-magnitude score positive), so the same data give the same scores.
     """
+    from sklearn.utils.extmath import randomized_svd  # here: sklearn's import costs every command ~0.5 s
+
     x = standardized_genotypes(genotypes)
     u, s, _ = randomized_svd(x, n_components=n_pcs, n_iter=6, random_state=seed)
     signs = np.sign(u[np.abs(u).argmax(axis=0), np.arange(u.shape[1])])

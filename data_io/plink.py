@@ -75,7 +75,7 @@ class Genotypes:
         """Allele-1 counts, samples x variants, for index arrays or slices (None: all)."""
         index = (slice(None) if samples is None else samples, slice(None) if variants is None else variants)
         with open_bed(self.prefix.with_suffix(".bed"), iid_count=self.n_samples, sid_count=self.n_variants,
-                      properties={"iid": self.samples["iid"].to_list()}, num_threads=1) as bed:
+                      num_threads=1) as bed:  # the counts spare bed-reader the .fam/.bim
             return bed.read(index=index, dtype=dtype)
 
 

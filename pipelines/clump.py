@@ -29,8 +29,12 @@ def r_squared(index: np.ndarray, others: np.ndarray) -> np.ndarray:
 def clump_hits(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: np.ndarray, *, p1: float = 5e-8,
                p2: float = 1e-2, r2: float = 0.05, window_kb: float = 5000.0) -> pl.DataFrame:
     """One row per clump: index variant, its p, the variants it took (comma-separated) and their count."""
+    schema = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
+              "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
     variants = genotypes.variants
     p = np.power(10.0, -np.nan_to_num(neg_log10_p, nan=0.0))
+    if not (p < p1).any():
+        return pl.DataFrame(schema=schema)
     chrom, pos = variants["chrom"].to_numpy(), variants["pos"].to_numpy()
     taken = np.zeros(len(p), bool)
     rows = []
@@ -49,6 +53,4 @@ def clump_hits(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: np.n
         rows.append({"index_variant": variants["variant_id"][int(i)], "chromosome": chrom[i],
                      "base_pair_location": int(pos[i]), "p_value": float(p[i]), "n_clumped": int(members.size),
                      "clumped": ",".join(variants["variant_id"].gather(members).to_list())})
-    schema = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
-              "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
     return pl.DataFrame(rows, schema=schema)

@@ -4,6 +4,7 @@ effects found, multi-trait test against a direct likelihood, clumping, and bad i
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -78,6 +79,15 @@ def test_monomorphic_and_collinear_variants_get_na_with_a_reason():
     result = gwas_stats.linear(g, q, y - q @ (q.T @ y))
     assert result["note"][0] == gwas_stats.MONOMORPHIC and result["note"][1] == gwas_stats.COLLINEAR
     assert np.isnan(result["beta"][:2]).all() and np.isfinite(result["beta"][2:]).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+@pytest.mark.parametrize("df", [1, 4])
+def test_lambda_gc_is_the_median_chi_square_over_its_expectation(n, df):
+    p = np.random.default_rng(n).uniform(size=n)
+    neg = np.append(-np.log10(p), np.nan)  # NA rows are left out
+    expected = np.median(stats.chi2.isf(p, df)) / stats.chi2.ppf(0.5, df)
+    assert lambda_gc(neg, df) == pytest.approx(expected, rel=1e-12)
 
 
 def _plink_files(cohort, tmp_path):
@@ -157,13 +167,13 @@ def test_null_phenotypes_are_calibrated(mini_cohort, ray_session, tmp_path):
     eid = genotypes.samples["iid"]
     pheno = pl.DataFrame({"eid": eid, **{f"null{i}": rng.normal(size=eid.len()) for i in range(8)}})
     covar = pl.DataFrame({"eid": eid, "age": rng.normal(60, 8, eid.len())})
-    summary = run_gwas(build_inputs(genotypes, pheno, covar, source="null"), tmp_path / "null", plots=False)
+    summary = run_gwas(partial(build_inputs, genotypes, pheno, covar, source="null"), tmp_path / "null", plots=False)
     pooled = np.concatenate([-np.log10(pl.read_csv(tmp_path / f"null.null{i}.tsv", separator="\t",
                                                    null_values="NA")["p_value"].to_numpy()) for i in range(8)])
     assert 0.95 <= lambda_gc(pooled) <= 1.05
     assert all(0.85 < info["lambda_gc"] < 1.15 and info["hits"] == 0 for info in summary["phenotypes"].values())
     embeddings = pl.DataFrame({"eid": eid, **{f"e{i}": rng.normal(size=eid.len()) for i in range(6)}})
-    mt = run_gwas(build_inputs(genotypes, embeddings, covar, source="null", multi_trait=True), tmp_path / "mt",
+    mt = run_gwas(partial(build_inputs, genotypes, embeddings, covar, source="null", multi_trait=True), tmp_path / "mt",
                   plots=False)
     assert 0.9 <= mt["phenotypes"]["multi_trait"]["lambda_gc"] <= 1.1
 

@@ -41,6 +41,21 @@ def test_plink2_style_pheno_file_with_missing_values(tmp_path):
         read_table(path)
 
 
+def test_tab_separated_plink2_files_read_like_whitespace_ones(tmp_path):
+    rows = ["#FID\tIID\theight\tscore", "1\t101\t170.5\t1", "2\t102\tNA\t0", "3\t103\t165\t-9"]
+    (tmp_path / "tabs.txt").write_text("\n".join(rows) + "\n")
+    (tmp_path / "spaces.txt").write_text("\n".join(r.replace("\t", "  ") for r in rows) + "\n")
+    tabs, spaces = (read_table(tmp_path / n, allow_missing=True) for n in ("tabs.txt", "spaces.txt"))
+    assert tabs.equals(spaces) and tabs["height"].to_list() == [170.5, None, 165.0]
+    assert read_table(tmp_path / "tabs.txt", columns=["score"], allow_missing=True).columns == ["eid", "score"]
+    (tmp_path / "short.txt").write_text("\n".join(rows[:2] + ["2\t102\t160"] + rows[3:]) + "\n")
+    with pytest.raises(InputError, match=r"short.txt line 3: 3 fields; expected 4"):
+        read_table(tmp_path / "short.txt", allow_missing=True)
+    (tmp_path / "bad.txt").write_text("\n".join(rows[:3] + ["3\t103\t16x5\t1"]) + "\n")
+    with pytest.raises(InputError, match=r"bad.txt line 4, column height: '16x5' is not a number"):
+        read_table(tmp_path / "bad.txt", allow_missing=True)
+
+
 def test_parquet_and_tsv_tables(tmp_path):
     frame = pl.DataFrame({"eid": [5, 6], "x": [1.5, 2.5]})
     frame.write_parquet(tmp_path / "t.parquet")
