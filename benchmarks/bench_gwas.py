@@ -1,6 +1,6 @@
 """Benchmark: `comical gwas` against plink2 `--glm` on the paper cohort, whole processes, in one run.
 
-    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--plink2-phenotypes 4]
+    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--plink2-phenotypes 4] [--repeats 3]
 
 Inputs: the `paper` cohort (40,426 subjects; simulated here unless --work holds it), its GWAS Catalog variants
 (5,632 genotyped; ~3% missing calls), the 154 IDPs as phenotypes, covariates age, sex, PC1-10. Rows:
@@ -8,8 +8,11 @@ Inputs: the `paper` cohort (40,426 subjects; simulated here unless --work holds 
   all 154 IDPs: comical gwas --workers 2 (with its combined plots) vs plink2 on `--plink2-phenotypes` IDPs,
   scaled to 154 (plink2 runs each phenotype separately once missing calls push it off its fast path; the
   measured per-phenotype time is linear, and 154 of them take ~30 min);
-  workers: comical gwas on all 20,000 variants x 154 IDPs with 1 and 2 Ray workers.
-Wall time and peak RSS (the whole process tree) of each command; plink2 from `apt-get install plink2`.
+  workers: comical gwas on all 20,000 variants x 154 IDPs with 1 and 2 Ray workers;
+  one IDP again, joining a Ray that is already running (RAY_ADDRESS; as under `ray job submit` or on a
+  workstation that keeps `ray start --head` up): Ray's start and stop are then not paid per command.
+Wall time and peak RSS (the whole process tree) of each command, the median of --repeats runs taken in turns (this
+machine's timings wander by 20-30% from run to run); plink2 from `apt-get install plink2`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import argparse
 import os
 import platform
 import shutil
+import signal
+import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -77,10 +84,35 @@ def prepare(work: Path) -> tuple[Path, Path, Path, Path, list[str]]:
     return cohort, work / "catalog", work / "pheno.txt", work / "covar.txt", names
 
 
+def running_ray(env: dict) -> tuple[subprocess.Popen, str, str]:
+    """A local `ray start --head --block` of its own (own temp dir and ports), to be stopped by its process group."""
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    gcs = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
+                             f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                             f"--metrics-export-port={free_port()}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{gcs}"
+    for _ in range(60):  # up when `ray status` answers
+        if subprocess.run([ray, "status", "--address", address], env=env, capture_output=True).returncode == 0:
+            return head, address, temp_dir
+        time.sleep(1)
+    raise RuntimeError("the benchmark's own Ray head did not come up")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--plink2-phenotypes", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("plink2") is None:
         subprocess.run(["apt-get", "install", "-y", "plink2"], check=True)
@@ -89,35 +121,53 @@ def main() -> None:
     out = args.work / "out"
     out.mkdir(exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
     comical = [sys.executable, "-m", "comical", "gwas", "--pheno", str(pheno), "--covar", str(covar)]
     plink = ["plink2", "--threads", "2", "--pheno", str(pheno), "--covar", str(covar), "--glm", "hide-covar",
              "--covar-variance-standardize"]  # plink2 refuses raw age beside PCs (scale check); OLS beta is unchanged
     first, some = names[0], ",".join(names[:args.plink2_phenotypes])
-    rows = {
-        "plink2, 1 IDP": timed([*plink, "--bfile", str(catalog), "--pheno-name", first, "--out", str(out / "p1")]),
-        "comical, 1 IDP": timed([*comical, "--bfile", str(catalog), "--pheno-name", first, "--workers", "2",
-                                 "--no-plots", "--out", str(out / "c1")], env),
-        f"plink2, {args.plink2_phenotypes} IDPs": timed([*plink, "--bfile", str(catalog), "--pheno-name", some,
-                                                         "--out", str(out / "pn")]),
-        "comical, 154 IDPs (with plots)": timed([*comical, "--bfile", str(catalog), "--workers", "2",
-                                                 "--out", str(out / "c154")], env),
-        "comical, 20,000 variants x 154 IDPs, 1 worker": timed(
+    one = [*comical, "--bfile", str(catalog), "--pheno-name", first, "--workers", "2", "--no-plots"]
+    commands = {
+        "plink2, 1 IDP": ([*plink, "--bfile", str(catalog), "--pheno-name", first, "--out", str(out / "p1")], env),
+        "comical, 1 IDP": ([*one, "--out", str(out / "c1")], env),
+        f"plink2, {args.plink2_phenotypes} IDPs": ([*plink, "--bfile", str(catalog), "--pheno-name", some,
+                                                    "--out", str(out / "pn")], env),
+        "comical, 154 IDPs (with plots)": ([*comical, "--bfile", str(catalog), "--workers", "2",
+                                            "--out", str(out / "c154")], env),
+        "comical, 20,000 variants x 154 IDPs, 1 worker": (
             [*comical, "--bfile", str(cohort / "genotypes"), "--workers", "1", "--no-plots", "--out",
              str(out / "w1")], env),
-        "comical, 20,000 variants x 154 IDPs, 2 workers": timed(
+        "comical, 20,000 variants x 154 IDPs, 2 workers": (
             [*comical, "--bfile", str(cohort / "genotypes"), "--workers", "2", "--no-plots", "--out",
              str(out / "w2")], env),
     }
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    runs["comical, 1 IDP, joining a running Ray"] = []
+    for _ in range(args.repeats):
+        for name, (command, command_env) in commands.items():
+            runs[name].append(timed(command, command_env))
+    head, address, temp_dir = running_ray(env)
+    try:
+        for _ in range(args.repeats):
+            runs["comical, 1 IDP, joining a running Ray"].append(
+                timed([*one, "--out", str(out / "r1")], {**env, "RAY_ADDRESS": address}))
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    rows = {name: (statistics.median(t for t, _ in r), max(m for _, m in r)) for name, r in runs.items()}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {sum(1 for _ in open(catalog.with_suffix('.bim')))}"
-          f" catalog variants x 40,426 subjects")
+          f" catalog variants x 40,426 subjects; median of {args.repeats} runs each")
     print("| run | wall s | peak GiB |\n|---|---|---|")
     for name, (seconds, gib) in rows.items():
         print(f"| {name} | {seconds:.1f} | {gib:.2f} |")
     plink_154 = rows[f"plink2, {args.plink2_phenotypes} IDPs"][0] / args.plink2_phenotypes * 154
     print(f"| plink2, 154 IDPs (scaled from {args.plink2_phenotypes}) | {plink_154:.0f} | |")
-    print(f"1 IDP: plink2 / comical = {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP'][0]:.1f}x; "
+    w1, w2 = (rows[f"comical, 20,000 variants x 154 IDPs, {w}"][0] for w in ("1 worker", "2 workers"))
+    print(f"1 IDP: plink2 / comical = {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP'][0]:.1f}x (joining a "
+          f"running Ray: {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP, joining a running Ray'][0]:.1f}x); "
           f"154 IDPs: plink2 (scaled) / comical = {plink_154 / rows['comical, 154 IDPs (with plots)'][0]:.1f}x; "
-          f"2 workers / 1 worker = {rows['comical, 20,000 variants x 154 IDPs, 1 worker'][0] / rows['comical, 20,000 variants x 154 IDPs, 2 workers'][0]:.2f}x")
+          f"2 workers / 1 worker = {w1 / w2:.2f}x")
 
 
 if __name__ == "__main__":

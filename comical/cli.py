@@ -393,7 +393,7 @@ def _tune(args) -> int:
 
 
 def _gwas(args) -> int:
-    from comical.pipelines.gwas import inputs_from_cohort, inputs_from_files, run_gwas
+    from comical.pipelines.gwas import run_gwas, tables_from_cohort, tables_from_files
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     if args.workers < 1:
@@ -411,15 +411,16 @@ def _gwas(args) -> int:
         if str(path.resolve()).startswith(prefix) or path.resolve() == args.out.resolve():
             raise InputError(f"--out {args.out}: would write over the input {path}; choose another prefix")
     if args.cohort is not None:
-        load = partial(inputs_from_cohort, args.cohort, binary=args.binary, pheno_names=split(args.pheno_name),
-                       covar_names=split(args.covar_name), multi_trait=args.multi_trait, mt_pcs=args.mt_pcs,
-                       rank_normalise=args.rank_normalise)
+        read_tables = partial(tables_from_cohort, args.cohort, binary=args.binary,
+                              pheno_names=split(args.pheno_name), covar_names=split(args.covar_name),
+                              multi_trait=args.multi_trait, mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise)
     else:
-        load = partial(inputs_from_files, args.bfile, args.pheno, args.covar, pheno_names=split(args.pheno_name),
-                       covar_names=split(args.covar_name), binary=True if args.binary else None)
+        read_tables = partial(tables_from_files, args.bfile, args.pheno, args.covar,
+                              pheno_names=split(args.pheno_name), covar_names=split(args.covar_name),
+                              binary=True if args.binary else None)
     clump = {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2, "window_kb": args.clump_kb}
-    summary = run_gwas(load, args.out, workers=args.workers, block_size=args.block_size, plots=not args.no_plots,
-                       clump=clump)
+    summary = run_gwas(read_tables, args.out, workers=args.workers, block_size=args.block_size,
+                       plots=not args.no_plots, clump=clump)
     for name, info in list(summary["phenotypes"].items())[:10]:
         lam = f"{info['lambda_gc']:.3f}" if info["lambda_gc"] is not None else "NA"
         print(f"gwas: {name}: {info['test']}, n {info['n']}, lambda_GC {lam}, {info['hits']} hits at 5e-8, "
@@ -528,7 +529,7 @@ def _demo(args) -> int:
     from comical.data_io.traits import load_trait_map
     from comical.distributed.config import TrainConfig
     from comical.distributed.run import train_and_evaluate
-    from comical.pipelines.gwas import inputs_from_cohort, run_gwas
+    from comical.pipelines.gwas import run_gwas, tables_from_cohort
     from comical.pipelines.pairs import PairsConfig
 
     run = {"command": "demo", "seed": args.seed}
@@ -551,7 +552,7 @@ def _demo(args) -> int:
               f"{test['pair_accuracy']:.3f} (chance {test['pair_accuracy_chance']:.3f}), strict top-1 "
               f"{test['top1_accuracy']:.3f} (chance {test['top1_accuracy_chance']:.3f}) -> {out / 'run'}")
         (stage / "gwas").mkdir()
-        summary = run_gwas(partial(inputs_from_cohort, stage / "cohort", binary=False, pheno_names=None,
+        summary = run_gwas(partial(tables_from_cohort, stage / "cohort", binary=False, pheno_names=None,
                                    covar_names=None), stage / "gwas" / "idps", workers=2)
         hits = {name: info["hits"] for name, info in summary["phenotypes"].items() if info["hits"]}
         lambdas = [info["lambda_gc"] for info in summary["phenotypes"].values()]

@@ -59,19 +59,34 @@ class GwasInputs:
     covariate_names: list[str]
 
 
+@dataclasses.dataclass
+class GwasTables:
+    """The inputs as read and checked from their files, before any linear algebra. They are read in a thread
+    while Ray starts; `build_inputs` then runs in the main thread, because OpenBLAS tears its thread pool down
+    whenever the process forks (as Ray's start does) and a BLAS call running meanwhile in another thread hangs."""
+
+    genotypes: Genotypes
+    phenotypes: pl.DataFrame
+    covariates: pl.DataFrame
+    source: str
+    binary: bool | None = None  # True: logistic; False: linear; None: decided per phenotype from its values
+    multi_trait: bool = False  # the phenotypes are embedding dimensions, tested jointly
+    mt_pcs: int | None = None
+    rank_normalise: bool = False
+
+
 def _phenotype_kind(values: np.ndarray) -> str | None:
     """'binary' (0/1, or plink's 1/2), or None for quantitative."""
     present = np.unique(values[~np.isnan(values)])
     return "binary" if present.size <= 2 and (set(present) <= {0.0, 1.0} or set(present) <= {1.0, 2.0}) else None
 
 
-def build_inputs(genotypes: Genotypes, phenotypes: pl.DataFrame, covariates: pl.DataFrame, *, source: str,
-                 binary: bool | None = None, multi_trait: bool = False) -> GwasInputs:
-    """Align tables to the .fam, group phenotypes by their missing samples, and check everything up front.
-
-    `binary`: True forces logistic (every phenotype must be 0/1 or 1/2), False forces linear, None decides per
-    phenotype from its values.
-    """
+def build_inputs(tables: GwasTables) -> GwasInputs:
+    """Align tables to the .fam, group phenotypes by their missing samples, and check everything up front."""
+    genotypes, covariates, source, binary = tables.genotypes, tables.covariates, tables.source, tables.binary
+    phenotypes = tables.phenotypes
+    if tables.multi_trait:
+        phenotypes = embedding_traits(phenotypes, n_pcs=tables.mt_pcs, rank_normalise=tables.rank_normalise)
     iid = genotypes.samples["iid"]
     covariate_names = [c for c in covariates.columns if c != "eid"]
     complete = covariates.drop_nulls()
@@ -85,7 +100,7 @@ def build_inputs(genotypes: Genotypes, phenotypes: pl.DataFrame, covariates: pl.
     covar = order.join(complete, on="eid", how="left", maintain_order="left").drop("eid").to_numpy().astype(float)
     names = [c for c in pheno.columns if c != "eid"]
     values = pheno.drop("eid").to_numpy().astype(float)
-    if multi_trait:
+    if tables.multi_trait:
         rows = np.flatnonzero(~np.isnan(values).any(1))
         q = _basis(covar[rows], covariate_names, source)
         y = values[rows]
@@ -175,21 +190,21 @@ def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], 
     return texts, neg_log10_p
 
 
-def run_gwas(load_inputs: Callable[[], GwasInputs], out: str | Path, *, workers: int = 1,
+def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers: int = 1,
              block_size: int | None = None, plots: bool = True, clump: dict | None = None) -> dict:
     """Ray tasks over variant blocks; writes PREFIX.<phenotype>.tsv, clumps, summary.json, plots; returns the summary.
 
-    `load_inputs` (e.g. a partial of `inputs_from_files`) reads and checks the inputs in a thread while Ray
-    starts: both take seconds, and Ray's start is mostly waiting on its own processes.
+    `read_tables` (e.g. a partial of `tables_from_files`) reads and checks the files in a thread while Ray starts:
+    both take seconds, and Ray's start is mostly waiting on its own processes.
     """
     import ray
 
     out = Path(out).resolve()
     with ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(load_inputs)
+        reading = pool.submit(read_tables)
         started = init_ray(num_cpus=workers, log_to_driver=False)  # a local Ray without dashboard
         try:
-            inputs = loading.result()
+            inputs = build_inputs(reading.result())
         except BaseException:
             if started:
                 ray.shutdown()
@@ -285,21 +300,21 @@ def lambda_gc(neg_log10_p: np.ndarray, df: int = 1) -> float | None:
 # ------------------------------------------------------------------ inputs from files or a cohort
 
 
-def inputs_from_files(bfile: Path, pheno: Path, covar: Path | None, *, pheno_names: list[str] | None,
-                      covar_names: list[str] | None, binary: bool | None) -> GwasInputs:
+def tables_from_files(bfile: Path, pheno: Path, covar: Path | None, *, pheno_names: list[str] | None,
+                      covar_names: list[str] | None, binary: bool | None) -> GwasTables:
     genotypes = open_genotypes(bfile)
     phenotypes = read_table(pheno, columns=pheno_names, allow_missing=True)
     if phenotypes.width < 2:
         raise InputError(f"{pheno}: no phenotype columns")
     covariates = (read_table(covar, columns=covar_names, allow_missing=True) if covar is not None
                   else pl.DataFrame({"eid": phenotypes["eid"]}))
-    return build_inputs(genotypes, phenotypes, covariates, source=f"{pheno}" + (f", {covar}" if covar else ""),
-                        binary=binary)
+    return GwasTables(genotypes, phenotypes, covariates, source=f"{pheno}" + (f", {covar}" if covar else ""),
+                      binary=binary)
 
 
-def inputs_from_cohort(cohort_dir: Path, *, binary: bool, pheno_names: list[str] | None,
+def tables_from_cohort(cohort_dir: Path, *, binary: bool, pheno_names: list[str] | None,
                        covar_names: list[str] | None, multi_trait: Path | None = None, mt_pcs: int | None = None,
-                       rank_normalise: bool = False) -> GwasInputs:
+                       rank_normalise: bool = False) -> GwasTables:
     from comical.data_io.cohort import load_cohort
 
     cohort = load_cohort(cohort_dir)
@@ -307,12 +322,11 @@ def inputs_from_cohort(cohort_dir: Path, *, binary: bool, pheno_names: list[str]
     if multi_trait is not None:  # default traits: every numeric column (`comical embed` also writes list columns)
         schema = pl.read_parquet_schema(multi_trait) if multi_trait.suffix == ".parquet" else None
         columns = pheno_names or ([c for c, t in schema.items() if c != "eid" and t.is_numeric()] if schema else None)
-        phenotypes = embedding_traits(read_table(multi_trait, columns=columns), n_pcs=mt_pcs,
-                                      rank_normalise=rank_normalise)
-        return build_inputs(cohort.genotypes, phenotypes, covariates, source=str(multi_trait), multi_trait=True)
+        return GwasTables(cohort.genotypes, read_table(multi_trait, columns=columns), covariates,
+                          source=str(multi_trait), multi_trait=True, mt_pcs=mt_pcs, rank_normalise=rank_normalise)
     table = cohort.diagnoses if binary else cohort.idps
     phenotypes = table.select("eid", *pheno_names) if pheno_names else table
-    return build_inputs(cohort.genotypes, phenotypes, covariates, source=str(cohort_dir), binary=binary or None)
+    return GwasTables(cohort.genotypes, phenotypes, covariates, source=str(cohort_dir), binary=binary or None)
 
 
 def embedding_traits(table: pl.DataFrame, *, n_pcs: int | None, rank_normalise: bool) -> pl.DataFrame:

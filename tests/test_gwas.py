@@ -16,7 +16,7 @@ from comical.cli import main
 from comical.data_io.plink import open_genotypes
 from comical.pipelines import gwas_stats
 from comical.pipelines.clump import clump_hits, r_squared
-from comical.pipelines.gwas import build_inputs, lambda_gc, run_gwas
+from comical.pipelines.gwas import GwasTables, lambda_gc, run_gwas
 
 
 def _tiny(seed=0, n=300, m=12, p=3, k=3, missing=0.05):
@@ -167,13 +167,13 @@ def test_null_phenotypes_are_calibrated(mini_cohort, ray_session, tmp_path):
     eid = genotypes.samples["iid"]
     pheno = pl.DataFrame({"eid": eid, **{f"null{i}": rng.normal(size=eid.len()) for i in range(8)}})
     covar = pl.DataFrame({"eid": eid, "age": rng.normal(60, 8, eid.len())})
-    summary = run_gwas(partial(build_inputs, genotypes, pheno, covar, source="null"), tmp_path / "null", plots=False)
+    summary = run_gwas(partial(GwasTables, genotypes, pheno, covar, source="null"), tmp_path / "null", plots=False)
     pooled = np.concatenate([-np.log10(pl.read_csv(tmp_path / f"null.null{i}.tsv", separator="\t",
                                                    null_values="NA")["p_value"].to_numpy()) for i in range(8)])
     assert 0.95 <= lambda_gc(pooled) <= 1.05
     assert all(0.85 < info["lambda_gc"] < 1.15 and info["hits"] == 0 for info in summary["phenotypes"].values())
     embeddings = pl.DataFrame({"eid": eid, **{f"e{i}": rng.normal(size=eid.len()) for i in range(6)}})
-    mt = run_gwas(partial(build_inputs, genotypes, embeddings, covar, source="null", multi_trait=True), tmp_path / "mt",
+    mt = run_gwas(partial(GwasTables, genotypes, embeddings, covar, source="null", multi_trait=True), tmp_path / "mt",
                   plots=False)
     assert 0.9 <= mt["phenotypes"]["multi_trait"]["lambda_gc"] <= 1.1
 
