@@ -9,8 +9,6 @@ Inputs: the `paper` cohort (40,426 subjects; simulated here unless --work holds 
   scaled to 154 (plink2 runs each phenotype separately once missing calls push it off its fast path; the
   measured per-phenotype time is linear, and 154 of them take ~30 min);
   workers: comical gwas on all 20,000 variants x 154 IDPs with 1 and 2 Ray workers;
-  one IDP again, joining a Ray that is already running (RAY_ADDRESS; as under `ray job submit` or on a
-  workstation that keeps `ray start --head` up): Ray's start and stop are then not paid per command.
 Wall time and peak RSS (the whole process tree) of each command, the median of --repeats runs taken in turns (this
 machine's timings wander by 20-30% from run to run); plink2 from `apt-get install plink2`.
 """
@@ -21,12 +19,9 @@ import argparse
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -84,30 +79,6 @@ def prepare(work: Path) -> tuple[Path, Path, Path, Path, list[str]]:
     return cohort, work / "catalog", work / "pheno.txt", work / "covar.txt", names
 
 
-def running_ray(env: dict) -> tuple[subprocess.Popen, str, str]:
-    """A local `ray start --head --block` of its own (own temp dir and ports), to be stopped by its process group."""
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    gcs = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                             f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
-                             f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                             f"--metrics-export-port={free_port()}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    for _ in range(60):  # up when its GCS takes connections
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", gcs)) == 0:
-                return head, f"127.0.0.1:{gcs}", temp_dir
-        time.sleep(1)
-    raise RuntimeError("the benchmark's own Ray head did not come up")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
@@ -142,21 +113,9 @@ def main() -> None:
              str(out / "w2")], env),
     }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-    runs["comical, 1 IDP, joining a running Ray"] = []
     for _ in range(args.repeats):
         for name, (command, command_env) in commands.items():
             runs[name].append(timed(command, command_env))
-    head, address, temp_dir = running_ray(env)
-    try:
-        time.sleep(5)  # the raylet registers a moment after the GCS listens; then one untimed run warms the disk
-        timed([*one, "--out", str(out / "r1")], {**env, "RAY_ADDRESS": address})
-        for _ in range(args.repeats):
-            runs["comical, 1 IDP, joining a running Ray"].append(
-                timed([*one, "--out", str(out / "r1")], {**env, "RAY_ADDRESS": address}))
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
     rows = {name: (statistics.median(t for t, _ in r), max(m for _, m in r)) for name, r in runs.items()}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {sum(1 for _ in open(catalog.with_suffix('.bim')))}"
           f" catalog variants x 40,426 subjects; median of {args.repeats} runs each")
@@ -166,8 +125,7 @@ def main() -> None:
     plink_154 = rows[f"plink2, {args.plink2_phenotypes} IDPs"][0] / args.plink2_phenotypes * 154
     print(f"| plink2, 154 IDPs (scaled from {args.plink2_phenotypes}) | {plink_154:.0f} | |")
     w1, w2 = (rows[f"comical, 20,000 variants x 154 IDPs, {w}"][0] for w in ("1 worker", "2 workers"))
-    print(f"1 IDP: plink2 / comical = {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP'][0]:.1f}x (joining a "
-          f"running Ray: {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP, joining a running Ray'][0]:.1f}x); "
+    print(f"1 IDP: plink2 / comical = {rows['plink2, 1 IDP'][0] / rows['comical, 1 IDP'][0]:.1f}x; "
           f"154 IDPs: plink2 (scaled) / comical = {plink_154 / rows['comical, 154 IDPs (with plots)'][0]:.1f}x; "
           f"2 workers / 1 worker = {w1 / w2:.2f}x")
 
