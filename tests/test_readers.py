@@ -47,7 +47,8 @@ def test_tab_separated_plink2_files_read_like_whitespace_ones(tmp_path):
     (tmp_path / "spaces.txt").write_text("\n".join(r.replace("\t", "  ") for r in rows) + "\n")
     tabs, spaces = (read_table(tmp_path / n, allow_missing=True) for n in ("tabs.txt", "spaces.txt"))
     assert tabs.equals(spaces) and tabs["height"].to_list() == [170.5, None, 165.0]
-    assert read_table(tmp_path / "tabs.txt", columns=["score"], allow_missing=True).columns == ["eid", "score"]
+    score = read_table(tmp_path / "tabs.txt", columns=["score"], allow_missing=True)
+    assert score.columns == ["eid", "score"] and score["score"].to_list() == [1.0, 0.0, None]
     (tmp_path / "short.txt").write_text("\n".join(rows[:2] + ["2\t102\t160"] + rows[3:]) + "\n")
     with pytest.raises(InputError, match=r"short.txt line 3: 3 fields; expected 4"):
         read_table(tmp_path / "short.txt", allow_missing=True)
