@@ -112,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mt-pcs", type=int, help="multi-trait: project the embeddings on their top D PCs first")
     p.add_argument("--rank-normalise", action="store_true", help="multi-trait: rank-based inverse normal transform")
     p.add_argument("--out", type=Path, required=True, help="output prefix: PREFIX.<phenotype>.tsv, PREFIX.summary.json")
-    p.add_argument("--workers", type=int, default=1, help="Ray tasks at a time on a local machine (CPUs)")
-    p.add_argument("--block-size", type=int, help="variants per Ray task (default: about 4 tasks per worker)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CPUs on a local machine: Ray tasks at a time; 1 runs in this process without Ray")
+    p.add_argument("--block-size", type=int, help="variants per task (default: about 4 per worker, at most 2048)")
     p.add_argument("--no-plots", action="store_true", help="skip the Manhattan/QQ PNGs")
     p.add_argument("--clump-p1", type=float, default=5e-8, help="index-variant p threshold (paper 001: 5e-8)")
     p.add_argument("--clump-p2", type=float, default=1e-2, help="p threshold for variants a clump may take")

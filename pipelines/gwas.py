@@ -6,14 +6,16 @@
 
 Phenotypes that share their missing samples form a group; a group's covariates are projected out once and its
 quantitative phenotypes are tested together by matrix products (`gwas_stats`), so 154 IDPs cost little more
-than one. Each Ray task reads its own block of the .bed by index range and returns the block's statistics; the
-driver writes blocks in order into staged files and moves them into place at the end. Outputs per phenotype:
+than one. Each Ray task reads its own block of the .bed by index range and returns the block's statistics (one
+local worker runs the same blocks in-process, without starting Ray); the driver writes blocks in order into
+staged files and moves them into place at the end. Outputs per phenotype:
 `PREFIX.<phenotype>.tsv` (GWAS-SSF columns), clumps, `PREFIX.summary.json` (lambda_GC, hits), and plots.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -30,11 +32,12 @@ from scipy import special
 from comical.data_io.errors import InputError
 from comical.data_io.plink import Genotypes, open_genotypes
 from comical.data_io.tables import read_table
-from comical.ray_init import init_ray
+from comical.ray_init import init_ray, shutdown_ray
 from comical.pipelines import gwas_stats
 
 GENOME_WIDE = 5e-8
 CHUNK_BYTES = 64 << 20  # genotypes decoded at once per task
+BLOCK_VARIANTS = 2048  # the most variants in one task (154 phenotypes' rows of 2,048 variants: ~80 MB of text)
 DEFAULT_COHORT_COVARIATES = ["age", "sex"] + [f"PC{i}" for i in range(1, 11)]
 
 
@@ -143,7 +146,7 @@ def _basis(covar: np.ndarray, names: list[str], source: str) -> np.ndarray:
 
 def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group]):
     """One variant block for every group (a Ray task): reads its own slice of the .bed, computes, and formats its
-    rows, so the driver only appends text. Returns ({phenotype: TSV text}, {phenotype: -log10 p}).
+    rows, so the driver only appends bytes. Returns ({phenotype: TSV bytes}, {phenotype: -log10 p}).
 
     The block is read and tested a chunk of variants at a time (~64 MB of float64 genotypes), so a task's memory
     stays small and is reused: first-touch page faults on fresh memory cost more than the statistics here."""
@@ -168,7 +171,8 @@ def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, gro
 
 
 def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], *, header: bool):
-    """GWAS-SSF rows of one block per phenotype, as TSV text; and its -log10 p per phenotype."""
+    """GWAS-SSF rows of one block per phenotype, as the TSV file's bytes (a uint8 array: encoded here, in parallel,
+    and read by the driver from Ray's object store without a copy); and its -log10 p per phenotype."""
     ssf = pl.DataFrame({"chromosome": base["chrom"], "base_pair_location": base["pos"],
                         "effect_allele": base["allele1"], "other_allele": base["allele2"]})
     texts, neg_log10_p = {}, {}
@@ -184,22 +188,32 @@ def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], 
             if group.kind == "logistic":
                 table = table.with_columns(odds_ratio=np.exp(result["beta"]), firth=result["firth"])
             table = table.with_columns(note=pl.Series(result["note"], dtype=pl.String))
-            texts[name] = table.write_csv(separator="\t", include_header=header, null_value="NA",
-                                          float_precision=None)
+            text = io.BytesIO()
+            table.write_csv(text, separator="\t", include_header=header, null_value="NA", float_precision=None)
+            texts[name] = np.frombuffer(text.getbuffer(), np.uint8)  # Ray hands arrays to the driver without a copy
             neg_log10_p[name] = -pick(result["log10_p"])
     return texts, neg_log10_p
 
 
 def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers: int = 1,
              block_size: int | None = None, plots: bool = True, clump: dict | None = None) -> dict:
-    """Ray tasks over variant blocks; writes PREFIX.<phenotype>.tsv, clumps, summary.json, plots; returns the summary.
+    """Tests every variant block; writes PREFIX.<phenotype>.tsv, clumps, summary.json, plots; returns the summary.
 
-    `read_tables` (e.g. a partial of `tables_from_files`) reads and checks the files in a thread while Ray starts:
-    both take seconds, and Ray's start is mostly waiting on its own processes.
+    With more than one worker, or on a cluster (RAY_ADDRESS, as `ray job submit` sets it), each block is a Ray task.
+    One worker on the local machine runs the same blocks in this process: a local Ray costs ~3 s to start and stop
+    on 2 cores (more than a one-phenotype GWAS of 5,000 variants takes) and gives one worker nothing to share.
+    `read_tables` (e.g. a partial of `tables_from_files`) reads and checks the files; with Ray it runs in a thread
+    while Ray starts, since both take seconds and Ray's start is mostly waiting on its own processes.
     """
-    import ray
-
     out = Path(out).resolve()
+    if workers == 1 and not os.environ.get("RAY_ADDRESS"):
+        from threadpoolctl import threadpool_limits
+
+        inputs = build_inputs(read_tables())
+        bounds = _bounds(inputs.genotypes.n_variants, workers, block_size)
+        blocks = (_block(inputs.genotypes, inputs.sample_index, lo, hi, inputs.groups) for lo, hi in bounds)
+        with threadpool_limits(1):  # one worker is one CPU, as in a Ray task
+            return _write(inputs, out, blocks, plots=plots, clump=clump)
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(read_tables)
         started = init_ray(num_cpus=workers, log_to_driver=False)  # a local Ray without dashboard
@@ -207,33 +221,53 @@ def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers:
             inputs = build_inputs(reading.result())
         except BaseException:
             if started:
-                ray.shutdown()
+                shutdown_ray()
             raise
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(inputs, out, _ray_blocks(inputs, _bounds(inputs.genotypes.n_variants, workers, block_size)),
+                      plots=plots, clump=clump)
+    finally:
+        if started:  # ours alone: an explicit shutdown is seconds faster than Ray's exit hook
+            shutdown_ray()
+
+
+def _bounds(m: int, workers: int, block_size: int | None) -> list[tuple[int, int]]:
+    """Variant blocks: about four per worker, so a slow block leaves the others something to take, and at most
+    BLOCK_VARIANTS, so the driver writes results while the workers compute rather than all at the end."""
+    size = block_size or min(BLOCK_VARIANTS, max(256, math.ceil(m / (4 * workers))))
+    return [(lo, min(lo + size, m)) for lo in range(0, m, size)]
+
+
+def _ray_blocks(inputs: GwasInputs, bounds: list[tuple[int, int]]):
+    """Each block a Ray task reading its own slice of the .bed; yields the results in variant order."""
+    import ray
+
     block = ray.remote(num_cpus=1)(_block)
-    m = inputs.genotypes.n_variants
-    size = block_size or max(256, math.ceil(m / (4 * workers)))
-    bounds = [(lo, min(lo + size, m)) for lo in range(0, m, size)]
     genotypes, samples, groups = (ray.put(x) for x in (inputs.genotypes, inputs.sample_index, inputs.groups))
     pending = {block.remote(genotypes, samples, lo, hi, groups): i for i, (lo, hi) in enumerate(bounds)}
+    done: dict[int, tuple] = {}
+    next_block = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        done[pending.pop(ready[0])] = ray.get(ready[0])
+        while next_block in done:
+            yield done.pop(next_block)
+            next_block += 1
+
+
+def _write(inputs: GwasInputs, out: Path, blocks, *, plots: bool, clump: dict | None) -> dict:
+    """Blocks (in variant order) into staged files, then summary, clumps and plots; moved into place at the end."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         writers = _Writers(inputs, stage / out.name)
-        done: dict[int, tuple] = {}
-        next_block = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            done[pending.pop(ready[0])] = ray.get(ready[0])
-            while next_block in done:  # blocks reach the files in variant order
-                writers.append(done.pop(next_block))
-                next_block += 1
+        for block in blocks:
+            writers.append(block)
         summary = writers.finish(plots=plots, clump=clump)
         for path in sorted(stage.iterdir()):
             os.replace(path, out.parent / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if started:  # ours alone: an explicit shutdown is seconds faster than Ray's exit hook
-            ray.shutdown()
     return summary
 
 
@@ -247,10 +281,10 @@ class _Writers:
         self.log10_p: dict[str, list[np.ndarray]] = {}
         for group in inputs.groups:
             for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
-                self.files[name] = open(f"{prefix}.{name}.tsv", "w")
+                self.files[name] = open(f"{prefix}.{name}.tsv", "wb")
                 self.log10_p[name] = []
 
-    def append(self, block: tuple[dict[str, str], dict[str, np.ndarray]]) -> None:
+    def append(self, block: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> None:
         texts, neg_log10_p = block
         for name, text in texts.items():
             self.files[name].write(text)

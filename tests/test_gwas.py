@@ -4,10 +4,15 @@ effects found, multi-trait test against a direct likelihood, clumping, and bad i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from functools import partial
 
 import numpy as np
 import polars as pl
+import psutil
 import pytest
 import statsmodels.api as sm
 from scipy import stats
@@ -178,6 +183,36 @@ def test_null_phenotypes_are_calibrated(mini_cohort, ray_session, tmp_path):
     assert 0.9 <= mt["phenotypes"]["multi_trait"]["lambda_gc"] <= 1.1
 
 
+def test_one_local_worker_runs_in_process_and_writes_what_ray_tasks_write(mini_cohort, ray_session, tmp_path,
+                                                                           monkeypatch):
+    genotypes = open_genotypes(mini_cohort / "genotypes")
+    ids = {"eid": pl.String}
+    pheno = pl.read_csv(mini_cohort / "idps.csv", schema_overrides=ids).select(pl.nth(range(4)))  # eid + 3 IDPs
+    gaps = pl.int_range(pl.len()) % 7 == 0  # the third IDP with missing values: a second group
+    pheno = pheno.with_columns(pl.when(gaps).then(None).otherwise(pl.nth(3)).name.keep())
+    covar = pl.read_csv(mini_cohort / "covariates.csv", schema_overrides=ids).select("eid", "age", "sex", "PC1", "PC2")
+    tables = partial(GwasTables, genotypes, pheno, covar, source="mini")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_run = run_gwas(tables, tmp_path / "ray", workers=2, block_size=700, plots=False)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("one local worker must not use Ray")
+
+    monkeypatch.setattr("comical.pipelines.gwas.init_ray", no_ray)
+    monkeypatch.setattr("comical.pipelines.gwas._ray_blocks", no_ray)
+    local = run_gwas(tables, tmp_path / "local", workers=1, plots=False)
+    assert local == ray_run and len(local["phenotypes"]) == 3
+    for name in local["phenotypes"]:
+        ours, theirs = (pl.read_csv(tmp_path / f"{run}.{name}.tsv", separator="\t", null_values="NA")
+                        for run in ("local", "ray"))
+        assert ours.height == genotypes.n_variants and ours.columns == theirs.columns
+        for column in ours.columns:
+            if ours[column].dtype == pl.Float64:  # the same arithmetic in other block sizes: last bits may differ
+                np.testing.assert_allclose(ours[column].to_numpy(), theirs[column].to_numpy(), rtol=1e-10)
+            else:
+                assert ours[column].equals(theirs[column])
+
+
 def test_cohort_gwas_finds_the_planted_snp_idp_effects_and_clumps_them(mini_cohort, ray_session, tmp_path):
     out = tmp_path / "idps"
     assert main(["gwas", "--cohort", str(mini_cohort), "--out", str(out), "--workers", "2"]) == 0
@@ -219,6 +254,31 @@ def test_r_squared_and_clump_against_a_direct_computation(mini_cohort):
     assert first["index_variant"] == genotypes.variants["variant_id"][0]
     assert set(filter(None, first["clumped"].split(","))) == taken
     assert clumps.height == 1 + (3 - 1 - len(taken))
+
+
+def _ray_daemons() -> set[int]:
+    names = ("gcs_server", "raylet", os.path.join("autoscaler", "_private", "monitor.py"))
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(arg.endswith(names) for arg in process.info["cmdline"] or []):
+            found.add(process.info["pid"])
+    return found
+
+
+def test_gwas_on_its_own_local_ray_stops_every_ray_process(mini_cohort, tmp_path):
+    before = _ray_daemons()  # the test session's Ray, if it is up
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0"}
+    run = subprocess.run([sys.executable, "-m", "comical", "gwas", "--bfile", str(mini_cohort / "genotypes"),
+                          "--pheno", str(mini_cohort / "idps.csv"), "--pheno-name", "Volume_of_Left_Amygdala",
+                          "--covar", str(mini_cohort / "covariates.csv"), "--covar-name", "age,sex",
+                          "--workers", "2", "--no-plots", "--out", str(tmp_path / "own")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "autoscaler failed" not in run.stderr and (tmp_path / "own.Volume_of_Left_Amygdala.tsv").exists()
+    deadline = time.monotonic() + 15
+    while _ray_daemons() - before and time.monotonic() < deadline:  # killed processes take a moment to go
+        time.sleep(0.2)
+    assert not _ray_daemons() - before
 
 
 def test_bad_gwas_input_fails_before_compute(cohort_copy, tmp_path, capsys):
