@@ -145,8 +145,9 @@ def _basis(covar: np.ndarray, names: list[str], source: str) -> np.ndarray:
 
 
 def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group]):
-    """One variant block for every group (a Ray task): reads its own slice of the .bed, computes, and formats its
-    rows, so the driver only appends bytes. Returns ({phenotype: TSV bytes}, {phenotype: -log10 p}).
+    """One variant block for every group (a Ray task, or a call in-process with one local worker): reads its own
+    slice of the .bed, computes, and formats its rows, so the driver only appends bytes. Returns ({phenotype: TSV
+    bytes as uint8}, {phenotype: -log10 p}).
 
     The block is read and tested a chunk of variants at a time (~64 MB of float64 genotypes), so a task's memory
     stays small and is reused: first-touch page faults on fresh memory cost more than the statistics here."""
@@ -288,7 +289,8 @@ class _Writers:
         texts, neg_log10_p = block
         for name, text in texts.items():
             self.files[name].write(text)
-            self.log10_p[name].append(neg_log10_p[name])
+            # a copy: Ray's zero-copy arrays would pin the block's whole result (its text too) in the object store
+            self.log10_p[name].append(neg_log10_p[name].copy())
 
     def finish(self, *, plots: bool, clump: dict | None) -> dict:
         for f in self.files.values():

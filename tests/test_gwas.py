@@ -21,7 +21,7 @@ from comical.cli import main
 from comical.data_io.plink import open_genotypes
 from comical.pipelines import gwas_stats
 from comical.pipelines.clump import clump_hits, r_squared
-from comical.pipelines.gwas import GwasTables, lambda_gc, run_gwas
+from comical.pipelines.gwas import GwasTables, _Writers, build_inputs, lambda_gc, run_gwas
 
 
 def _tiny(seed=0, n=300, m=12, p=3, k=3, missing=0.05):
@@ -254,6 +254,21 @@ def test_r_squared_and_clump_against_a_direct_computation(mini_cohort):
     assert first["index_variant"] == genotypes.variants["variant_id"][0]
     assert set(filter(None, first["clumped"].split(","))) == taken
     assert clumps.height == 1 + (3 - 1 - len(taken))
+
+
+def test_written_blocks_keep_no_view_of_a_tasks_result(mini_cohort, tmp_path):
+    """Ray hands a task's arrays to the driver as views of its result in the object store; a kept view pins the
+    whole result (its TSV text too), so a biobank run would hold all its output in memory."""
+    genotypes = open_genotypes(mini_cohort / "genotypes")
+    pheno = pl.DataFrame({"eid": genotypes.samples["iid"], "y": np.arange(genotypes.n_samples, dtype=float)})
+    inputs = build_inputs(GwasTables(genotypes, pheno, pl.DataFrame({"eid": pheno["eid"]}), source="tiny"))
+    writers = _Writers(inputs, tmp_path / "w")
+    result = np.arange(2 * genotypes.n_variants, dtype=float)  # one buffer, as a task's result arrives
+    writers.append(({"y": np.frombuffer(b"row\n", np.uint8)}, {"y": result[:genotypes.n_variants]}))
+    kept = writers.log10_p["y"][0]
+    assert kept.base is None and np.array_equal(kept, result[:genotypes.n_variants])
+    writers.finish(plots=False, clump=None)
+    assert (tmp_path / "w.y.tsv").read_bytes() == b"row\n"
 
 
 def _ray_daemons() -> set[int]:
