@@ -87,7 +87,7 @@ def prepare(work: Path) -> tuple[Path, Path, Path, Path, list[str]]:
 
 
 def replicate(prefix: Path, copies: int, out: Path) -> Path:
-    """A fileset holding `prefix`'s variants `copies` times over (IDs suffixed _1, _2, ...): the .bed is
+    """A fileset holding `prefix`'s variants `copies` times over (IDs suffixed _0, _1, ...): the .bed is
     variant-major, so its variant records concatenate."""
     if out.with_suffix(".bed").exists():
         return out
