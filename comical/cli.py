@@ -137,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("associate", help="association p-values of SNP-IDP pairs from a trained run's test split")
     p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
+    p.add_argument("--test", choices=["calibrated", "paper"], default="calibrated",
+                   help="calibrated: exact Poisson-binomial against each query's null (default); paper: section 2.6's "
+                        "chi-square, for reproduction (not calibrated)")
+    p.add_argument("--cohort", type=Path, help="the simulated cohort, to score against its planted truth "
+                                               "(default: the cohort the pair store was made from)")
     p.set_defaults(handler=_associate)
 
     p = sub.add_parser("embed", help="per-subject SNP and IDP embeddings from a trained run's frozen encoders")
@@ -167,7 +172,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
     """
     for field in dataclasses.fields(config_class):
         default = field.default
-        if isinstance(default, tuple):
+        if default is None:  # optional fields are `int | None` (e.g. a seed that switches a feature on)
+            convert = int
+        elif isinstance(default, tuple):
             kind = type(default[0]) if default else str
             convert = lambda text, kind=kind: tuple(kind(x) for x in text.split(","))  # noqa: E731
         elif isinstance(default, bool):
@@ -280,16 +287,23 @@ def _pairs(args) -> int:
 def _write_pairs(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, shown_as: Path) -> dict:
     import json
 
+    import polars as pl
+
     from comical.pipelines.catalog_sets import catalog_snp_sets, snp_set_report
+    from comical.pipelines.pairs import split_subjects
     from comical.pipelines.pairs import make_pairs
     from comical.pipelines.phewas import PhewasConfig, read_idp_disease_map, run_phewas, write_phewas
 
     phewas_config = PhewasConfig()
     idp_map = read_idp_disease_map(phewas_dir) if phewas_dir else None  # read (and checked) before compute
     qc = _qc_of(cohort, qc_dir, stage, shown_as=shown_as)
+    kept = cohort.eids.filter(cohort.eids.is_in(qc.pcs["eid"].implode()))  # make_pairs' subjects and order
     if idp_map is None:
         (stage / "phewas").mkdir()
-        table, idp_map = run_phewas(cohort, qc, phewas_config)
+        subjects = None  # --buckets-from all
+        if config.buckets_from == "train":  # the split make_pairs will draw, so no test subject shapes a bucket
+            subjects = kept.filter(pl.Series(split_subjects(kept.len(), config) == "train"))
+        table, idp_map = run_phewas(cohort, qc, phewas_config, subjects=subjects)
         write_phewas(table, idp_map, phewas_config, stage / "phewas")
     if idp_map.height == 0:
         raise InputError(f"no IDP is significant for any disease (adjusted p < {phewas_config.alpha}); nothing to "
@@ -305,8 +319,9 @@ def _write_pairs(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, 
               "bucket", file=sys.stderr)
     selected.write_csv(stage / "snp_sets.tsv", separator="\t")
     rows.write_csv(stage / "catalog_rows.tsv", separator="\t")
-    manifest = make_pairs(cohort, qc.pcs["eid"], idp_map, selected, config, stage, diseases=diseases)
+    manifest = make_pairs(cohort, kept, idp_map, selected, config, stage, diseases=diseases)
     report["pairs"] = manifest["splits"]
+    report["buckets_from"] = f"--phewas {phewas_dir}" if phewas_dir else config.buckets_from
     (stage / "pairs_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return manifest
 
@@ -337,16 +352,22 @@ def _train(args) -> int:
 
     config = _train_config(args)
     metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force)
-    print(f"train: best epoch {metrics['best_epoch']}; test pair accuracy {metrics['pair_accuracy']:.4f} "
-          f"(chance {metrics['pair_accuracy_chance']:.4f}), strict top-1 {metrics['top1_accuracy']:.4f} "
-          f"(chance {metrics['top1_accuracy_chance']:.4f}) -> {args.out}")
+    print(f"train: best epoch {metrics['best_epoch']} (lowest validation loss); {_test_summary(metrics)} -> {args.out}")
     return 0
+
+
+def _test_summary(m: dict) -> str:
+    """Test metrics beside the level a model without genotype-IDP signal reaches."""
+    return (f"test bucket accuracy {m['bucket_accuracy']:.3f} (chance {m['bucket_accuracy_chance']:.3f}; reachable "
+            f"from identities alone), within-bucket accuracy {m['within_bucket_accuracy']:.4f} (chance "
+            f"{m['within_bucket_accuracy_chance']:.4f}, null {m['within_bucket_accuracy_null']:.4f}), "
+            f"{m['n_test_pairs']:,} test pairs")
 
 
 def _tune(args) -> int:
     import json
 
-    from comical.data_io.output_dir import check_output_dir, write_atomic
+    from comical.data_io.output_dir import check_output_dir, mark_run, write_atomic
     from comical.distributed.config import TrainConfig
     from comical.ray_init import init_ray
     from comical.distributed.train import check_cluster_fits, check_train_inputs
@@ -383,12 +404,17 @@ def _tune(args) -> int:
             shutil.rmtree(out)
         out.mkdir(parents=True)
         write_atomic(out / "tune_request.json", json.dumps(request, indent=2) + "\n")
-        write_atomic(out / "run.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
-    grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=bool(args.resume))
-    table = results_table(grid, space, base.epochs)
-    best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
+    mark_run(out, request, "running")
+    try:
+        grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=bool(args.resume))
+        table = results_table(grid, space, base.epochs)
+        best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
+    except BaseException as err:
+        mark_run(out, request, "failed", err)
+        raise
+    mark_run(out, request, "done")
     print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA); best "
-          f"validation pair accuracy {best['best_val_pair_accuracy']:.4f} -> {out / 'best_config.yaml'}, "
+          f"validation loss {best['best_val_loss']:.4f} -> {out / 'best_config.yaml'}, "
           f"{out / 'table1.md'}")
     return 0
 
@@ -466,40 +492,22 @@ def _bench_scaling(args) -> int:
 
 
 def _associate(args) -> int:
-    import json
+    from comical.pipelines.associations import associate_run
 
-    import polars as pl
-
-    from comical.data_io.output_dir import write_atomic
-    from comical.pipelines.associations import pair_associations, score_against_truth
-
-    counts_path = args.run / "test_pair_counts.parquet"
-    info_path = args.run / "model" / "model.json"
-    if not counts_path.is_file() or not info_path.is_file():
-        raise InputError(f"--run {args.run}: no test_pair_counts.parquet and model/model.json; run `comical train`")
-    table = pair_associations(pl.read_parquet(counts_path), json.loads(info_path.read_text()))
-    table.write_csv(args.run / ".associations.tsv.tmp", separator="\t")
-    (args.run / ".associations.tsv.tmp").replace(args.run / "associations.tsv")
-    message = f"associate: {table.height} SNP-IDP pairs, {(table['p_adjusted'] < 0.05).sum()} with adjusted p < 0.05"
-    planted = _planted_snp_idp(args.run)
-    if planted is not None:
-        score = score_against_truth(table, planted)
-        write_atomic(args.run / "association_truth.json", json.dumps(score, indent=2) + "\n")
-        message += f"; against planted effects AUROC {score['auroc']}, precision@{score['k']} {score['precision_at_k']}"
-    print(f"{message} -> {args.run / 'associations.tsv'}")
+    summary = associate_run(args.run, test=args.test, cohort=args.cohort)
+    print(f"associate: {summary['n_pairs']} SNP-IDP pairs ({summary['test']} test), {summary['n_fdr05']} at FDR 5%, "
+          f"{summary['n_p05']} at p < 0.05 -> {summary['file']}")
+    truth = summary.get("truth")
+    if truth is not None:
+        c, g = truth["methods"]["comical"], truth["methods"]["gwas"]
+        print(f"associate: against {c['n_planted']} planted pairs among {truth['n_candidates']} "
+              f"candidates: AUPRC COMICAL {_fmt(c['auprc'])}, GWAS {_fmt(g['auprc'])} (chance {_fmt(c['auprc_chance'])}); "
+              f"AUROC {_fmt(c['auroc'])} vs {_fmt(g['auroc'])} -> {args.run / 'truth_score.json'}")
     return 0
 
 
-def _planted_snp_idp(run_dir: Path):
-    """The simulator's planted SNP -> IDP effects for the cohort behind a run, if it has them."""
-    import json
-
-    import polars as pl
-
-    pairs = Path(json.loads((run_dir / "run.json").read_text())["config"]["pairs"])
-    cohort = json.loads((pairs / "run.json").read_text()).get("cohort") if (pairs / "run.json").is_file() else None
-    truth = Path(cohort) / "truth" / "snp_idp_effects.parquet" if cohort else None
-    return pl.read_parquet(truth) if truth is not None and truth.is_file() else None
+def _fmt(value) -> str:
+    return "NA" if value is None else f"{value:.3f}"
 
 
 def _embed(args) -> int:
@@ -542,16 +550,21 @@ def _demo(args) -> int:
               f"variants) -> {out / 'cohort'}")
         cohort = load_cohort(stage / "cohort")
         (stage / "pairs").mkdir()
-        manifest = _write_pairs(cohort, PairsConfig(top_n_perc=1, seed=args.seed), load_trait_map(), stage / "pairs",
+        manifest = _write_pairs(cohort, PairsConfig(top_n_perc=5, seed=args.seed), load_trait_map(), stage / "pairs",
                                 qc_dir=None, phewas_dir=None, shown_as=out / "pairs")
-        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 1 "
+        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 5 "
               f"-> {out / 'pairs'}")
         config = TrainConfig.from_dict({"pairs": str(stage / "pairs"), "seed": args.seed,
                                         "engine": {"workers": 2, "zero_stage": 2}})
         test = train_and_evaluate(config, stage / "run")
-        print(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): test pair accuracy "
-              f"{test['pair_accuracy']:.3f} (chance {test['pair_accuracy_chance']:.3f}), strict top-1 "
-              f"{test['top1_accuracy']:.3f} (chance {test['top1_accuracy_chance']:.3f}) -> {out / 'run'}")
+        print(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): {_test_summary(test)} -> {out / 'run'}")
+        from comical.pipelines.associations import associate_run
+
+        assoc = associate_run(stage / "run", cohort=stage / "cohort")
+        c, g = (assoc["truth"]["methods"][m] for m in ("comical", "gwas"))
+        print(f"demo: calibrated association test: {assoc['n_fdr05']} of {assoc['n_pairs']} SNP-IDP pairs at FDR 5%; "
+              f"against the {c['n_planted']} planted pairs among them, AUPRC COMICAL {_fmt(c['auprc'])}, GWAS of the "
+              f"same pairs {_fmt(g['auprc'])} (chance {_fmt(c['auprc_chance'])}) -> {out / 'run' / 'truth_score.json'}")
         (stage / "gwas").mkdir()
         summary = run_gwas(partial(tables_from_cohort, stage / "cohort", binary=False, pheno_names=None,
                                    covar_names=None), stage / "gwas" / "idps", workers=2)

@@ -18,6 +18,23 @@ from typing import Any
 from comical.data_io.errors import InputError
 
 RUN_FILE = "run.json"
+# Keys of run.json that say how a run went, not what it is: ignored when deciding whether `out` holds the same run.
+_STATE_KEYS = ("state", "error")
+
+
+def _what_ran(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(json.dumps(run)).items() if k not in _STATE_KEYS}
+
+
+def mark_run(out: Path, run: dict[str, Any], state: str, error: BaseException | None = None) -> None:
+    """Record a long run's state in `out/run.json`: running, failed (with the error's first line) or done.
+
+    A folder whose run.json does not say `done` is not a finished run, whatever else it holds.
+    """
+    record = {**run, "state": state}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    write_atomic(Path(out) / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def check_output_dir(out: str | Path, run: dict[str, Any], *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
@@ -39,7 +56,7 @@ def check_output_dir(out: str | Path, run: dict[str, Any], *, force: bool, input
         if not previous.is_file():
             raise InputError(f"--out {out}: folder is not empty and was not written by comical; choose an empty or new folder")
         try:
-            same = json.loads(previous.read_text()) == json.loads(json.dumps(run))
+            same = _what_ran(json.loads(previous.read_text())) == _what_ran(run)
         except json.JSONDecodeError:
             same = False
         if not same and not force:

@@ -9,7 +9,8 @@ What is planted, so that later steps can be scored against `truth/`:
 - diseases: liabilities driven by a causal subset of each disease's catalog SNPs (the rest are catalog false
   hits), covariates and subpopulation; cases are the top liabilities (paper: Table 2 counts exactly);
 - IDPs: log-volumes driven by head size, age, sex, subpopulation, disease status on disease-specific regions and
-  a sparse set of direct SNP->IDP effects, written as mm^3 volumes;
+  a sparse set of direct SNP->IDP effects (pleiotropic disease leads on the disease's regions, other catalog
+  SNPs, background variants on any IDP), written as mm^3 volumes;
 - a GWAS Catalog download listing true and false hits, interactions, haplotypes, ungenotyped variants,
   strand-flipped and unknown risk alleles.
 Same seed, same bytes: every random draw comes from one SeedSequence, spawned per component.
@@ -79,19 +80,20 @@ class Preset:
     n_background: int  # other variants, for PCA and LD
     min_prevalence: float  # rare diseases raised to this (mini), 0 = Table 2 counts as they are
     qc_failures: dict  # planted failures: catalog/background x maf/hwe/geno, and samples mind/het
-    n_snp_idp_effects: int
+    # Direct SNP -> IDP effects: (pleiotropic leads per disease, other causal catalog SNPs, background variants)
+    snp_idp_effects: tuple[int, int, int]
     fst: float  # drift of the four subpopulations from the ancestral frequencies
 
 
 PRESETS = {
     "mini": Preset(2000, 600, 2400, 0.08,
                    {"catalog": {"maf": 3, "hwe": 3, "geno": 3}, "background": {"hwe": 5, "geno": 10},
-                    "samples": {"mind": 6, "het": 6}}, 24, fst=0.02),
+                    "samples": {"mind": 6, "het": 6}}, (3, 8, 12), fst=0.02),
     # 10 + 10 + 9 catalog failures: QC keeps the paper's 5,603 of 5,632 catalog variants. Structure is milder
 # than mini's (Fst 0.006, European-like): with 40k subjects, Fst 0.02 alone fails HWE at 1e-16 (Wahlund effect).
     "paper": Preset(40426, 5632, 14368, 0.0,
                     {"catalog": {"maf": 10, "hwe": 10, "geno": 9}, "background": {"hwe": 30, "geno": 60},
-                     "samples": {"mind": 60, "het": 50}}, 60, fst=0.006),
+                     "samples": {"mind": 60, "het": 50}}, (12, 20, 30), fst=0.006),
 }
 _COMPONENTS = ["samples", "variants", "genotypes", "missing", "diseases", "idps", "catalog", "pcs"]
 
@@ -305,16 +307,31 @@ def _simulate_idps(rng, p: Preset, samples, variants, genotypes, diseases, disea
         s += np.outer(diseases[d], effect)
         dis_rows.append(pl.DataFrame({"disease": d, "idp": np.array(IDPS)[hit], "effect_sd": effect[hit]}))
     idp_disease = pl.concat(dis_rows)
-    # Direct SNP -> IDP effects: mostly a causal catalog SNP of a disease on one of that disease's IDPs.
+    # Direct SNP -> IDP effects, effect sizes log-uniform from barely detectable (0.03 SD) to obvious (0.3 SD):
+    # - pleiotropic leads: each disease's strongest causal catalog SNPs (the catalog's top hits) act on one or
+    #   two of that disease's regions, so the top-n% buckets hold planted pairs to score COMICAL against;
+    # - other causal catalog SNPs of a disease on one of its regions (mostly outside the top-n% buckets);
+    # - background (non-catalog) variants on any IDP: what a GWAS finds and disease-mediated pairs cannot.
     causal = disease_effects.filter(pl.col("causal") & pl.col("in_catalog"))
     index = {v: i for i, v in enumerate(variants["variant_id"].to_list())}
+    n_lead, n_other, n_background = p.snp_idp_effects
+    size = lambda: float(rng.choice([-1, 1]) * np.exp(rng.uniform(np.log(0.03), np.log(0.3))))  # noqa: E731
+    regions = {d: idp_disease.filter(pl.col("disease") == d)["idp"].to_numpy() for d in PAIR_DISEASES}
     snp_rows = []
-    for _ in range(p.n_snp_idp_effects):
+    for d in PAIR_DISEASES:
+        own = causal.filter(pl.col("disease") == d).sort(pl.col("beta").abs(), descending=True)
+        for snp in own["variant_id"][:n_lead]:
+            for idp in rng.choice(regions[d], int(rng.integers(1, 3)), replace=False):
+                snp_rows.append((snp, str(idp), d, size()))
+    for _ in range(n_other):
         d = str(rng.choice(PAIR_DISEASES))
         snp = str(rng.choice(causal.filter(pl.col("disease") == d)["variant_id"].to_numpy()))
-        idp = str(rng.choice(idp_disease.filter(pl.col("disease") == d)["idp"].to_numpy()))
-        snp_rows.append((snp, idp, d, float(rng.choice([-1, 1]) * rng.uniform(0.1, 0.25))))
-    snp_idp = pl.DataFrame(snp_rows, schema=["variant_id", "idp", "via_disease", "effect_sd"], orient="row")
+        snp_rows.append((snp, str(rng.choice(regions[d])), d, size()))
+    clean_background = variants.filter(~pl.col("is_catalog") & (pl.col("planted_failure") == ""))["variant_id"]
+    for snp in rng.choice(clean_background.to_numpy(), n_background, replace=False):
+        snp_rows.append((str(snp), str(rng.choice(IDPS)), None, size()))
+    snp_idp = pl.DataFrame(snp_rows, schema={"variant_id": pl.String, "idp": pl.String, "via_disease": pl.String,
+                                             "effect_sd": pl.Float64}, orient="row")
     snp_idp = snp_idp.unique(["variant_id", "idp"], keep="first", maintain_order=True)
     cols = np.array([index[v] for v in snp_idp["variant_id"]])
     g = _standardized(genotypes, variants, cols)

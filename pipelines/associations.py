@@ -1,26 +1,99 @@
-"""Association p-values from the trained model (paper 000, section 2.6), and their score against planted truth.
+"""Association p-values of SNP-IDP pairs from a trained model's test-split predictions.
 
-    comical associate --run RUN/
+    comical associate --run RUN/ [--test calibrated|paper] [--cohort DIR]
 
-Input: the run's `test_pair_counts.parquet` (per SNP-IDP pair of the test split: occurrences `n_test` and strict
-top-1 correct retrievals `n_correct`, both directions). Test, per pair k (one-way chi-square, 1 df):
-    expected_k = n_test_k * r,  r = sum(n_correct) / sum(n_test)   (null: every pair is recognised equally often)
-    chi2_k = (n_correct_k - expected_k)^2 / expected_k
-    chi2_corrected_k = chi2_k / n_test_k * n_bar                     (the paper's correction: per observation,
-                                                                       rescaled to the mean pair's n_bar)
+Input: the run's `test_retrievals.parquet`, one row per test pair (subject, snp, idp, disease) with the subject's
+allele-1 dosage at the SNP and the model's log-probabilities log p(g | IDP input) of the SNP's three genotypes
+(a softmax of the CLIP logits; distributed/run.py), and the strict top-1 hits the paper's test counts.
+
+`calibrated` (default): a permutation test per pair. Statistic T = sum over the pair's test subjects of
+log p(g_s | IDP value of s): how well the model predicts each subject's genotype from its IDP value. Null: the
+genotype is independent of the IDP value, so genotypes are exchangeable across subjects; T's permutation mean
+and variance are exact (Hoeffding 1951, Ann Math Stat 22:558, combinatorial central limit theorem: for
+c[r, s] = A[r, g_s], E T = sum c / n and Var T = sum d[r, s]^2 / (n - 1), d the doubly centred c), and
+p = P(Z >= (T - E T) / sd) one-sided, Benjamini-Hochberg across pairs. A row counts once (one direction: the
+model's genotype prediction from the IDP value), every genotype of the SNP is a candidate whatever the batch
+held, and a model that ignores the IDP value gets T = E T exactly. Pairs whose SNP is monomorphic among the test
+subjects get NA and a note. This test was checked uniform on a permuted (null) store (tests/test_associate.py).
+
+`paper` (section 2.6, kept for reproduction; it fails on a null store, see SCIENCE.md): per pair, strict top-1
+hits over both directions against a common rate,
+    expected_k = n_test_k * r,  r = sum(n_correct) / sum(n_test)
+    chi2_k = (n_correct_k - expected_k)^2 / expected_k,  chi2_corrected_k = chi2_k / n_test_k * n_bar
     p_k = P(chi2_1 > chi2_corrected_k), one-sided (1 where n_correct_k <= expected_k), Benjamini-Hochberg adjusted.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 from scipy import stats
-from sklearn.metrics import average_precision_score, roc_auc_score
+
+TESTS = ("calibrated", "paper")
+_KEYS = ["snp", "idp", "disease"]
 
 
-def pair_associations(counts: pl.DataFrame, info: dict) -> pl.DataFrame:
-    """Columns: snp, idp, disease, n_test, frequency, expected, chi2, chi2_corrected, p, p_adjusted (sorted by p)."""
+def permutation_z(log_p: np.ndarray, dosage: np.ndarray) -> tuple[float, float, float]:
+    """(T, E T, sd T) of T = sum_r log_p[r, dosage[r]] under random permutations of the dosages (Hoeffding).
+
+    `log_p`: n x 3, `dosage`: n ints in 0-2. With n_k subjects of dosage k, c[r, s] = log_p[r, g_s] takes three
+    values per row, so the doubly centred sum of squares is sum_r sum_k n_k d(r, k)^2.
+    """
+    n = len(dosage)
+    counts = np.bincount(dosage, minlength=3).astype(float)
+    observed = float(log_p[np.arange(n), dosage].sum())
+    row_mean = log_p @ counts / n  # c[r, .]
+    col_mean = log_p.mean(axis=0)  # c[., s] for a subject s of dosage k
+    grand = float(col_mean @ counts / n)
+    d = log_p - row_mean[:, None] - col_mean[None, :] + grand
+    variance = float((d ** 2 @ counts).sum() / (n - 1)) if n > 1 else 0.0
+    return observed, n * grand, float(np.sqrt(max(variance, 0.0)))
+
+
+def pair_associations(rows: pl.DataFrame, info: dict, *, test: str = "calibrated") -> pl.DataFrame:
+    """One row per SNP-IDP pair of the test split, named by the run's vocabularies, sorted by p.
+
+    Columns: snp, idp, disease, n_test, then the test's statistics, p, p_adjusted (NA where p is NA), test.
+    """
+    if test not in TESTS:
+        raise ValueError(f"test {test!r}: expected one of {TESTS}")
+    table = _calibrated(rows) if test == "calibrated" else _paper(rows)
+    tested = table["p"].is_not_null().to_numpy()
+    adjusted = np.full(table.height, np.nan)
+    if tested.any():
+        adjusted[tested] = stats.false_discovery_control(table["p"].to_numpy()[tested])
+    table = table.with_columns(pl.Series("p_adjusted", adjusted).fill_nan(None), pl.lit(test).alias("test"))
+    names = {"snp": info["snps"], "idp": info["idps"], "disease": info["diseases"]}
+    table = table.with_columns(pl.col(k).map_elements(names[k].__getitem__, return_dtype=pl.String) for k in _KEYS)
+    return table.sort(["p", "n_test"], descending=[False, True], nulls_last=True)
+
+
+def _calibrated(rows: pl.DataFrame) -> pl.DataFrame:
+    called = rows.filter(pl.col("dosage") >= 0)
+    grouped = called.group_by(_KEYS, maintain_order=True).agg(
+        pl.len().alias("n_test"), pl.col("dosage"), pl.concat_list("log_p0", "log_p1", "log_p2").alias("log_p"))
+    stat, expected, sd, p, note = [], [], [], [], []
+    for dosage, log_p in zip(grouped["dosage"].to_list(), grouped["log_p"].to_list()):
+        dosage = np.asarray(dosage, dtype=np.int64)
+        t, e, s = permutation_z(np.asarray(log_p, dtype=np.float64), dosage)
+        stat.append(t), expected.append(e), sd.append(s)
+        if np.bincount(dosage, minlength=3).max() == len(dosage):
+            p.append(None), note.append("monomorphic among the test subjects")
+        elif s <= 1e-12 * max(abs(e), 1.0):  # the prediction ignores the IDP value: T = E T under every permutation
+            p.append(1.0), note.append("the model's genotype prediction does not vary with this IDP")
+        else:
+            p.append(float(stats.norm.sf((t - e) / s))), note.append(None)
+    return grouped.select(*_KEYS, "n_test").with_columns(
+        pl.Series("log_likelihood", stat), pl.Series("expected", expected), pl.Series("sd", sd),
+        pl.Series("z", [(t - e) / s if s > 0 else None for t, e, s in zip(stat, expected, sd)], dtype=pl.Float64),
+        pl.Series("p", p, dtype=pl.Float64), pl.Series("note", note, dtype=pl.String))
+
+
+def _paper(rows: pl.DataFrame) -> pl.DataFrame:
+    counts = rows.group_by(_KEYS, maintain_order=True).agg(pl.len().alias("n_test"),
+                                                           pl.col("top1_correct").sum().alias("n_correct"))
     n_test = counts["n_test"].to_numpy().astype(float)
     correct = counts["n_correct"].to_numpy().astype(float)
     rate = correct.sum() / n_test.sum()
@@ -28,25 +101,52 @@ def pair_associations(counts: pl.DataFrame, info: dict) -> pl.DataFrame:
     chi2 = (correct - expected) ** 2 / np.where(expected > 0, expected, 1)
     corrected = chi2 / n_test * n_test.mean()
     p = np.where(correct > expected, stats.chi2.sf(corrected, df=1), 1.0)
-    return pl.DataFrame({
-        "snp": np.array(info["snps"])[counts["snp"].to_numpy()],
-        "idp": np.array(info["idps"])[counts["idp"].to_numpy()],
-        "disease": np.array(info["diseases"])[counts["disease"].to_numpy()],
-        "n_test": counts["n_test"], "frequency": counts["n_correct"], "expected": expected, "chi2": chi2,
-        "chi2_corrected": corrected, "p": p, "p_adjusted": stats.false_discovery_control(p),
-    }).sort(["p", "frequency"], descending=[False, True])
+    return counts.rename({"n_correct": "frequency"}).with_columns(
+        pl.Series("expected", expected), pl.Series("chi2", chi2), pl.Series("chi2_corrected", corrected),
+        pl.Series("p", p))
 
 
-def score_against_truth(associations: pl.DataFrame, planted: pl.DataFrame, *, k: int = 10) -> dict:
-    """AUROC, AUPRC and precision at k of the ranking (by p) for the planted SNP -> IDP effects."""
-    truth = set(zip(planted["variant_id"], planted["idp"]))
-    label = np.array([(s, i) in truth for s, i in zip(associations["snp"], associations["idp"])])
-    score = -np.log10(np.maximum(associations["p"].to_numpy(), 1e-300)) + 1e-9 * associations["frequency"].to_numpy()
-    result = {"n_pairs": int(label.size), "n_planted_among_pairs": int(label.sum()), "k": k,
-              "precision_at_k": float(label[:k].mean()) if label.size else float("nan")}
-    if 0 < label.sum() < label.size:
-        result.update(auroc=float(roc_auc_score(label, score)), auprc=float(average_precision_score(label, score)),
-                      auprc_chance=float(label.mean()))
-    else:
-        result.update(auroc=None, auprc=None, note="no planted pair, or only planted pairs, among the test pairs")
-    return result
+def associate_run(run: Path, *, test: str = "calibrated", cohort: Path | None = None) -> dict:
+    """`comical associate`: the run's pair p-values (`associations.tsv`, or `associations_paper.tsv` for the paper's
+    test) and, when the cohort has planted truth, COMICAL's ranking against a GWAS of the same candidate pairs
+    on the training subjects (`truth_score.json`, `truth_pairs.tsv`, `truth_pr.png`). Returns a summary."""
+    import json
+
+    from comical.data_io.errors import InputError
+    from comical.data_io.output_dir import write_atomic
+
+    retrievals, info_path, run_file = run / "test_retrievals.parquet", run / "model" / "model.json", run / "run.json"
+    if not retrievals.is_file() or not info_path.is_file() or not run_file.is_file():
+        raise InputError(f"--run {run}: no test_retrievals.parquet and model/model.json; run `comical train` first "
+                         "(runs made before this version need retraining)")
+    if json.loads(run_file.read_text()).get("state", "done") != "done":
+        raise InputError(f"--run {run}: run.json says the run is not finished; train it to the end first")
+    table = pair_associations(pl.read_parquet(retrievals), json.loads(info_path.read_text()), test=test)
+    name = "associations.tsv" if test == "calibrated" else "associations_paper.tsv"
+    write_atomic(run / name, table.write_csv(separator="\t"))
+    summary = {"test": test, "n_pairs": table.height, "n_fdr05": int((table["p_adjusted"] < 0.05).sum()),
+               "n_p05": int((table["p"] < 0.05).sum()), "n_na": int(table["p"].null_count()), "file": str(run / name)}
+    store = Path(json.loads(run_file.read_text())["config"]["pairs"])
+    if cohort is None and (store / "run.json").is_file():
+        cohort = json.loads((store / "run.json").read_text()).get("cohort")
+    planted_path = Path(cohort) / "truth" / "snp_idp_effects.parquet" if cohort else None
+    if test == "calibrated" and planted_path is not None and planted_path.is_file():
+        summary["truth"] = _score_against_truth(table, store, Path(cohort), pl.read_parquet(planted_path), run)
+    return summary
+
+
+def _score_against_truth(table: pl.DataFrame, store: Path, cohort_dir: Path, planted: pl.DataFrame, out: Path) -> dict:
+    """COMICAL's ranking (by p, ties by excess retrievals) and the GWAS ranking on the same candidate pairs."""
+    from comical.data_io.cohort import load_cohort
+    from comical.data_io.pair_store import read_manifest
+    from comical.pipelines.truth import candidate_pairs, gwas_pair_pvalues, truth_comparison
+
+    candidates = candidate_pairs(read_manifest(store))
+    subjects = pl.read_parquet(store / "subjects.parquet")
+    train = subjects.filter(pl.col("split") == "train")["eid"]
+    gwas = gwas_pair_pvalues(load_cohort(cohort_dir), candidates, train)
+    excess = pl.col("frequency") - pl.col("expected") if "frequency" in table.columns else pl.col("z").fill_null(0)
+    comical = table.select("snp", "idp", "disease", "p", score=-pl.col("p").fill_null(1).clip(1e-300).log10()
+                           + 1e-6 * excess)
+    return truth_comparison({"comical": comical, "gwas": gwas.with_columns(score=pl.col("neg_log10_p"))},
+                            planted, out)

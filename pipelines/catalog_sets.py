@@ -3,9 +3,10 @@
 For each catalog row: its trait maps to a diagnosis column (shipped trait map, or the user's); rows naming no
 single variant (interactions `rs1 x rs2`, haplotypes `rs1; rs2`) are skipped; the variant is matched by rsID,
 else by chromosome and position; it must have passed QC; its risk allele is harmonised against the bim alleles
-(strand flips of non-palindromic SNPs are resolved; `?` or alleles that fit neither strand are reported as
-such, and the row is kept: pair-making needs the variant, not the direction). Then, per disease, each SNP counts
-once at its best p-value, and the top `top_n_perc` percent (rounded up, at least one) are selected.
+(strand flips of non-palindromic SNPs are resolved; a `?` or missing allele is reported as unknown and the row
+kept: pair-making needs the variant, not the direction). A risk allele that fits neither strand drops the row
+(`allele_mismatch`): it is most often a position-only match on another genome build. Then, per disease, each
+SNP counts once at its best p-value, and the top `top_n_perc` percent (rounded up, at least one) are selected.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import polars as pl
 
 from comical.data_io.errors import InputError
 
-ROW_STATUSES = ["selected", "below_top_n", "not_single_variant", "trait_not_mapped", "not_in_genotypes", "failed_qc"]
+ROW_STATUSES = ["selected", "below_top_n", "not_single_variant", "trait_not_mapped", "not_in_genotypes", "failed_qc",
+                "allele_mismatch"]
 
 
 def catalog_snp_sets(catalog: pl.DataFrame, variants: pl.DataFrame, trait_map: pl.DataFrame, *,
@@ -25,7 +27,8 @@ def catalog_snp_sets(catalog: pl.DataFrame, variants: pl.DataFrame, trait_map: p
 
     `variants`: the bim table with a boolean `passed_qc`. `selected`: `disease, variant_id, p_value, rank,
     risk_allele, risk_allele_status` for the chosen SNPs. `rows`: every catalog row with its `status` (one of
-    ROW_STATUSES) and `risk_allele_status` (match, strand_flip, unknown, mismatch), the report's source.
+    ROW_STATUSES) and `risk_allele_status` (match, strand_flip, unknown, mismatch), the report's source. Rows
+    whose risk allele is a mismatch are `allele_mismatch`: never selected, nor counted in a disease's top n%.
     """
     if not 0 < top_n_perc <= 100:
         raise InputError(f"--top-n-perc {top_n_perc}: expected a percentage in (0, 100]")
@@ -55,6 +58,7 @@ def catalog_snp_sets(catalog: pl.DataFrame, variants: pl.DataFrame, trait_map: p
               .when(~single).then(pl.lit("not_single_variant"))
               .when(pl.col("variant_id").is_null()).then(pl.lit("not_in_genotypes"))
               .when(~pl.col("passed_qc")).then(pl.lit("failed_qc"))
+              .when(pl.col("risk_allele_status") == "mismatch").then(pl.lit("allele_mismatch"))
               .otherwise(pl.lit("eligible")))
     matched = matched.with_columns(status.alias("status"))
     eligible = matched.filter((pl.col("status") == "eligible") & pl.col("disease").is_in(diseases))

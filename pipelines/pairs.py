@@ -4,7 +4,8 @@
 
 A disease d with catalog SNP set S_d and PheWAS IDP set I_d forms a bucket; every subject gives one pair per
 (s, i) in S_d x I_d, so a subject has sum_d |S_d||I_d| pairs. Subjects (not pairs) are split 70/20/10, so no
-validation or test subject is seen in training; PLE bin edges are fitted on training subjects only. Built
+validation or test subject is seen in training; PLE bin edges are fitted on training subjects only, and by
+default so is the PheWAS that forms the buckets (`buckets_from`). `permute_idps` writes a null store. Built
 column-wise with numpy: a bucket's pairs for a split are a repeat/tile of its subjects and its (SNP, IDP) grid.
 """
 
@@ -33,6 +34,15 @@ class PairsConfig(Config):
     n_bins: int = 64  # PLE bins per IDP (the reference's 64-float IDP vector)
     seed: int = 0  # subject split and training-row shuffle
     rows_per_file: int = 1 << 22  # pairs per Parquet file (4M pairs, ~40 MB)
+    # train: the PheWAS that maps IDPs to diseases sees training subjects only (no test subject shapes the
+    # buckets); all: every QC-kept subject, as the paper
+    buckets_from: str = "train"
+    # A null store: within each split, subjects' IDP values are permuted across subjects with this seed
+    # (buckets, tokens and PLE edges unchanged), so no genotype-IDP association is left to learn.
+    permute_idps: int | None = None
+    # Keep a seeded random sample of this many QC-kept subjects, drawn after the split (so buckets still come
+    # from the whole training split): a laptop-sized run of a biobank cohort.
+    max_subjects: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
@@ -42,6 +52,21 @@ class PairsConfig(Config):
             raise InputError(f"split_fractions {self.split_fractions}: expected three fractions summing to 1")
         if not 2 <= self.n_bins <= 32767:
             raise InputError(f"n_bins {self.n_bins}: expected 2 to 32767")
+        if self.buckets_from not in ("train", "all"):
+            raise InputError(f"--buckets-from {self.buckets_from}: expected train or all")
+        if self.max_subjects is not None and self.max_subjects < 10:
+            raise InputError(f"--max-subjects {self.max_subjects}: expected at least 10")
+
+
+def split_subjects(n: int, config: PairsConfig, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Each of n QC-kept subjects' split (train/val/test), by subject, from the config's seed."""
+    rng = rng if rng is not None else np.random.default_rng(config.seed)
+    order = rng.permutation(n)
+    n_train, n_val = round(config.split_fractions[0] * n), round(config.split_fractions[1] * n)
+    split_of = np.empty(n, dtype=object)
+    split_of[order[:n_train]], split_of[order[n_train:n_train + n_val]] = "train", "val"
+    split_of[order[n_train + n_val:]] = "test"
+    return split_of
 
 
 def make_pairs(cohort: Cohort, kept_eids: pl.Series, idp_map: pl.DataFrame, snp_sets: pl.DataFrame,
@@ -65,11 +90,13 @@ def make_pairs(cohort: Cohort, kept_eids: pl.Series, idp_map: pl.DataFrame, snp_
     rows = cohort.sample_index[keep]
     eids = cohort.eids.filter(pl.Series(keep))
     n = rows.size
-    order = rng.permutation(n)
-    n_train, n_val = round(config.split_fractions[0] * n), round(config.split_fractions[1] * n)
-    split_of = np.empty(n, dtype=object)
-    split_of[order[:n_train]], split_of[order[n_train:n_train + n_val]] = "train", "val"
-    split_of[order[n_train + n_val:]] = "test"
+    split_of = split_subjects(n, config, rng)
+    if config.max_subjects is not None and config.max_subjects < n:
+        sample = np.sort(np.random.default_rng([config.seed, 1]).choice(n, config.max_subjects, replace=False))
+        rows, eids, split_of, keep_rows = rows[sample], eids.gather(sample), split_of[sample], sample
+        n = sample.size
+    else:
+        keep_rows = np.arange(n)
 
     variants = cohort.genotypes.variants
     bim_index = {v: i for i, v in enumerate(variants["variant_id"])}
@@ -78,7 +105,12 @@ def make_pairs(cohort: Cohort, kept_eids: pl.Series, idp_map: pl.DataFrame, snp_
     vocabulary, token_table = snp_vocabulary(variants["allele1"].gather(columns).to_list(),
                                              variants["allele2"].gather(columns).to_list())
     tokens = encode_genotypes(cohort.genotypes.read(rows, columns, dtype=np.int8), token_table)
-    values = cohort.idps.filter(pl.Series(keep)).select(IDPS).to_numpy()
+    values = cohort.idps.filter(pl.Series(keep)).select(IDPS).to_numpy()[keep_rows]
+    if config.permute_idps is not None:
+        null_rng = np.random.default_rng(config.permute_idps)
+        for split in SPLITS:
+            members = np.flatnonzero(split_of == split)
+            values[members] = values[null_rng.permutation(members)]
     edges = fit_ple_edges(values[split_of == "train"], config.n_bins)
     bins, frac = ple_encode(values, edges)
 
@@ -108,6 +140,9 @@ def make_pairs(cohort: Cohort, kept_eids: pl.Series, idp_map: pl.DataFrame, snp_
         "idps": IDPS, "vocabulary": vocabulary, "snp_token_table": token_table.tolist(),
         "n_bins": config.n_bins, "ple_bin_edges": {idp: edges[j].tolist() for j, idp in enumerate(IDPS)},
         "seed": config.seed, "config": config.to_dict(), "inputs_sha256": _input_checksums(cohort.path),
+        "null_store": (f"IDP values permuted across subjects within each split (seed {config.permute_idps}): no "
+                       "genotype-IDP association is left; buckets, tokens and PLE edges are the real store's"
+                       if config.permute_idps is not None else None),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

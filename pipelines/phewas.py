@@ -42,12 +42,16 @@ class PhewasConfig(Config):
             raise InputError(f"p_adjust {self.p_adjust!r}: expected fdr_bh or bonferroni")
 
 
-def run_phewas(cohort: Cohort, qc, config: PhewasConfig = PhewasConfig()) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """PheWAS of the cohort's QC-kept subjects, with the QC's genetic PCs as the PC covariates.
+def run_phewas(cohort: Cohort, qc, config: PhewasConfig = PhewasConfig(), *,
+               subjects: pl.Series | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """PheWAS of the cohort's QC-kept subjects (of `subjects` among them, if given: e.g. the training split),
+    with the QC's genetic PCs as the PC covariates.
 
     Returns (the full table of `phewas`, the IDP -> disease map of `map_idps_to_diseases`).
     """
     keep = cohort.eids.is_in(qc.pcs["eid"].implode())
+    if subjects is not None:
+        keep = keep & cohort.eids.is_in(subjects.implode())
     pcs = [c for c in config.covariates if c.startswith("PC")]
     missing = [c for c in pcs if c not in qc.pcs.columns]
     if missing:

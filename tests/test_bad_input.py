@@ -190,3 +190,42 @@ def test_pairs_refuses_a_non_store_qc_folder(mini_cohort, tmp_path, capsys):
     status = main(["pairs", "--cohort", str(mini_cohort), "--out", str(tmp_path / "p"), "--qc",
                    str(tmp_path / "notqc")])
     assert status == 2 and "not a QC output folder" in capsys.readouterr().err
+
+
+def test_train_config_with_a_mistyped_value_fails_before_ray(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("epochs: five\n")
+    status = main(["train", "--pairs", str(tmp_path), "--out", str(tmp_path / "o"), "--config",
+                   str(tmp_path / "run.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.endswith("run.yaml: key epochs: expected an integer, got 'five'"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_values_are_checked_against_their_types(tmp_path):
+    from comical.data_io.errors import InputError
+    from comical.distributed.config import TrainConfig
+
+    (tmp_path / "lr.yaml").write_text("optim:\n  learning_rate: 1e-4\n  betas: [0.9, 0.99]\n  grad_clip: 1\n")
+    optim = TrainConfig.from_yaml(tmp_path / "lr.yaml").optim  # YAML 1.1 reads 1e-4 as a string
+    assert optim.learning_rate == 1e-4 and isinstance(optim.learning_rate, float)
+    assert optim.betas == (0.9, 0.99) and isinstance(optim.grad_clip, float)
+    (tmp_path / "fast.yaml").write_text("optim:\n  learning_rate: fast\n")
+    with pytest.raises(InputError, match=r"fast.yaml: key optim.learning_rate: expected a number, got 'fast'$"):
+        TrainConfig.from_yaml(tmp_path / "fast.yaml")
+    for bad, needle in [({"epochs": True}, "key epochs: expected an integer, got True"),
+                        ({"engine": {"use_gpu": "yes"}}, "key engine.use_gpu: expected true or false, got 'yes'"),
+                        ({"optim": {"betas": [0.9]}}, "key optim.betas: expected a list of 2 numbers, got [0.9]"),
+                        ({"model": 64}, "key model: expected a mapping of ModelConfig keys, got 64"),
+                        ({"targets": 1}, "key targets: expected a string, got 1")]:
+        with pytest.raises(InputError) as err:
+            TrainConfig.from_dict(bad, source="run.yaml")
+        assert str(err.value) == f"run.yaml: {needle}"
+
+
+def test_qc_config_with_a_mistyped_value(mini_cohort, tmp_path, capsys):
+    (tmp_path / "qc.yaml").write_text("maf: high\n")
+    status, err = _run_qc(mini_cohort, tmp_path / "o", capsys, "--config", str(tmp_path / "qc.yaml"))
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert "qc.yaml: key maf: expected a number, got 'high'" in err
+    assert not (tmp_path / "o").exists()

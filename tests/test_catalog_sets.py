@@ -10,7 +10,7 @@ import pytest
 from comical.data_io.errors import InputError
 from comical.data_io.traits import load_trait_map
 from comical.data_io.ukb_fields import PAIR_DISEASES
-from comical.pipelines.catalog_sets import catalog_snp_sets
+from comical.pipelines.catalog_sets import catalog_snp_sets, snp_set_report
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,18 @@ def test_trait_matched_by_efo_uri_and_strand_flip_harmonised():
     assert selected["risk_allele"].to_list() == ["A"]
     with pytest.raises(InputError, match="expected a percentage"):
         catalog_snp_sets(_tiny_catalog(), variants, load_trait_map(), top_n_perc=150, diseases=["MS"])
+
+
+def test_risk_allele_fitting_neither_strand_drops_the_row_and_is_counted():
+    variants = pl.DataFrame({"variant_id": ["rs1", "rs2", "rs3"], "chrom": ["1"] * 3, "pos": [100, 200, 300],
+                             "allele1": ["A", "A", "A"], "allele2": ["T", "G", "G"], "passed_qc": [True] * 3})
+    catalog = pl.concat([_tiny_catalog(SNPS="rs1", **{"STRONGEST SNP-RISK ALLELE": "rs1-C", "p_value": 1e-20}),
+                         _tiny_catalog(SNPS="rs2", **{"STRONGEST SNP-RISK ALLELE": "rs2-?", "p_value": 1e-10}),
+                         _tiny_catalog(SNPS="rs3", **{"STRONGEST SNP-RISK ALLELE": "rs3-A", "p_value": 1e-9})])
+    # rs1's risk allele C fits neither strand of its A/T alleles (say, a position match on another build), and it
+    # has the best p; rs2's unknown allele is kept.
+    selected, rows = catalog_snp_sets(catalog, variants, load_trait_map(), top_n_perc=50, diseases=["MS"])
+    assert rows["status"].to_list() == ["allele_mismatch", "selected", "below_top_n"]
+    assert selected["variant_id"].to_list() == ["rs2"]  # the top 50% of the two kept rows, not of three
+    report = snp_set_report(rows, selected, ["MS"])
+    assert report["rows_by_status"]["allele_mismatch"] == 1 and report["risk_allele_status"]["mismatch"] == 1

@@ -16,7 +16,9 @@ def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert str(out / "cohort") in printed and str(out / "pairs") in printed and "test pair accuracy" in printed
+    assert str(out / "cohort") in printed and str(out / "pairs") in printed
+    for needle in ("bucket accuracy", "within-bucket accuracy", "null", "at FDR 5%", "AUPRC COMICAL"):
+        assert needle in printed, needle
     assert (out / "cohort" / "genotypes.bed").is_file() and (out / "cohort" / "manifest.json").is_file()
     report = json.loads((out / "pairs" / "qc" / "qc_report.json").read_text())
     assert report["samples"]["kept"] < 2000 and report["variants"]["kept"] < 3000
@@ -24,7 +26,8 @@ def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray
     manifest = json.loads((out / "pairs" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["pairs"] == pl.read_parquet(out / "pairs" / "train").height > 0
     test = json.loads((out / "run" / "test_metrics.json").read_text())
-    assert test["pair_accuracy"] >= 0.95 and (out / "run" / "model" / "model.safetensors").is_file()
+    assert test["bucket_accuracy"] >= 0.95 and (out / "run" / "model" / "model.safetensors").is_file()
+    assert (out / "run" / "truth_score.json").is_file() and (out / "run" / "associations.tsv").is_file()
     gwas = json.loads((out / "gwas" / "idps.summary.json").read_text())
     assert len(gwas["phenotypes"]) == 154 and (out / "gwas" / "idps.manhattan.png").is_file() and "GWAS of 154" in printed
     assert not list(tmp_path.glob(".demo*")), "staging folders left behind"

@@ -219,11 +219,13 @@ def test_cohort_gwas_finds_the_planted_snp_idp_effects_and_clumps_them(mini_coho
     summary = json.loads((tmp_path / "idps.summary.json").read_text())
     assert len(summary["phenotypes"]) == 154 and (tmp_path / "idps.manhattan.png").stat().st_size > 10_000
     planted = pl.read_parquet(mini_cohort / "truth" / "snp_idp_effects.parquet")
+    # Effects run from barely detectable (0.03 SD) to obvious (0.3 SD): the strong ones must be found.
+    strong = planted.filter(pl.col("effect_sd").abs() >= 0.15)
     found = 0
-    for row in planted.iter_rows(named=True):
+    for row in strong.iter_rows(named=True):
         table = pl.read_csv(tmp_path / f"idps.{row['idp']}.tsv", separator="\t", null_values="NA")
         found += table.filter(pl.col("variant_id") == row["variant_id"])["p_value"][0] < 5e-8
-    assert found >= 0.8 * planted.height
+    assert strong.height >= 10 and found >= 0.8 * strong.height
     genotypes = open_genotypes(mini_cohort / "genotypes")
     for name, info in summary["phenotypes"].items():
         if info["hits"] < 2:
@@ -236,8 +238,10 @@ def test_cohort_gwas_finds_the_planted_snp_idp_effects_and_clumps_them(mini_coho
         index = genotypes.variants["variant_id"].to_list()
         rows = [index.index(v) for v in clumps["index_variant"]]
         g = genotypes.read(variants=rows, dtype=np.float64)
-        for a in range(len(rows)):  # index variants are not in LD with each other (within the window)
-            assert (r_squared(g[:, a], np.delete(g, a, 1)) < 0.05).all() or len(rows) == 1
+        chrom, pos = clumps["chromosome"].to_numpy(), clumps["base_pair_location"].to_numpy()
+        for a in range(len(rows)):  # index variants are not in LD with each other within the 5 Mb window
+            near = np.flatnonzero((chrom == chrom[a]) & (np.abs(pos - pos[a]) <= 5_000_000) & (np.arange(len(rows)) != a))
+            assert (r_squared(g[:, a], g[:, near]) < 0.05).all()
 
 
 def test_r_squared_and_clump_against_a_direct_computation(mini_cohort):

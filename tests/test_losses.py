@@ -81,13 +81,68 @@ def test_gathered_negatives_equal_the_single_process_loss_and_gradient(targets):
 def test_retrieval_metrics_by_hand():
     logits = torch.tensor([[9.0, 1, 0], [0, 1, 9], [0, 9, 1]])  # SNP rows -> IDP columns 0, 2, 1
     disease = torch.tensor([0, 1, 1])
+    snp_id, idp_id = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1])
     snp_key, idp_key = torch.tensor([1, 2, 3]), torch.tensor([7, 8, 8])  # IDPs 1 and 2 are identical inputs
-    sums, per_pair = retrieval_metrics(logits, disease, snp_key, idp_key)
+    sums, rows = retrieval_metrics(logits, disease, snp_key, idp_key, snp_id, idp_id)
     # SNP->IDP: 0->0 own; 1->2 (same disease, identical IDP input); 2->1 (same disease, identical input)
     # IDP->SNP: column argmax 0->0, 1->2, 2->1: same disease; SNP keys differ so strict only for 0
-    assert sums["pair_accuracy"].item() == 6 and sums["top1_accuracy"].item() == 4
-    assert per_pair.tolist() == [2, 1, 1]
-    assert sums["pair_accuracy_chance"].item() == pytest.approx(2 * (1 / 3 + 2 / 3 + 2 / 3))
+    assert sums["bucket_accuracy"].item() == 6 and sums["top1_accuracy"].item() == 4
+    assert sums["bucket_accuracy_chance"].item() == pytest.approx(2 * (1 / 3 + 2 / 3 + 2 / 3))
+    # Within the bucket {1, 2}: SNP->IDP both IDP inputs are identical and of the partner's identity: right either
+    # way; IDP->SNP rows 1 and 2 are different SNPs, so each IDP picks the other SNP: wrong, and null 0.
+    assert sums["within_bucket_accuracy"].item() == 4 and sums["within_bucket_accuracy_null"].item() == 4
+    assert sums["within_bucket_accuracy_chance"].item() == pytest.approx(3 + 1 + 0.5 + 0.5)
+    assert rows["top1_correct"].tolist() == [2, 1, 1]
+
+
+def _brute_force(logits, disease, snp_key, idp_key, snp_id, idp_id):
+    """Each query scored in plain Python loops: within-bucket pick, correctness, uniform chance, null."""
+    b = len(disease)
+    out = {k: 0.0 for k in ("acc", "chance", "null")}
+    for direction, scores, key, ident in (("snp_to_idp", logits, idp_key, idp_id),
+                                          ("idp_to_snp", logits.T, snp_key, snp_id)):
+        for q in range(b):
+            bucket = [c for c in range(b) if disease[c] == disease[q]]
+            pick = max(bucket, key=lambda c: (scores[q, c].item(), -c))  # argmax: the first of ties
+            correct = float(key[pick] == key[q])
+            chance = sum(key[c] == key[q] for c in bucket) / len(bucket)
+            kin = [c for c in bucket if ident[c] == ident[q]]  # candidates of the partner's identity
+            null = sum(key[c] == key[pick] for c in kin) / len(kin) if ident[pick] == ident[q] else 0.0
+            out["acc"] += correct
+            out["chance"] += float(chance)
+            out["null"] += float(null)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_within_bucket_metrics_equal_a_brute_force_count(seed):
+    g = torch.Generator().manual_seed(seed)
+    b = 40
+    disease = torch.randint(0, 3, (b,), generator=g)
+    snp_id, idp_id = disease * 4 + torch.randint(0, 2, (b,), generator=g), disease * 4 + torch.randint(0, 3, (b,), generator=g)
+    snp_key = snp_id * 10 + torch.randint(0, 3, (b,), generator=g)  # few distinct SNP inputs: many ties
+    idp_key = idp_id * 10 + torch.randint(0, 4, (b,), generator=g)
+    logits = torch.randn(b, b, generator=g)
+    sums, _ = retrieval_metrics(logits, disease, snp_key, idp_key, snp_id, idp_id)
+    expected = _brute_force(logits, disease, snp_key, idp_key, snp_id, idp_id)
+    assert sums["within_bucket_accuracy"].item() == pytest.approx(expected["acc"])
+    assert sums["within_bucket_accuracy_chance"].item() == pytest.approx(expected["chance"])
+    assert sums["within_bucket_accuracy_null"].item() == pytest.approx(expected["null"])
+
+
+def test_a_model_that_prefers_the_commonest_genotype_beats_chance_but_not_its_null():
+    """Preferences without association: within-bucket accuracy rises above the uniform chance but stays at the
+    null level, which the reports compare against."""
+    g = torch.Generator().manual_seed(0)
+    b = 400
+    disease = torch.zeros(b, dtype=torch.long)
+    genotype = (torch.rand(b, generator=g) < 0.7).long()  # 70% one genotype, independent of the IDP value
+    snp_id = torch.zeros(b, dtype=torch.long)
+    snp_key, idp_key = genotype, torch.arange(b)
+    logits = (genotype[:, None] * 5.0).expand(b, b).contiguous()  # every IDP query picks the commonest genotype
+    sums, _ = retrieval_metrics(logits, disease, snp_key, idp_key, snp_id, idp_key)
+    within, within_null = (sums[f"within_bucket_accuracy{s}"].item() / (2 * b) for s in ("", "_null"))
+    assert within > sums["within_bucket_accuracy_chance"].item() / (2 * b) + 0.04 and abs(within - within_null) < 0.03
 
 
 @pytest.mark.parametrize("layout", ["paper", "separate"])

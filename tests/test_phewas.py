@@ -50,7 +50,9 @@ def test_cohort_phewas_equals_statsmodels_on_the_same_design(mini_pairs, phewas_
 
     cohort = load_cohort(mini_cohort)
     qc = QCResult.read(mini_pairs / "qc")
-    keep = cohort.eids.is_in(qc.pcs["eid"].implode())
+    subjects = pl.read_parquet(mini_pairs / "subjects.parquet")
+    train = subjects.filter(pl.col("split") == "train")["eid"]  # the buckets come from training subjects only
+    keep = cohort.eids.is_in(qc.pcs["eid"].implode()) & cohort.eids.is_in(train.implode())
     config = PhewasConfig()
     covariates = cohort.covariates.filter(keep).drop([f"PC{i}" for i in range(1, 41)]).join(
         qc.pcs, on="eid", maintain_order="left").select(config.covariates).to_numpy()

@@ -67,7 +67,9 @@ def test_asha_sweep_writes_results_best_config_and_table1(small_pairs, tiny_spac
     results = pl.read_parquet(out / "results.parquet")
     assert results.height == 3
     assert {"learning_rate", "batch_size", "width", "warmup_steps", "epochs_run", "stopped_by_asha",
-            "best_val_pair_accuracy", "last_val_pair_accuracy"} <= set(results.columns)
+            "best_val_loss", "last_val_loss", "last_val_within_bucket_accuracy",
+            "last_val_within_bucket_accuracy_null"} <= set(results.columns)
+    assert results["best_val_loss"].is_sorted()  # ranked by validation loss, lowest first
     assert results["epochs_run"].max() == 2 and (results["epochs_run"] >= 1).all()
     assert (results["stopped_by_asha"] == (results["epochs_run"] < 2)).all()
     best = TrainConfig.from_yaml(out / "best_config.yaml")
@@ -164,7 +166,7 @@ def test_ray_job_submit_runs_comical_train_on_a_local_cluster(small_pairs, tmp_p
         assert status == "SUCCEEDED", subprocess.run(["ray", "job", "logs", "--address", address, "comical-test"],
                                                     env=env, capture_output=True, text=True).stdout[-3000:]
         metrics = json.loads((out / "test_metrics.json").read_text())
-        assert metrics["pair_accuracy"] > metrics["pair_accuracy_chance"]
+        assert metrics["bucket_accuracy"] > metrics["bucket_accuracy_chance"]
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)

@@ -3,8 +3,8 @@
     comical tune --pairs pairs/ --space table1 --num-samples 20 --out sweep/ --max-epochs 10
 
 A trial is a function that builds and fits the same `TorchTrainer` as `comical train` (`run_training`), with
-Tune's report callback (Train V2 inside Tune, as Ray 2.60 documents it): every epoch reports validation pair
-accuracy, and ASHA stops the trials that trail. ASHA counts `epochs_done` (not Tune's iteration counter, which
+Tune's report callback (Train V2 inside Tune, as Ray 2.60 documents it): every epoch reports validation loss
+(and within-bucket accuracy beside its null), and ASHA stops the trials that trail. ASHA counts `epochs_done` (not Tune's iteration counter, which
 restarts at 0 in a resumed trial). Outputs: `results.parquet` (a row per trial: its settings under the config's
 own key names, last and best metrics, epochs run, whether ASHA stopped it), `best_config.yaml` (a TrainConfig
 for `comical train --config`), `table1.md` (the best settings laid out like the paper's Table 1).
@@ -13,6 +13,7 @@ for `comical train --config`), `table1.md` (the best settings laid out like the 
 from __future__ import annotations
 
 import copy
+import io
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -21,10 +22,14 @@ import polars as pl
 import yaml
 
 from comical.data_io.errors import InputError
+from comical.data_io.output_dir import write_atomic
 from comical.distributed.config import TrainConfig
 
 SWEEP_NAME = "sweep"
-METRIC = "val_pair_accuracy"
+# Trials are ranked by validation loss, the training run's own model-selection metric (distributed/train.py: the
+# paper's pair accuracy saturates at 1.0 from identities alone, so ranking by it picks an arbitrary trial).
+METRIC, MODE = "val_loss", "min"
+_REPORTED = ("val_within_bucket_accuracy", "val_within_bucket_accuracy_null", "val_bucket_accuracy")
 _TYPES = {"choice": ("values",), "loguniform": ("low", "high"), "uniform": ("low", "high"), "randint": ("low", "high")}
 _TABLE1_ROWS = [("Batch size", "batch_size"), ("Model dimensions", "width"), ("Number of Transformer layers", "layers"),
                 ("Attention heads per layer", "heads"), ("Feed-forward dimensions", "ff_dim"),
@@ -109,7 +114,7 @@ def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, ou
         # its Train controller shuts down cleanly. A trial Tune kills leaves its Train resource request with
         # Ray Data's AutoscalingCoordinator for 180 s, and on a 2-CPU machine two such leftovers starve the
         # next trial's Parquet reads.
-        scheduler = ASHAScheduler(time_attr="epochs_done", metric=METRIC, mode="max", max_t=base.epochs + 1,
+        scheduler = ASHAScheduler(time_attr="epochs_done", metric=METRIC, mode=MODE, max_t=base.epochs + 1,
                                   grace_period=1, reduction_factor=2)
         param_space = {"base": base.to_dict(), "storage": str(out / "trials"), **_tune_space(space)}
         tuner = tune.Tuner(trainable, param_space=param_space,
@@ -134,28 +139,29 @@ def results_table(grid, space: dict[str, dict], max_epochs: int) -> pl.DataFrame
         epochs = int(last.get("epochs_done", 0) or 0)
         row.update({"epochs_run": epochs, "errored": result.error is not None,
                     "stopped_by_asha": result.error is None and 0 < epochs < max_epochs,
-                    f"last_{METRIC}": last.get(METRIC), "last_val_loss": last.get("val_loss"),
-                    f"best_{METRIC}": float(history[METRIC].max()) if history is not None and METRIC in history else None,
-                    "best_val_loss": float(history["val_loss"].min()) if history is not None and "val_loss" in history else None})
+                    f"best_{METRIC}": float(history[METRIC].min()) if history is not None and METRIC in history else None,
+                    f"last_{METRIC}": last.get(METRIC), **{f"last_{k}": last.get(k) for k in _REPORTED}})
         rows.append(row)
-    return pl.DataFrame(rows).sort(f"best_{METRIC}", descending=True, nulls_last=True)
+    return pl.DataFrame(rows).sort(f"best_{METRIC}", descending=MODE == "max", nulls_last=True)
 
 
 def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out: Path, top_n_perc) -> dict:
     """results.parquet, best_config.yaml (a full TrainConfig), table1.md; returns the best row."""
-    table.write_parquet(out / "results.parquet")
+    buffer = io.BytesIO()
+    table.write_parquet(buffer)
+    write_atomic(out / "results.parquet", buffer.getvalue())
     best = table.row(0, named=True)
     overrides: dict = {}
     for key in space:
         section, _, leaf = key.rpartition(".")
         (overrides.setdefault(section, {}) if section else overrides)[leaf] = best[leaf]
     best_config = TrainConfig.from_dict(_merge(base.to_dict(), overrides))
-    (out / "best_config.yaml").write_text(best_config.to_yaml())
+    write_atomic(out / "best_config.yaml", best_config.to_yaml())
     flat = {**best_config.to_dict(), **best_config.model.to_dict(), **best_config.optim.to_dict()}
     lines = [f"| | Top {top_n_perc}% SNPs |", "|---|---|"]
     lines += [f"| **{label}** | {flat[key]:.4g} |" if isinstance(flat[key], float) else f"| **{label}** | {flat[key]} |"
               for label, key in _TABLE1_ROWS]
-    (out / "table1.md").write_text("\n".join(lines) + f"\n\nBest of {table.height} trials by validation pair "
-                                   f"accuracy ({best[f'best_{METRIC}']:.4f}).\n")
-    (out / "best_trial.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
+    write_atomic(out / "table1.md", "\n".join(lines) + f"\n\nBest of {table.height} trials by validation loss "
+                                   f"({best[f'best_{METRIC}']:.4f}).\n")
+    write_atomic(out / "best_trial.json", json.dumps(best, indent=2, default=str) + "\n")
     return best

@@ -1,0 +1,118 @@
+"""Association tests: the permutation test's exact moments, its uniformity on null data and on a trained null
+store, the paper's test beside it; the null (`--permute-idps`) store; buckets from training subjects."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from comical.cli import main
+from comical.pipelines.associations import permutation_z
+from conftest import TRAIN_ARGS
+
+
+def test_permutation_moments_equal_every_permutation_enumerated():
+    rng = np.random.default_rng(0)
+    log_p = np.log(rng.dirichlet(np.ones(3), size=7))
+    dosage = np.array([0, 1, 1, 2, 2, 2, 0])
+    observed, mean, sd = permutation_z(log_p, dosage)
+    every = np.array([log_p[np.arange(7), dosage[list(order)]].sum() for order in itertools.permutations(range(7))])
+    assert observed == pytest.approx(log_p[np.arange(7), dosage].sum())
+    assert mean == pytest.approx(every.mean(), rel=1e-12) and sd == pytest.approx(every.std(), rel=1e-10)
+
+
+def test_permutation_test_is_uniform_when_genotype_and_prediction_are_independent():
+    """2,000 null pairs: model predictions that depend on an IDP value unrelated to the genotype."""
+    rng = np.random.default_rng(1)
+    p = []
+    for _ in range(2000):
+        n = 150
+        value = rng.normal(size=n)
+        logits = np.outer(value, [-1.0, 0.0, 1.0]) + rng.normal(0, 0.3, (n, 3))
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        dosage = rng.binomial(2, rng.uniform(0.1, 0.5), n)
+        t, e, s = permutation_z(log_p, dosage)
+        p.append(stats.norm.sf((t - e) / s))
+    p = np.array(p)
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    assert 0.035 < (p < 0.05).mean() < 0.065
+    # ... and it has power when the prediction follows the genotype
+    value = rng.normal(size=150)
+    dosage = rng.binomial(2, 0.3, 150)
+    logits = np.outer(value + 0.5 * dosage, [-1.0, 0.0, 1.0])
+    t, e, s = permutation_z(logits - np.log(np.exp(logits).sum(1, keepdims=True)), dosage)
+    assert stats.norm.sf((t - e) / s) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def null_store(small_pairs, mini_pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("null") / "store"
+    assert main(["pairs", "--cohort", str(json.loads((mini_pairs / "run.json").read_text())["cohort"]),
+                 "--top-n-perc", "1", "--out", str(out), "--qc", str(mini_pairs / "qc"),
+                 "--phewas", str(mini_pairs / "phewas"), "--permute-idps", "3"]) == 0
+    return out
+
+
+def test_null_store_keeps_buckets_tokens_and_edges_and_permutes_idp_values(small_pairs, null_store):
+    real, null = (json.loads((s / "manifest.json").read_text()) for s in (small_pairs, null_store))
+    for key in ("buckets", "snps", "vocabulary", "ple_bin_edges", "splits"):
+        assert null[key] == real[key], key
+    assert real["null_store"] is None and "permuted" in null["null_store"]
+    for split in ("train", "test"):
+        a, b = (pl.read_parquet(s / split).sort("subject", "snp", "idp", "disease") for s in (small_pairs, null_store))
+        assert a.select("subject", "snp", "idp", "genotype_token").equals(b.select("subject", "snp", "idp", "genotype_token"))
+        # each IDP's values are the same multiset within the split, but no longer the same subjects'
+        for column in ("idp_bin", "idp_frac"):
+            assert sorted(a[column].to_list()) == sorted(b[column].to_list())
+        assert (a["idp_frac"] == b["idp_frac"]).mean() < 0.05
+
+
+def test_calibrated_test_is_uniform_on_a_trained_null_store_and_the_papers_is_not(null_store, ray_session,
+                                                                                  tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--pairs", str(null_store), "--out", str(run), *TRAIN_ARGS]) == 0
+    test = json.loads((run / "test_metrics.json").read_text())
+    # no association is left: within-bucket accuracy stays at its null level
+    assert abs(test["within_bucket_accuracy"] - test["within_bucket_accuracy_null"]) < 0.01
+    assert main(["associate", "--run", str(run)]) == 0
+    assert main(["associate", "--run", str(run), "--test", "paper"]) == 0
+    calibrated = pl.read_csv(run / "associations.tsv", separator="\t")["p"].drop_nulls().to_numpy()
+    paper = pl.read_csv(run / "associations_paper.tsv", separator="\t")
+    print(f"null store: calibrated {np.mean(calibrated < 0.05):.3f} at p < 0.05, paper "
+          f"{np.mean(paper['p'].to_numpy() < 0.05):.3f} at p < 0.05 and {(paper['p_adjusted'] < 0.05).sum()} of "
+          f"{paper.height} at FDR 5%")
+    assert len(calibrated) >= 30
+    assert np.mean(calibrated < 0.05) <= 0.12 and (stats.false_discovery_control(calibrated) < 0.05).sum() == 0
+    assert stats.kstest(calibrated, "uniform").pvalue > 0.001
+
+
+def test_buckets_come_from_training_subjects_by_default(mini_pairs):
+    subjects = pl.read_parquet(mini_pairs / "subjects.parquet")
+    phewas = pl.read_csv(mini_pairs / "phewas" / "phewas.tsv", separator="\t")
+    assert phewas["n"].max() == (subjects["split"] == "train").sum()
+    assert json.loads((mini_pairs / "pairs_report.json").read_text())["buckets_from"] == "train"
+
+
+def test_batch_larger_than_a_workers_share_fails_before_training(small_pairs, tmp_path, capsys):
+    assert main(["train", "--pairs", str(small_pairs), "--out", str(tmp_path / "o"), "--workers", "2",
+                 "--batch-size", "4000000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lower --batch-size" in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_failed_training_run_says_so_in_run_json(small_pairs, ray_session, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("worker group lost")
+
+    monkeypatch.setattr("comical.distributed.run.run_training", broken)
+    with pytest.raises(RuntimeError):
+        main(["train", "--pairs", str(small_pairs), "--out", str(tmp_path / "o"), "--epochs", "1"])
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert record["state"] == "failed" and "worker group lost" in record["error"]
+    assert not (tmp_path / "o" / "test_metrics.json").exists()
+    assert main(["associate", "--run", str(tmp_path / "o")]) == 2
