@@ -1,5 +1,5 @@
 """Benchmark: a local Ray's start and stop, as every command with its own Ray pays them: `ray.shutdown()` alone
-against `comical.ray_init.shutdown_ray()` (which kills Ray's autoscaler monitor first).
+against `comical.distributed.ray_session.shutdown_ray()` (which kills Ray's autoscaler monitor first).
 
     python benchmarks/bench_ray_start.py [--repeats 3]
 
@@ -18,7 +18,7 @@ import sys
 
 RUN = """
 import json, time, ray
-from comical.ray_init import init_ray, shutdown_ray
+from comical.distributed.ray_session import init_ray, shutdown_ray
 t = time.perf_counter(); init_ray(num_cpus=2, log_to_driver=False); started = time.perf_counter() - t
 ray.get([ray.remote(num_cpus=1)(lambda: 0).remote() for _ in range(2)])
 t = time.perf_counter(); {stop}; stopped = time.perf_counter() - t

@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    from comical.ray_init import init_ray
+    from comical.distributed.ray_session import init_ray
 
     init_ray(num_cpus=os.cpu_count(), log_to_driver=False)
     torch.set_num_threads(1)

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from comical.ray_init import init_ray
+    from comical.distributed.ray_session import init_ray
 
     init_ray(log_to_driver=False)
     print("| layout | targets | pair accuracy (chance) | strict top-1 (chance) | test loss |")

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 from comical.data_io.errors import InputError
@@ -210,36 +209,15 @@ def _qc(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.pipelines.qc import QCConfig
 
+    from comical.pipelines.pair_chain import write_qc
+
     config = _config_from_args(QCConfig, args)
     run = {"command": "qc", "cohort": str(args.cohort.resolve()), "config": config.to_dict()}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
     cohort = load_cohort(args.cohort)
     with staged_output_dir(out, run) as stage:
-        _write_qc(cohort, config, stage, shown_as=out)
+        write_qc(cohort, config, stage, shown_as=out)
     return 0
-
-
-def _write_qc(cohort, config, stage: Path, *, shown_as: Path):
-    from comical.pipelines.qc import run_qc
-
-    result = run_qc(cohort, config)
-    result.write(stage)
-    (stage / "config.yaml").write_text(config.to_yaml())
-    r = result.report
-    print(f"qc: kept {r['samples']['kept']}/{r['samples']['input']} samples and {r['variants']['kept']}/"
-          f"{r['variants']['input']} variants ({r['variants']['pruned_in']} after LD pruning), "
-          f"{config.n_pcs} PCs -> {shown_as}")
-    return result
-
-
-def _qc_of(cohort, qc_dir: Path | None, stage: Path, *, shown_as: Path):
-    """The QC to build on: read from `--qc DIR`, or run now with defaults and written to `stage/qc`."""
-    from comical.pipelines.qc import QCConfig, QCResult
-
-    if qc_dir is not None:
-        return QCResult.read(qc_dir)
-    (stage / "qc").mkdir()
-    return _write_qc(cohort, QCConfig(), stage / "qc", shown_as=shown_as / "qc")
 
 
 def _phewas(args) -> int:
@@ -248,6 +226,8 @@ def _phewas(args) -> int:
     from comical.pipelines.phewas import PhewasConfig, run_phewas, write_phewas
     from comical.pipelines.qc import QCResult
 
+    from comical.pipelines.pair_chain import qc_of
+
     config = _config_from_args(PhewasConfig, args)
     run = {"command": "phewas", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "config": config.to_dict()}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
@@ -255,7 +235,7 @@ def _phewas(args) -> int:
     if args.qc:
         QCResult.read(args.qc)  # checked before any compute
     with staged_output_dir(out, run) as stage:
-        qc = _qc_of(cohort, args.qc, stage, shown_as=out)
+        qc = qc_of(cohort, args.qc, stage, shown_as=out)
         table, mapping = run_phewas(cohort, qc, config)
         write_phewas(table, mapping, config, stage)
     print(f"phewas: {table.height} tests, {mapping.height} IDPs mapped to a disease "
@@ -269,6 +249,8 @@ def _pairs(args) -> int:
     from comical.data_io.traits import load_trait_map
     from comical.pipelines.pairs import PairsConfig
 
+    from comical.pipelines.pair_chain import write_pair_store
+
     config = _config_from_args(PairsConfig, args)
     run = {"command": "pairs", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "phewas": str(args.phewas),
            "trait_map": str(args.trait_map), "config": config.to_dict()}
@@ -276,54 +258,12 @@ def _pairs(args) -> int:
     cohort = load_cohort(args.cohort)
     trait_map = load_trait_map(args.trait_map)
     with staged_output_dir(out, run) as stage:
-        manifest = _write_pairs(cohort, config, trait_map, stage, qc_dir=args.qc, phewas_dir=args.phewas,
+        manifest = write_pair_store(cohort, config, trait_map, stage, qc_dir=args.qc, phewas_dir=args.phewas,
                                 shown_as=out)
     print(f"pairs: {sum(s['pairs'] for s in manifest['splits'].values()):,} pairs "
           f"({manifest['n_subjects']} subjects x {manifest['pairs_per_subject']}; buckets "
           f"{', '.join(manifest['buckets'])}) -> {out}")
     return 0
-
-
-def _write_pairs(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, shown_as: Path) -> dict:
-    import json
-
-    import polars as pl
-
-    from comical.pipelines.catalog_sets import catalog_snp_sets, snp_set_report
-    from comical.pipelines.pairs import split_subjects
-    from comical.pipelines.pairs import make_pairs
-    from comical.pipelines.phewas import PhewasConfig, read_idp_disease_map, run_phewas, write_phewas
-
-    phewas_config = PhewasConfig()
-    idp_map = read_idp_disease_map(phewas_dir) if phewas_dir else None  # read (and checked) before compute
-    qc = _qc_of(cohort, qc_dir, stage, shown_as=shown_as)
-    kept = cohort.eids.filter(cohort.eids.is_in(qc.pcs["eid"].implode()))  # make_pairs' subjects and order
-    if idp_map is None:
-        (stage / "phewas").mkdir()
-        subjects = None  # --buckets-from all
-        if config.buckets_from == "train":  # the split make_pairs will draw, so no test subject shapes a bucket
-            subjects = kept.filter(pl.Series(split_subjects(kept.len(), config) == "train"))
-        table, idp_map = run_phewas(cohort, qc, phewas_config, subjects=subjects)
-        write_phewas(table, idp_map, phewas_config, stage / "phewas")
-    if idp_map.height == 0:
-        raise InputError(f"no IDP is significant for any disease (adjusted p < {phewas_config.alpha}); nothing to "
-                         "pair. Run `comical phewas` with a larger --alpha or --map-nonsignificant true")
-    diseases = list(phewas_config.diseases)
-    variants = cohort.genotypes.variants.with_columns(
-        (qc.variants["filter"] == "PASS").alias("passed_qc"))
-    selected, rows = catalog_snp_sets(cohort.catalog, variants, trait_map, top_n_perc=config.top_n_perc,
-                                      diseases=diseases)
-    report = snp_set_report(rows, selected, diseases)
-    for d in report["diseases_without_snps"]:
-        print(f"comical pairs: warning: no catalog SNP of {d} is in the genotypes and passed QC; {d} forms no "
-              "bucket", file=sys.stderr)
-    selected.write_csv(stage / "snp_sets.tsv", separator="\t")
-    rows.write_csv(stage / "catalog_rows.tsv", separator="\t")
-    manifest = make_pairs(cohort, kept, idp_map, selected, config, stage, diseases=diseases)
-    report["pairs"] = manifest["splits"]
-    report["buckets_from"] = f"--phewas {phewas_dir}" if phewas_dir else config.buckets_from
-    (stage / "pairs_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return manifest
 
 
 _TRAIN_FLAGS = {  # flag -> (section of TrainConfig or None for top level, key)
@@ -348,103 +288,37 @@ def _train_config(args):
 
 
 def _train(args) -> int:
-    from comical.distributed.run import train_and_evaluate
+    from comical.distributed.run import test_summary, train_and_evaluate
 
     config = _train_config(args)
     metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force)
-    print(f"train: best epoch {metrics['best_epoch']} (lowest validation loss); {_test_summary(metrics)} -> {args.out}")
+    print(f"train: best epoch {metrics['best_epoch']} (lowest validation loss); {test_summary(metrics)} -> {args.out}")
     return 0
 
 
-def _test_summary(m: dict) -> str:
-    """Test metrics beside the level a model without genotype-IDP signal reaches."""
-    return (f"test bucket accuracy {m['bucket_accuracy']:.3f} (chance {m['bucket_accuracy_chance']:.3f}; reachable "
-            f"from identities alone), within-bucket accuracy {m['within_bucket_accuracy']:.4f} (chance "
-            f"{m['within_bucket_accuracy_chance']:.4f}, null {m['within_bucket_accuracy_null']:.4f}), "
-            f"{m['n_test_pairs']:,} test pairs")
-
-
 def _tune(args) -> int:
-    import json
-
-    from comical.data_io.output_dir import check_output_dir, mark_run, write_atomic
-    from comical.distributed.config import TrainConfig
-    from comical.ray_init import init_ray
-    from comical.distributed.train import check_cluster_fits, check_train_inputs
-    from comical.tuning.sweep import load_space, results_table, run_sweep, write_sweep_outputs
+    from comical.tuning.sweep import new_request, resumed_request, tune
 
     if args.resume:
-        request_path = args.resume / "tune_request.json"
-        if not request_path.is_file() or not (args.resume / "sweep").is_dir():
-            raise InputError(f"--resume {args.resume}: no interrupted sweep there (tune_request.json, sweep/)")
-        request = json.loads(request_path.read_text())
-        out = args.resume.resolve()
+        request, out = resumed_request(args.resume)
     else:
-        if args.pairs is None or args.out is None:
-            raise InputError("give --pairs and --out (or --resume DIR)")
-        if args.num_samples < 1:
-            raise InputError(f"--num-samples {args.num_samples}: expected at least 1")
-        if args.max_epochs < 1 or args.workers_per_trial < 1 or args.gpus_per_worker not in (0, 1):
-            raise InputError("--max-epochs and --workers-per-trial must be >= 1, --gpus-per-worker 0 or 1")
-        base = TrainConfig.from_yaml(args.config).to_dict() if args.config else TrainConfig().to_dict()
-        base.update(pairs=str(args.pairs.resolve()), epochs=args.max_epochs)
-        base["engine"].update(workers=args.workers_per_trial, use_gpu=bool(args.gpus_per_worker))
-        request = {"command": "tune", "space": args.space, "num_samples": args.num_samples, "base": base}
-        out = args.out.resolve()
-    space = load_space(request["space"])
-    base = TrainConfig.from_dict(request["base"], source="comical tune")
-    manifest = check_train_inputs(base)
-    init_ray()
-    check_cluster_fits(base)
-    if not args.resume:
-        check_output_dir(out, request, force=args.force, inputs=(Path(base.pairs),))
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        write_atomic(out / "tune_request.json", json.dumps(request, indent=2) + "\n")
-    mark_run(out, request, "running")
-    try:
-        grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=bool(args.resume))
-        table = results_table(grid, space, base.epochs)
-        best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
-    except BaseException as err:
-        mark_run(out, request, "failed", err)
-        raise
-    mark_run(out, request, "done")
+        request, out = new_request(args.pairs, args.out, space=args.space, num_samples=args.num_samples,
+                                   max_epochs=args.max_epochs, workers_per_trial=args.workers_per_trial,
+                                   gpus_per_worker=args.gpus_per_worker, config=args.config)
+    table, best = tune(request, out, resume=bool(args.resume), force=args.force)
     print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA); best "
-          f"validation loss {best['best_val_loss']:.4f} -> {out / 'best_config.yaml'}, "
-          f"{out / 'table1.md'}")
+          f"validation loss {best['best_val_loss']:.4f} -> {out / 'best_config.yaml'}, {out / 'table1.md'}")
     return 0
 
 
 def _gwas(args) -> int:
-    from comical.pipelines.gwas import run_gwas, tables_from_cohort, tables_from_files
+    from comical.pipelines.gwas import run_gwas, tables_reader
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
-    if args.workers < 1:
-        raise InputError(f"--workers {args.workers}: expected at least 1")
-    if args.cohort is not None and (args.bfile or args.pheno):
-        raise InputError("give --cohort, or --bfile with --pheno, not both")
-    if args.cohort is None and not (args.bfile and args.pheno):
-        raise InputError("give --bfile PREFIX --pheno FILE [--covar FILE], or --cohort DIR")
-    if args.multi_trait and args.cohort is None:
-        raise InputError("--multi-trait runs on a --cohort folder")
-    given = ([args.cohort, args.multi_trait] if args.cohort else
-             [args.pheno, args.covar, *(args.bfile.with_suffix(s) for s in (".bed", ".bim", ".fam"))])
-    prefix = str(args.out.resolve()) + "."
-    for path in filter(None, given):
-        if str(path.resolve()).startswith(prefix) or path.resolve() == args.out.resolve():
-            raise InputError(f"--out {args.out}: would write over the input {path}; choose another prefix")
-    if args.cohort is not None:
-        read_tables = partial(tables_from_cohort, args.cohort, binary=args.binary,
-                              pheno_names=split(args.pheno_name), covar_names=split(args.covar_name),
-                              multi_trait=args.multi_trait, mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise)
-    else:
-        read_tables = partial(tables_from_files, args.bfile, args.pheno, args.covar,
-                              pheno_names=split(args.pheno_name), covar_names=split(args.covar_name),
-                              binary=True if args.binary else None)
+    read_tables = tables_reader(cohort=args.cohort, bfile=args.bfile, pheno=args.pheno, covar=args.covar,
+                                out=args.out, workers=args.workers, binary=args.binary, multi_trait=args.multi_trait,
+                                mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise,
+                                pheno_names=split(args.pheno_name), covar_names=split(args.covar_name))
     clump = {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2, "window_kb": args.clump_kb}
     summary = run_gwas(read_tables, args.out, workers=args.workers, block_size=args.block_size,
                        plots=not args.no_plots, clump=clump)
@@ -479,7 +353,7 @@ def _bench_scaling(args) -> int:
     check_train_inputs(config)
     import ray
 
-    from comical.ray_init import init_ray
+    from comical.distributed.ray_session import init_ray
 
     init_ray(log_to_driver=False)
     resources = ray.cluster_resources()
@@ -492,26 +366,21 @@ def _bench_scaling(args) -> int:
 
 
 def _associate(args) -> int:
-    from comical.pipelines.associations import associate_run
+    from comical.pipelines.associations import associate_run, truth_summary
 
     summary = associate_run(args.run, test=args.test, cohort=args.cohort)
     print(f"associate: {summary['n_pairs']} SNP-IDP pairs ({summary['test']} test), {summary['n_fdr05']} at FDR 5%, "
           f"{summary['n_p05']} at p < 0.05 -> {summary['file']}")
-    truth = summary.get("truth")
-    if truth is not None:
-        c, g = truth["methods"]["comical"], truth["methods"]["gwas"]
-        print(f"associate: against {c['n_planted']} planted pairs among {truth['n_candidates']} "
-              f"candidates: AUPRC COMICAL {_fmt(c['auprc'])}, GWAS {_fmt(g['auprc'])} (chance {_fmt(c['auprc_chance'])}); "
-              f"AUROC {_fmt(c['auroc'])} vs {_fmt(g['auroc'])} -> {args.run / 'truth_score.json'}")
+    if summary.get("truth") is not None:
+        print(f"associate: {truth_summary(summary['truth'])} -> {args.run / 'truth_score.json'}")
     return 0
 
 
-def _fmt(value) -> str:
-    return "NA" if value is None else f"{value:.3f}"
-
-
 def _embed(args) -> int:
+    import io
+
     from comical.data_io.cohort import load_cohort
+    from comical.data_io.output_dir import write_atomic
     from comical.distributed.export import load_model
     from comical.pipelines.embed import subject_embeddings
 
@@ -522,9 +391,9 @@ def _embed(args) -> int:
     model, info = load_model(args.run / "model")
     cohort = load_cohort(args.cohort)
     table = subject_embeddings(model, info, cohort)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    table.write_parquet(tmp)
-    tmp.replace(args.out)
+    buffer = io.BytesIO()
+    table.write_parquet(buffer)
+    write_atomic(args.out, buffer.getvalue())
     print(f"embed: {table.height} subjects x ({len(info['snps'])} SNP + "
           f"{len(table['idp_embedding'][0]) // info['model']['embed_dim']} IDP embeddings of "
           f"{info['model']['embed_dim']}) -> {args.out}")
@@ -532,46 +401,7 @@ def _embed(args) -> int:
 
 
 def _demo(args) -> int:
-    from comical.data_io.cohort import load_cohort
-    from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.data_io.simulate import write_cohort
-    from comical.data_io.traits import load_trait_map
-    from comical.distributed.config import TrainConfig
-    from comical.distributed.run import train_and_evaluate
-    from comical.pipelines.gwas import run_gwas, tables_from_cohort
-    from comical.pipelines.pairs import PairsConfig
+    from comical.pipelines.demo import run_demo
 
-    run = {"command": "demo", "seed": args.seed}
-    out = check_output_dir(args.out, run, force=args.force)
-    with staged_output_dir(out, run) as stage:
-        (stage / "cohort").mkdir()
-        manifest = write_cohort(stage / "cohort", preset="mini", seed=args.seed)
-        print(f"demo: simulated the mini cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
-              f"variants) -> {out / 'cohort'}")
-        cohort = load_cohort(stage / "cohort")
-        (stage / "pairs").mkdir()
-        manifest = _write_pairs(cohort, PairsConfig(top_n_perc=5, seed=args.seed), load_trait_map(), stage / "pairs",
-                                qc_dir=None, phewas_dir=None, shown_as=out / "pairs")
-        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 5 "
-              f"-> {out / 'pairs'}")
-        config = TrainConfig.from_dict({"pairs": str(stage / "pairs"), "seed": args.seed,
-                                        "engine": {"workers": 2, "zero_stage": 2}})
-        test = train_and_evaluate(config, stage / "run")
-        print(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): {_test_summary(test)} -> {out / 'run'}")
-        from comical.pipelines.associations import associate_run
-
-        assoc = associate_run(stage / "run", cohort=stage / "cohort")
-        c, g = (assoc["truth"]["methods"][m] for m in ("comical", "gwas"))
-        print(f"demo: calibrated association test: {assoc['n_fdr05']} of {assoc['n_pairs']} SNP-IDP pairs at FDR 5%; "
-              f"against the {c['n_planted']} planted pairs among them, AUPRC COMICAL {_fmt(c['auprc'])}, GWAS of the "
-              f"same pairs {_fmt(g['auprc'])} (chance {_fmt(c['auprc_chance'])}) -> {out / 'run' / 'truth_score.json'}")
-        (stage / "gwas").mkdir()
-        summary = run_gwas(partial(tables_from_cohort, stage / "cohort", binary=False, pheno_names=None,
-                                   covar_names=None), stage / "gwas" / "idps", workers=2)
-        hits = {name: info["hits"] for name, info in summary["phenotypes"].items() if info["hits"]}
-        lambdas = [info["lambda_gc"] for info in summary["phenotypes"].values()]
-        print(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "
-              f"{sorted(lambdas)[len(lambdas) // 2]:.3f}, {sum(hits.values())} hits at 5e-8 in {len(hits)} IDPs "
-              f"-> {out / 'gwas'} (idps.manhattan.png)")
-    print(f"demo: done; outputs in {out}")
+    run_demo(args.out, seed=args.seed, force=args.force)
     return 0

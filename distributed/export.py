@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from comical.data_io.errors import InputError
+from comical.data_io.output_dir import write_atomic
 from comical.distributed.models import ContrastiveModel, ModelConfig
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -24,10 +24,8 @@ def save_model(folder: Path, weights: dict[str, torch.Tensor], config: ModelConf
             "idps": manifest["idps"], "vocabulary": manifest["vocabulary"],
             "snp_token_table": manifest["snp_token_table"], "ple_bin_edges": manifest["ple_bin_edges"],
             "diseases": manifest["diseases"], "buckets": manifest["buckets"]}
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / f".{MODEL_WEIGHTS}.tmp"))
-    os.replace(folder / f".{MODEL_WEIGHTS}.tmp", folder / MODEL_WEIGHTS)
-    (folder / f".{MODEL_INFO}.tmp").write_text(json.dumps(info) + "\n")
-    os.replace(folder / f".{MODEL_INFO}.tmp", folder / MODEL_INFO)
+    write_atomic(folder / MODEL_WEIGHTS, save({k: v.contiguous() for k, v in weights.items()}))
+    write_atomic(folder / MODEL_INFO, json.dumps(info) + "\n")
 
 
 def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[ContrastiveModel, dict]:

@@ -62,7 +62,7 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
 
 
 def _train_and_evaluate(config: TrainConfig, out: Path, storage: Path, manifest: dict) -> dict:
-    from comical.ray_init import init_ray
+    from comical.distributed.ray_session import init_ray
 
     init_ray()
     check_cluster_fits(config, driver_cpus=0.0)
@@ -141,3 +141,11 @@ def _write_epoch_logs(epochs: list[dict], out: Path) -> None:
             for key, value in m.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "best_epoch"):
                     writer.add_scalar(key, value, m["epoch"])
+
+
+def test_summary(m: dict) -> str:
+    """Test metrics beside the level a model without genotype-IDP signal reaches."""
+    return (f"test bucket accuracy {m['bucket_accuracy']:.3f} (chance {m['bucket_accuracy_chance']:.3f}; reachable "
+            f"from identities alone), within-bucket accuracy {m['within_bucket_accuracy']:.4f} (chance "
+            f"{m['within_bucket_accuracy_chance']:.4f}, null {m['within_bucket_accuracy_null']:.4f}), "
+            f"{m['n_test_pairs']:,} test pairs")

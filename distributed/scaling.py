@@ -10,15 +10,18 @@ holds warm-up (allocator, DeepSpeed set-up, caches), so a point is the median of
 
 from __future__ import annotations
 
+import io
 import statistics
 import tempfile
 from pathlib import Path
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from comical.data_io.output_dir import write_atomic
 from comical.distributed.config import TrainConfig
 from comical.distributed.train import check_cluster_fits, run_training
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def measure(base: TrainConfig, workers: list[int]) -> pl.DataFrame:
@@ -39,6 +42,8 @@ def measure(base: TrainConfig, workers: list[int]) -> pl.DataFrame:
                      "pairs_per_s": statistics.median(m["pairs_per_s"] for m in steady),
                      "epoch_seconds": statistics.median(m["epoch_seconds"] for m in steady),
                      "epochs_measured": len(steady)})
+    import polars as pl  # driver-side only: the engine's import-time dependencies stay those of a Ray worker
+
     table = pl.DataFrame(rows)
     first = table.row(0, named=True)
     return table.with_columns(
@@ -69,6 +74,7 @@ def write_outputs(table: pl.DataFrame, out: Path, title: str) -> None:
     ax.set_title(title, fontsize=8)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "scaling.png.tmp", dpi=120, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
-    (out / "scaling.png.tmp").replace(out / "scaling.png")
+    write_atomic(out / "scaling.png", buffer.getvalue())

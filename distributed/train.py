@@ -78,7 +78,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     steps = _common_steps(len(train["snp"]) // config.worker_batch_size, device)
     for epoch in range(start_epoch, config.epochs):
         train_loss, seconds = _train_epoch(engine, train, steps, epoch, rank, world, config, manifest["n_bins"])
-        val_metrics = evaluate(engine, val, config, manifest["n_bins"], world=world, seed=config.seed + epoch)
+        # the same validation batches every epoch, so epochs differ only by the model
+        val_metrics = evaluate(engine, val, config, manifest["n_bins"], world=world, seed=config.seed)
         metrics = {"epoch": epoch, "epochs_done": epoch + 1, "train_loss": train_loss, "pairs_per_s": steps * config.batch_size / seconds,
                    "epoch_seconds": seconds, **{f"val_{k}": v for k, v in val_metrics.items()}}
         score = [-metrics[f"val_{SELECTION_METRIC}"]]
@@ -180,7 +181,7 @@ def evaluate(model, data: dict[str, torch.Tensor], config: TrainConfig, n_bins: 
         inputs = expand_pairs(batch, n_bins)
         inputs["ple"] = inputs["ple"].to(dtype)
         snp, idp, scale = model(inputs)
-        if step >= own_steps or len(rows) < 2:  # this rank's shard is done: the forward only keeps ZeRO-3 in step
+        if step >= own_steps:  # this rank's shard is done: the forward only keeps ZeRO-3 in step
             continue
         snp, idp = snp.float(), idp.float()
         snp_key, idp_key = input_keys(batch)

@@ -15,6 +15,7 @@ staged files and moves them into place at the end. Outputs per phenotype:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -32,7 +33,7 @@ from scipy import special
 from comical.data_io.errors import InputError
 from comical.data_io.plink import Genotypes, open_genotypes
 from comical.data_io.tables import read_table
-from comical.ray_init import init_ray, shutdown_ray
+from comical.distributed.ray_session import init_ray, shutdown_ray
 from comical.pipelines import gwas_stats
 
 GENOME_WIDE = 5e-8
@@ -334,6 +335,31 @@ def lambda_gc(neg_log10_p: np.ndarray, df: int = 1) -> float | None:
 
 
 # ------------------------------------------------------------------ inputs from files or a cohort
+
+
+def tables_reader(*, cohort: Path | None, bfile: Path | None, pheno: Path | None, covar: Path | None, out: Path,
+                  workers: int, binary: bool, multi_trait: Path | None, mt_pcs: int | None, rank_normalise: bool,
+                  pheno_names: list[str] | None, covar_names: list[str] | None) -> Callable[[], GwasTables]:
+    """`comical gwas`'s inputs checked (which files, none overwritten by --out), as the reader `run_gwas` calls."""
+    if workers < 1:
+        raise InputError(f"--workers {workers}: expected at least 1")
+    if cohort is not None and (bfile or pheno):
+        raise InputError("give --cohort, or --bfile with --pheno, not both")
+    if cohort is None and not (bfile and pheno):
+        raise InputError("give --bfile PREFIX --pheno FILE [--covar FILE], or --cohort DIR")
+    if multi_trait and cohort is None:
+        raise InputError("--multi-trait runs on a --cohort folder")
+    given = [cohort, multi_trait] if cohort else [pheno, covar, *(bfile.with_suffix(s) for s in (".bed", ".bim", ".fam"))]
+    prefix = str(out.resolve()) + "."
+    for path in filter(None, given):
+        if str(path.resolve()).startswith(prefix) or path.resolve() == out.resolve():
+            raise InputError(f"--out {out}: would write over the input {path}; choose another prefix")
+    if cohort is not None:
+        return functools.partial(tables_from_cohort, cohort, binary=binary, pheno_names=pheno_names,
+                                 covar_names=covar_names, multi_trait=multi_trait, mt_pcs=mt_pcs,
+                                 rank_normalise=rank_normalise)
+    return functools.partial(tables_from_files, bfile, pheno, covar, pheno_names=pheno_names, covar_names=covar_names,
+                             binary=True if binary else None)
 
 
 def tables_from_files(bfile: Path, pheno: Path, covar: Path | None, *, pheno_names: list[str] | None,

@@ -187,11 +187,10 @@ def logistic(g: np.ndarray, c: np.ndarray, y: np.ndarray, *, max_iter: int = 25,
         converged = np.abs(step).max(1) < tol * (1 + np.abs(theta).max(1))
         if converged.all():
             break
-    with np.errstate(all="ignore"):
-        cov = np.linalg.inv(info)
-    se = np.sqrt(cov[:, k, k])
-    beta = theta[:, k]
     note = _spread_note(g).astype(object)
+    se = np.sqrt(_variant_variance(info, note == ""))
+    note[(note == "") & ~np.isfinite(se)] = COLLINEAR  # nothing of the variant is left beside the covariates
+    beta = theta[:, k]
     firth = np.zeros(m, bool)
     bad = (note == "") & (~converged | ~np.isfinite(se) | (np.abs(beta) > 15))
     for j in np.flatnonzero(bad):
@@ -207,6 +206,23 @@ def logistic(g: np.ndarray, c: np.ndarray, y: np.ndarray, *, max_iter: int = 25,
     return {"beta": np.where(ok, beta, np.nan), "se": np.where(ok, se, np.nan), "p": np.where(ok, 10 ** log_p, np.nan),
             "log10_p": np.where(ok, log_p, np.nan), "n": n_obs, "freq": freq, "firth": firth & ok,
             "note": note.astype(str)}
+
+
+def _variant_variance(info: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """[I^-1] of the last (variant) parameter for each usable variant's information matrix; NaN where the matrix
+    is singular (a monomorphic or collinear variant) or the variant is not usable."""
+    out = np.full(len(info), np.nan)
+    index = np.flatnonzero(usable)
+    with np.errstate(all="ignore"):
+        try:
+            out[index] = np.linalg.inv(info[index])[:, -1, -1]
+        except np.linalg.LinAlgError:  # one singular matrix fails the whole stack: invert one at a time
+            for j in index:
+                try:
+                    out[j] = np.linalg.inv(info[j])[-1, -1]
+                except np.linalg.LinAlgError:
+                    pass
+    return np.where(out > 0, out, np.nan)
 
 
 def _firth(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-9):
@@ -242,5 +258,5 @@ def _firth(x: np.ndarray, y: np.ndarray, *, tol: float = 1e-9):
     if not np.isfinite(fit.fun) or np.abs(fit.jac).max() > 1e-5:
         return None
     mu = special.expit(x @ fit.x)
-    info = x.T @ (x * (mu * (1 - mu))[:, None])
-    return fit.x[-1], float(np.sqrt(np.linalg.inv(info)[-1, -1]))
+    variance = _variant_variance((x.T @ (x * (mu * (1 - mu))[:, None]))[None], np.ones(1, bool))[0]
+    return (fit.x[-1], float(np.sqrt(variance))) if np.isfinite(variance) else None

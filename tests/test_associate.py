@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from comical.cli import main
-from comical.pipelines.associations import permutation_z
+from comical.pipelines.associations import pair_associations, permutation_p, permutation_z
 from conftest import TRAIN_ARGS
 
 
@@ -47,6 +47,41 @@ def test_permutation_test_is_uniform_when_genotype_and_prediction_are_independen
     logits = np.outer(value + 0.5 * dosage, [-1.0, 0.0, 1.0])
     t, e, s = permutation_z(logits - np.log(np.exp(logits).sum(1, keepdims=True)), dosage)
     assert stats.norm.sf((t - e) / s) < 1e-4
+
+
+def test_monte_carlo_tail_holds_its_level_for_rare_genotypes_and_heavy_tailed_values():
+    """Where the normal tail is too light (a rare genotype, t(3) values), the Monte Carlo p keeps its level."""
+    rng = np.random.default_rng(2)
+    normal, final = [], []
+    for _ in range(4000):
+        n = 150
+        value = rng.standard_t(3, size=n)
+        logits = np.outer(value, [-1.0, 0.0, 1.0])
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        dosage = rng.binomial(2, 0.05, n)
+        if dosage.max() == dosage.min():
+            continue
+        t, e, s = permutation_z(log_p, dosage)
+        p = stats.norm.sf((t - e) / s)
+        normal.append(p)
+        final.append(permutation_p(log_p, dosage, t, 2000, rng) if p < 0.05 else p)
+    final = np.array(final)
+    print(f"rare genotype, t(3): normal {np.mean(np.array(normal) < 0.01):.4f}, monte carlo {(final < 0.01).mean():.4f} at 0.01")
+    assert (final < 0.01).mean() < 0.0115 and (final < 0.05).mean() < 0.055  # the normal tail gives 0.0118 here
+    # sanity: an observed statistic above every permutation gets the smallest p the draws allow
+    log_p = np.log(np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]] * 20))
+    dosage = np.tile([0, 1, 2], 20)
+    assert permutation_p(log_p, dosage, log_p[np.arange(60), dosage].sum(), 999, rng) == pytest.approx(1e-3)
+
+
+def test_degenerate_pairs_get_na_and_a_note():
+    rows = pl.DataFrame({"snp": [0] * 4 + [1] * 4 + [2] * 4, "idp": [0] * 12, "disease": [0] * 12,
+                         "dosage": [1, 1, 1, 1, 0, 1, 2, 1, -1, -1, -1, -1], "top1_correct": [0.0] * 12,
+                         **{f"log_p{g}": [-1.1] * 12 for g in range(3)}})
+    info = {"snps": ["rsA", "rsB", "rsC"], "idps": ["I"], "diseases": ["D"]}
+    table = pair_associations(rows, info).sort("snp")
+    assert table["p"].to_list() == [None, 1.0, None]  # monomorphic; prediction ignores the IDP; no calls
+    assert table["note"][0].startswith("monomorphic") and table["note"][2].startswith("fewer than two")
 
 
 @pytest.fixture(scope="module")

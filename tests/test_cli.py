@@ -17,7 +17,7 @@ def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert str(out / "cohort") in printed and str(out / "pairs") in printed
-    for needle in ("bucket accuracy", "within-bucket accuracy", "null", "at FDR 5%", "AUPRC COMICAL"):
+    for needle in ("bucket accuracy", "within-bucket accuracy", "null", "at FDR 5%", "AUPRC COMICAL", "SNP identity alone"):
         assert needle in printed, needle
     assert (out / "cohort" / "genotypes.bed").is_file() and (out / "cohort" / "manifest.json").is_file()
     report = json.loads((out / "pairs" / "qc" / "qc_report.json").read_text())

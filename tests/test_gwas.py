@@ -341,3 +341,20 @@ def test_multi_trait_gwas_of_a_trained_models_embeddings(trained_run, mini_cohor
     summary = json.loads((tmp_path / "mt.summary.json").read_text())
     assert summary["phenotypes"]["multi_trait"]["test"] == "multi_trait"
     assert 0.8 < summary["phenotypes"]["multi_trait"]["lambda_gc"] < 1.3
+
+
+def test_logistic_gives_na_and_a_note_for_a_monomorphic_variant_not_a_crash():
+    """A monomorphic variant makes its information matrix singular; the other variants' results are unchanged."""
+    from comical.pipelines.gwas_stats import MONOMORPHIC, logistic
+
+    rng = np.random.default_rng(0)
+    n = 500
+    covariates = rng.normal(size=(n, 2))
+    g = rng.binomial(2, 0.3, (n, 4)).astype(float)
+    g[:, 1] = 1.0  # every sample heterozygous
+    g[5, 2] = np.nan
+    y = (rng.random(n) < 0.3).astype(float)
+    result = logistic(g, covariates, y)
+    assert result["note"][1] == MONOMORPHIC and np.isnan(result["p"][1]) and np.isnan(result["beta"][1])
+    alone = logistic(g[:, [0, 2, 3]], covariates, y)
+    np.testing.assert_allclose(result["p"][[0, 2, 3]], alone["p"], rtol=1e-10)

@@ -80,7 +80,8 @@ def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
     assert assoc["n_test"].sum() == rows.filter(pl.col("dosage") >= 0).height
     assert (assoc["p"].drop_nulls().diff().drop_nulls() >= 0).all() and (assoc["test"] == "calibrated").all()
     truth = json.loads((trained_run / "truth_score.json").read_text())
-    assert truth["n_candidates"] == assoc.height and set(truth["methods"]) == {"comical", "gwas"}
+    assert truth["n_candidates"] == assoc.height
+    assert set(truth["methods"]) == {"comical", "gwas", "gwas_test_subjects", "snp_only"}
     assert "COMICAL" in capsys.readouterr().out
     assert main(["associate", "--run", str(trained_run), "--test", "paper"]) == 0
     paper = pl.read_csv(trained_run / "associations_paper.tsv", separator="\t")

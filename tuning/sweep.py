@@ -165,3 +165,60 @@ def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out
                                    f"({best[f'best_{METRIC}']:.4f}).\n")
     write_atomic(out / "best_trial.json", json.dumps(best, indent=2, default=str) + "\n")
     return best
+
+
+def new_request(pairs: Path | None, out: Path | None, *, space: str, num_samples: int, max_epochs: int,
+                workers_per_trial: int, gpus_per_worker: int, config: Path | None) -> tuple[dict, Path]:
+    """A new sweep's request (what `tune_request.json` records) and its folder, checked before Ray starts."""
+    if pairs is None or out is None:
+        raise InputError("give --pairs and --out (or --resume DIR)")
+    if num_samples < 1:
+        raise InputError(f"--num-samples {num_samples}: expected at least 1")
+    if max_epochs < 1 or workers_per_trial < 1 or gpus_per_worker not in (0, 1):
+        raise InputError("--max-epochs and --workers-per-trial must be >= 1, --gpus-per-worker 0 or 1")
+    base = TrainConfig.from_yaml(config).to_dict() if config else TrainConfig().to_dict()
+    base.update(pairs=str(Path(pairs).resolve()), epochs=max_epochs)
+    base["engine"].update(workers=workers_per_trial, use_gpu=bool(gpus_per_worker))
+    return {"command": "tune", "space": space, "num_samples": num_samples, "base": base}, Path(out).resolve()
+
+
+def resumed_request(folder: Path) -> tuple[dict, Path]:
+    """The request of the interrupted sweep in `folder`."""
+    request_path = Path(folder) / "tune_request.json"
+    if not request_path.is_file() or not (Path(folder) / SWEEP_NAME).is_dir():
+        raise InputError(f"--resume {folder}: no interrupted sweep there (tune_request.json, sweep/)")
+    return json.loads(request_path.read_text()), Path(folder).resolve()
+
+
+def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False) -> tuple[pl.DataFrame, dict]:
+    """`comical tune`: checks, then the sweep (new or resumed) and its outputs; `run.json` records its state.
+
+    Returns the results table and the best trial's row.
+    """
+    import shutil
+
+    from comical.data_io.output_dir import check_output_dir, mark_run
+    from comical.distributed.ray_session import init_ray
+    from comical.distributed.train import check_cluster_fits, check_train_inputs
+
+    space = load_space(request["space"])
+    base = TrainConfig.from_dict(request["base"], source="comical tune")
+    manifest = check_train_inputs(base)
+    init_ray()
+    check_cluster_fits(base)
+    if not resume:
+        check_output_dir(out, request, force=force, inputs=(Path(base.pairs),))
+        if out.exists():  # the same sweep again, or --force: start afresh
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        write_atomic(out / "tune_request.json", json.dumps(request, indent=2) + "\n")
+    mark_run(out, request, "running")
+    try:
+        grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume)
+        table = results_table(grid, space, base.epochs)
+        best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
+    except BaseException as err:
+        mark_run(out, request, "failed", err)
+        raise
+    mark_run(out, request, "done")
+    return table, best
