@@ -26,7 +26,7 @@ def main() -> None:
     from comical.distributed.ray_session import init_ray
 
     init_ray(log_to_driver=False)
-    print("| layout | targets | pair accuracy (chance) | strict top-1 (chance) | test loss |")
+    print("| layout | targets | bucket accuracy (chance) | within-bucket accuracy (chance, null) | test loss |")
     print("|---|---|---|---|---|")
     for layout in ("paper", "separate"):
         for targets in ("onehot", "soft"):
@@ -35,8 +35,9 @@ def main() -> None:
                                             "engine": {"workers": args.workers, "zero_stage": 2}})
             with tempfile.TemporaryDirectory() as tmp:
                 m = train_and_evaluate(config, Path(tmp) / "run")
-            print(f"| {layout} | {targets} | {m['pair_accuracy']:.3f} ({m['pair_accuracy_chance']:.3f}) | "
-                  f"{m['top1_accuracy']:.3f} ({m['top1_accuracy_chance']:.3f}) | {m['loss']:.3f} |", flush=True)
+            print(f"| {layout} | {targets} | {m['bucket_accuracy']:.3f} ({m['bucket_accuracy_chance']:.3f}) | "
+                  f"{m['within_bucket_accuracy']:.4f} ({m['within_bucket_accuracy_chance']:.4f}, "
+                  f"{m['within_bucket_accuracy_null']:.4f}) | {m['loss']:.3f} |", flush=True)
             print(json.dumps(m))
 
 
