@@ -29,7 +29,7 @@ from comical.data_io.pair_store import expand_pairs, read_manifest
 from comical.distributed.config import TrainConfig
 from comical.distributed.losses import clip_loss, clip_loss_reference
 from comical.distributed.models import ModelConfig
-from comical.distributed.train import build_model, load_split
+from comical.distributed.tasks.comical import ComicalTask, load_split
 
 
 def _step(model, optimizer, inputs, loss_fn=clip_loss):
@@ -62,7 +62,7 @@ class PerItemPairs(torch.utils.data.Dataset):
 def per_item_loader(store: Path, batch_size: int, epochs: int) -> float:
     """The reference's shape: per-item pairs, every SNP encoded per pair, the loss as plain cross-entropies."""
     manifest = read_manifest(store)
-    model = build_model(ModelConfig(dedupe_snp_inputs=False), manifest)
+    model = ComicalTask().build_model(ModelConfig(dedupe_snp_inputs=False), manifest)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(PerItemPairs(load_split(store, "train"), manifest["n_bins"]),
                                          batch_size=batch_size, shuffle=True, drop_last=True)
@@ -78,7 +78,7 @@ def per_item_loader(store: Path, batch_size: int, epochs: int) -> float:
 
 def bare_torch(store: Path, batch_size: int, epochs: int) -> float:
     manifest = read_manifest(store)
-    model = build_model(TrainConfig().model, manifest)
+    model = ComicalTask().build_model(TrainConfig().model, manifest)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = load_split(store, "train")
     n = len(data["snp"])
@@ -97,12 +97,12 @@ def bare_torch(store: Path, batch_size: int, epochs: int) -> float:
 def engine(store: Path, batch_size: int, epochs: int, workers: int) -> float:
     from comical.distributed.run import train_and_evaluate
 
-    config = TrainConfig.from_dict({"pairs": str(store), "batch_size": batch_size, "epochs": epochs,
+    config = TrainConfig.from_dict({"data": str(store), "batch_size": batch_size, "epochs": epochs,
                                     "engine": {"workers": workers, "zero_stage": 2}})
     with tempfile.TemporaryDirectory() as tmp:
         train_and_evaluate(config, Path(tmp) / "run")
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    return max(m["pairs_per_s"] for m in lines)
+    return max(m["samples_per_s"] for m in lines)
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for layout in ("paper", "separate"):
         for targets in ("onehot", "soft"):
-            config = TrainConfig.from_dict({"pairs": str(args.pairs.resolve()), "epochs": args.epochs,
-                                            "targets": targets, "model": {"layout": layout},
+            config = TrainConfig.from_dict({"data": str(args.pairs.resolve()), "epochs": args.epochs,
+                                            "model": {"layout": layout, "targets": targets},
                                             "engine": {"workers": args.workers, "zero_stage": 2}})
             with tempfile.TemporaryDirectory() as tmp:
                 m = train_and_evaluate(config, Path(tmp) / "run")

@@ -65,24 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(p, _config_class("pairs", "PairsConfig"))
     p.set_defaults(handler=_pairs)
 
-    p = sub.add_parser("train", help="train COMICAL on a pair store with Ray Train (+ DeepSpeed)")
-    p.add_argument("--pairs", type=Path, required=True, help="a pair store (`comical pairs`)")
+    p = sub.add_parser("train", help="train a model (COMICAL by default) with Ray Train (+ DeepSpeed)")
+    p.add_argument("--pairs", "--data", dest="data", type=Path, required=True,
+                   help="the task's input: for COMICAL a pair store (`comical pairs`)")
     p.add_argument("--out", type=Path, required=True, help="the run folder")
     p.add_argument("--config", type=Path, help="YAML of a TrainConfig (nested model/optim/engine); flags override")
-    p.add_argument("--workers", type=int, help="Ray Train workers (one per GPU or CPU slot)")
-    p.add_argument("--use-gpu", action="store_true", default=None)
-    p.add_argument("--engine", choices=["deepspeed", "ddp"])
-    p.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="pairs per step per worker")
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--layout", choices=["paper", "separate"], help="token layout of the towers")
-    p.add_argument("--targets", choices=["onehot", "soft"], help="contrastive targets")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--storage-path", help="Ray Train checkpoint storage (default RUN/checkpoints; s3://, gs://, NFS)")
+    _add_config_flags(p, _train_config_class(), keys=_TRAIN_KEYS)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.add_argument("--verbose", action="store_true", help="show Ray's worker logs and warnings (always in train.log)")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("tune", help="Ray Tune ASHA sweep over training (the paper's Table 1 space)")
@@ -154,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.add_argument("--verbose", action="store_true", help="show Ray's logs and warnings (always in demo.log)")
     p.set_defaults(handler=_demo)
     return parser
 
@@ -164,30 +156,51 @@ def _config_class(module: str, name: str):
     return getattr(importlib.import_module(f"comical.pipelines.{module}"), name)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """One `--flag` per config field (underscores become dashes); unset flags leave the config alone.
+def _train_config_class():
+    from comical.distributed.config import TrainConfig
 
-    Tuple fields take comma-separated values; booleans take true/false.
+    return TrainConfig
+
+
+# The TrainConfig keys `comical train` takes as flags (the rest through --config); `model.` keys are the task's.
+_TRAIN_KEYS = {"task": str, "epochs": int, "batch_size": int, "seed": int, "storage_path": str,
+               "engine.workers": int, "engine.use_gpu": bool, "engine.engine": str, "engine.zero_stage": int,
+               "engine.precision": str, "optim.learning_rate": float, "model.layout": str, "model.targets": str}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_class, keys: dict | None = None) -> None:
+    """One `--flag` per config key (its last part, underscores as dashes); unset flags leave the config alone.
+
+    `keys` picks nested keys (`section.key`: type); by default every field of a flat config. Tuple fields take
+    comma-separated values; booleans take true/false, or nothing for true.
     """
-    for field in dataclasses.fields(config_class):
-        default = field.default
-        if default is None:  # optional fields are `int | None` (e.g. a seed that switches a feature on)
-            convert = int
-        elif isinstance(default, tuple):
-            kind = type(default[0]) if default else str
-            convert = lambda text, kind=kind: tuple(kind(x) for x in text.split(","))  # noqa: E731
-        elif isinstance(default, bool):
+    if keys is None:
+        keys = {f.name: type(f.default) for f in dataclasses.fields(config_class)}
+        keys.update({f.name: tuple[type(f.default[0]) if f.default else str] for f in dataclasses.fields(config_class)
+                     if isinstance(f.default, tuple)})
+        keys.update({f.name: int for f in dataclasses.fields(config_class) if f.default is None})  # optional seeds
+    for key, kind in keys.items():
+        extra = {}
+        if kind is bool:
             convert = lambda text: text.lower() in ("1", "true", "yes")  # noqa: E731
+            extra = {"nargs": "?", "const": True}
+        elif getattr(kind, "__origin__", None) is tuple:
+            convert = lambda text, kind=kind.__args__[0]: tuple(kind(x) for x in text.split(","))  # noqa: E731
         else:
-            convert = type(default)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}", type=convert,
-                            default=None, help=f"(default {default})")
+            convert = kind
+        parser.add_argument(f"--{key.rpartition('.')[2].replace('_', '-')}", dest=f"cfg_{key.replace('.', '__')}",
+                            type=convert, default=None, **extra)
 
 
-def _config_from_args(config_class, args):
-    base = config_class.from_yaml(args.config) if args.config else config_class()
-    flags = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
-    return dataclasses.replace(base, **flags)
+def _config_from_args(config_class, args, source: str, **values):
+    """The config of `--config` (or the defaults), then `values`, then the flags: the one override order."""
+    merged = config_class.from_yaml(args.config).to_dict() if args.config else {}  # {}: the defaults
+    flags = {k[4:].replace("__", "."): v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    for key, value in {**values, **flags}.items():
+        section, _, leaf = key.rpartition(".")
+        holder = merged.setdefault(section, {}) if section else merged
+        holder[leaf] = list(value) if isinstance(value, tuple) else value
+    return config_class.from_dict(merged, source=source)
 
 
 def _simulate(args) -> int:
@@ -211,7 +224,7 @@ def _qc(args) -> int:
 
     from comical.pipelines.pair_chain import write_qc
 
-    config = _config_from_args(QCConfig, args)
+    config = _config_from_args(QCConfig, args, "comical qc")
     run = {"command": "qc", "cohort": str(args.cohort.resolve()), "config": config.to_dict()}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
     cohort = load_cohort(args.cohort)
@@ -228,7 +241,7 @@ def _phewas(args) -> int:
 
     from comical.pipelines.pair_chain import qc_of
 
-    config = _config_from_args(PhewasConfig, args)
+    config = _config_from_args(PhewasConfig, args, "comical phewas")
     run = {"command": "phewas", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "config": config.to_dict()}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
     cohort = load_cohort(args.cohort)
@@ -251,7 +264,7 @@ def _pairs(args) -> int:
 
     from comical.pipelines.pair_chain import write_pair_store
 
-    config = _config_from_args(PairsConfig, args)
+    config = _config_from_args(PairsConfig, args, "comical pairs")
     run = {"command": "pairs", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "phewas": str(args.phewas),
            "trait_map": str(args.trait_map), "config": config.to_dict()}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
@@ -266,33 +279,14 @@ def _pairs(args) -> int:
     return 0
 
 
-_TRAIN_FLAGS = {  # flag -> (section of TrainConfig or None for top level, key)
-    "workers": ("engine", "workers"), "use_gpu": ("engine", "use_gpu"), "engine": ("engine", "engine"),
-    "zero_stage": ("engine", "zero_stage"), "precision": ("engine", "precision"), "epochs": (None, "epochs"),
-    "batch_size": (None, "batch_size"), "learning_rate": ("optim", "learning_rate"), "layout": ("model", "layout"),
-    "targets": (None, "targets"), "seed": (None, "seed"), "storage_path": (None, "storage_path"),
-}
-
-
-def _train_config(args):
-    from comical.distributed.config import TrainConfig
-
-    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-    values = base.to_dict()
-    values["pairs"] = str(args.pairs.resolve())
-    for flag, (section, key) in _TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            (values[section] if section else values)[key] = value
-    return TrainConfig.from_dict(values, source="comical train")
-
-
 def _train(args) -> int:
-    from comical.distributed.run import test_summary, train_and_evaluate
+    from comical.distributed.run import train_and_evaluate
+    from comical.distributed.task import get_task
 
-    config = _train_config(args)
-    metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force)
-    print(f"train: best epoch {metrics['best_epoch']} (lowest validation loss); {test_summary(metrics)} -> {args.out}")
+    config = _config_from_args(_train_config_class(), args, "comical train", data=str(args.data.resolve()))
+    metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force, verbose=args.verbose)
+    print(f"train: best epoch {metrics['best_epoch']} (lowest validation loss); "
+          f"{get_task(config.task).summary(metrics)} -> {args.out}")
     return 0
 
 
@@ -345,19 +339,19 @@ def _bench_scaling(args) -> int:
         raise InputError(f"--workers {args.workers}: expected comma-separated counts like 1,2,4") from None
     if workers[0] < 1 or args.epochs < 2:
         raise InputError("--workers must be >= 1 and --epochs >= 2 (the first epoch is warm-up)")
-    config = TrainConfig.from_dict({"pairs": str(args.pairs.resolve()), "epochs": args.epochs,
+    config = TrainConfig.from_dict({"data": str(args.pairs.resolve()), "epochs": args.epochs,
                                     "batch_size": args.batch_size,
                                     "engine": {"engine": args.engine, "zero_stage": args.zero_stage,
                                                "use_gpu": args.use_gpu,
                                                **({"precision": "bf16"} if args.use_gpu else {})}})
-    check_train_inputs(config)
+    info = check_train_inputs(config)
     import ray
 
     from comical.distributed.ray_session import init_ray
 
     init_ray(log_to_driver=False)
     resources = ray.cluster_resources()
-    table = measure(config, workers)
+    table = measure(config, info, workers)
     title = (f"{args.engine} ZeRO-{args.zero_stage}, batch {args.batch_size}, {platform.node() or 'host'}: "
              f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
     write_outputs(table, args.out, title)
@@ -388,20 +382,20 @@ def _embed(args) -> int:
         raise InputError(f"--out {args.out}: exists; pass --force to replace it")
     if args.out.suffix != ".parquet":
         raise InputError(f"--out {args.out}: expected a .parquet file name")
-    model, info = load_model(args.run / "model")
+    model, spec = load_model(args.run / "model")
     cohort = load_cohort(args.cohort)
-    table = subject_embeddings(model, info, cohort)
+    table = subject_embeddings(model, spec["input"], cohort)
     buffer = io.BytesIO()
     table.write_parquet(buffer)
     write_atomic(args.out, buffer.getvalue())
-    print(f"embed: {table.height} subjects x ({len(info['snps'])} SNP + "
-          f"{len(table['idp_embedding'][0]) // info['model']['embed_dim']} IDP embeddings of "
-          f"{info['model']['embed_dim']}) -> {args.out}")
+    dim = spec["model"]["embed_dim"]
+    print(f"embed: {table.height} subjects x ({len(spec['input']['snps'])} SNP + "
+          f"{len(table['idp_embedding'][0]) // dim} IDP embeddings of {dim}) -> {args.out}")
     return 0
 
 
 def _demo(args) -> int:
     from comical.pipelines.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, force=args.force)
+    run_demo(args.out, seed=args.seed, force=args.force, verbose=args.verbose)
     return 0

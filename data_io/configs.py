@@ -49,6 +49,8 @@ class Config:
                 raise InputError(f"{source}: key {path}{name}: expected {_describe(kind)}, got {value!r}") from None
         try:
             return cls(**checked)
+        except InputError:  # a check of the config's own: its message names the flag or key already
+            raise
         except (TypeError, ValueError) as err:
             raise InputError(f"{source}: {err}") from None
 

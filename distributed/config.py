@@ -9,7 +9,6 @@ import dataclasses
 
 from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
-from comical.distributed.models import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,19 +44,38 @@ class EngineConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
-    pairs: str = ""  # the pair store (`comical pairs`)
+    task: str = "comical"  # the model to train (distributed/tasks/)
+    data: str = ""  # the task's input folder (COMICAL: a pair store from `comical pairs`)
     epochs: int = 5  # enough for the mini cohort on CPU; the paper-size store wants more
-    batch_size: int = 4096  # pairs per step over all workers, the loss's batch (paper Table 1: 4096)
-    targets: str = "onehot"  # onehot (the paper's) or soft (identical inputs are positives too)
+    batch_size: int = 4096  # samples per step over all workers, the loss's batch (paper Table 1: 4096 pairs)
     seed: int = 0
     storage_path: str = ""  # Ray Train storage for checkpoints (local run dir by default; s3://, gs://, NFS)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    # The task's model and loss settings, typed by the task (`Task.model_config`; COMICAL: models.ModelConfig).
+    model: dict = dataclasses.field(default_factory=dict)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
 
+    @classmethod
+    def _from_mapping(cls, values, source: str, path: str):
+        """The `model:` section is typed by the task (`Task.model_config`), checked key by key like the rest."""
+        from comical.distributed.task import get_task
+
+        model = values.get("model", {})
+        if not isinstance(model, (dict, Config)):
+            raise InputError(f"{source}: key {path}model: expected a mapping of model keys, got {model!r}")
+        if isinstance(model, dict):
+            task = get_task(values.get("task", "comical") if isinstance(values.get("task"), str) else "comical")
+            values = {**values, "model": task.model_config._from_mapping(model, source, f"{path}model.")}
+        return super()._from_mapping(values, source, path)
+
     def __post_init__(self):
-        if self.targets not in ("onehot", "soft"):
-            raise InputError(f"targets {self.targets!r}: expected onehot or soft")
+        from comical.distributed.task import get_task
+
+        model_config = get_task(self.task).model_config
+        if isinstance(self.model, dict):  # frozen: the typed section replaces the mapping once, here
+            object.__setattr__(self, "model", model_config.from_dict(self.model, source="model"))
+        elif not isinstance(self.model, model_config):
+            raise InputError(f"model: expected a mapping of {model_config.__name__} keys, got {self.model!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise InputError(f"epochs {self.epochs}, batch_size {self.batch_size}: expected >= 1 and >= 2")
         if self.batch_size % self.engine.workers:

@@ -55,6 +55,12 @@ class DeepSpeedEngine:
                                                     config=deepspeed_config(config, world_size))
         self.zero_stage = config.engine.zero_stage
         self.dtype = torch.bfloat16 if config.engine.precision == "bf16" else torch.float32
+        self.device = device
+
+    @property
+    def module(self) -> nn.Module:
+        """The model itself (for hooks such as an EMA update)."""
+        return self.engine.module
 
     def __call__(self, batch):
         return self.engine(batch)
@@ -99,7 +105,8 @@ class DDPEngine:
         self.autocast = config.engine.precision == "bf16"
         self.device = device
 
-    def _module(self) -> nn.Module:
+    @property
+    def module(self) -> nn.Module:
         return getattr(self.model, "module", self.model)
 
     def __call__(self, batch):
@@ -121,19 +128,19 @@ class DDPEngine:
 
     def save(self, folder: Path, client_state: dict) -> None:
         if not dist.is_initialized() or dist.get_rank() == 0:
-            torch.save({"model": self._module().state_dict(), "optimizer": self.optimizer.state_dict(),
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "client_state": client_state},
                        Path(folder) / "ddp_state.pt")
 
     def load(self, folder: Path) -> dict:
         state = torch.load(Path(folder) / "ddp_state.pt", map_location=self.device, weights_only=True)
-        self._module().load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         return state["client_state"]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().float().cpu().clone() for k, v in self._module().state_dict().items()}
+        return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
 def make_engine(model: nn.Module, config: TrainConfig, world_size: int, device: torch.device):

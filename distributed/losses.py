@@ -103,6 +103,24 @@ class _SymmetricClip(torch.autograd.Function):
         return scale * g_idp, scale * (g.T @ snp), grad_scale, None, None
 
 
+def clip_onehot(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, *, rank: int = 0, world_size: int = 1,
+                **_) -> torch.Tensor:
+    """The paper's symmetric CLIP loss (row k's partner is candidate k), fused; negatives from every worker."""
+    return _SymmetricClip.apply(a, gather_features(b, rank, world_size), logit_scale, rank, world_size)
+
+
+def clip_soft(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, *, a_key: torch.Tensor,
+              b_key: torch.Tensor, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """CLIP with soft targets: candidates whose input equals the partner's (same key) are positives too."""
+    return clip_loss_reference(a, b, logit_scale, targets="soft", snp_key=a_key, idp_key=b_key, rank=rank,
+                               world_size=world_size)
+
+
+# Contrastive loss terms by name, each (a, b, logit_scale, *, rank, world_size, [a_key, b_key]) -> this worker's
+# share. Tasks combine them (CGNI's supervised intra-modal terms and a momentum model's queue loss join here).
+LOSSES = {"onehot": clip_onehot, "soft": clip_soft}
+
+
 def clip_loss(snp: torch.Tensor, idp: torch.Tensor, logit_scale: torch.Tensor, *, targets: str = "onehot",
               snp_key: torch.Tensor | None = None, idp_key: torch.Tensor | None = None,
               rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -113,9 +131,8 @@ def clip_loss(snp: torch.Tensor, idp: torch.Tensor, logit_scale: torch.Tensor, *
     take the plain autograd path.
     """
     if targets == "onehot":
-        return _SymmetricClip.apply(snp, gather_features(idp, rank, world_size), logit_scale, rank, world_size)
-    return clip_loss_reference(snp, idp, logit_scale, targets=targets, snp_key=snp_key, idp_key=idp_key,
-                               rank=rank, world_size=world_size)
+        return clip_onehot(snp, idp, logit_scale, rank=rank, world_size=world_size)
+    return clip_soft(snp, idp, logit_scale, a_key=snp_key, b_key=idp_key, rank=rank, world_size=world_size)
 
 
 def clip_loss_reference(snp: torch.Tensor, idp: torch.Tensor, logit_scale: torch.Tensor, *,

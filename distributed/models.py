@@ -34,11 +34,15 @@ class ModelConfig(Config):
     embed_dim: int = 64  # joint space dimension of the projections W_s, W_i
     dropout: float = 0.0
     init_temperature: float = 0.07  # CLIP's initial temperature; logit scale = 1/T, clamped at 100
-    # A batch's SNP inputs (identity x genotype token) take a few hundred values: encode each once, then gather
-    # (the same maths and gradients; the tower's cost no longer grows with the batch).
+    targets: str = "onehot"  # contrastive targets (losses.LOSSES): onehot (the paper's) or soft (identical inputs
+    #                          are positives too)
+    # A store's SNP inputs (identity x genotype token) take 4 x n_snps values: when a batch is larger, encode each
+    # once and look rows up (the same maths and gradients; the tower's cost no longer grows with the batch).
     dedupe_snp_inputs: bool = True
 
     def __post_init__(self):
+        if self.targets not in ("onehot", "soft"):
+            raise InputError(f"targets {self.targets!r}: expected onehot or soft")
         if self.layout not in ("paper", "separate"):
             raise InputError(f"model layout {self.layout!r}: expected paper or separate")
         if self.width % self.heads:
@@ -106,22 +110,32 @@ class ContrastiveModel(nn.Module):
     `forward(batch)` returns (snp_embeddings, idp_embeddings, logit_scale); the loss is separate (losses.py).
     """
 
-    def __init__(self, config: ModelConfig, snp_tower: nn.Module, idp_tower: nn.Module):
+    def __init__(self, config: ModelConfig, snp_tower: nn.Module, idp_tower: nn.Module,
+                 snp_token_table: torch.Tensor | None = None):
         super().__init__()
         self.snp_tower, self.idp_tower = snp_tower, idp_tower
         self.snp_projection = nn.Linear(config.width, config.embed_dim, bias=False)  # W_s
         self.idp_projection = nn.Linear(config.width, config.embed_dim, bias=False)  # W_i
         # Shape [1], not a 0-dim tensor: DeepSpeed 0.19.8 cannot broadcast 0-dim parameters.
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / config.init_temperature)))
-        self.dedupe_snp_inputs = config.dedupe_snp_inputs
+        # Every SNP input the store can hold: per SNP, the missing token (0) and its tokens of 0, 1, 2 copies.
+        self.dedupe_snp_inputs = config.dedupe_snp_inputs and snp_token_table is not None
+        if self.dedupe_snp_inputs:
+            table = torch.as_tensor(snp_token_table, dtype=torch.long)
+            self.register_buffer("snp_inputs", torch.cat([torch.zeros(len(table), 1, dtype=torch.long), table], 1),
+                                 persistent=False)
 
     def encode_snps(self, snp: torch.Tensor, genotype_token: torch.Tensor) -> torch.Tensor:
-        if self.dedupe_snp_inputs:
-            key = snp.long() * (int(genotype_token.max()) + 1) + genotype_token.long()
-            distinct, index = torch.unique(key, return_inverse=True)
-            first = torch.empty_like(distinct).scatter_(0, index, torch.arange(len(key), device=key.device))
-            return self._encode_snps(snp[first], genotype_token[first])[index]
-        return self._encode_snps(snp, genotype_token)
+        """Unit-norm SNP embeddings. With a token table and a batch larger than the SNP vocabulary, each of the
+        store's (SNP, token) inputs is encoded once and rows are gathered: shapes fixed by the store, no host
+        synchronisation (so the step can be compiled and captured in a CUDA graph)."""
+        if not self.dedupe_snp_inputs or len(snp) <= self.snp_inputs.numel():
+            return self._encode_snps(snp, genotype_token)
+        n_snps, width = self.snp_inputs.shape
+        everything = self._encode_snps(torch.arange(n_snps, device=snp.device).repeat_interleave(width),
+                                       self.snp_inputs.reshape(-1))
+        slot = (self.snp_inputs[snp] == genotype_token.unsqueeze(1)).int().argmax(dim=1)  # which of the SNP's inputs
+        return everything[snp * width + slot]
 
     def _encode_snps(self, snp: torch.Tensor, genotype_token: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.snp_projection(self.snp_tower(snp, genotype_token)), dim=-1)
@@ -135,6 +149,8 @@ class ContrastiveModel(nn.Module):
         return snp, idp, self.logit_scale.clamp(max=math.log(100)).exp()  # CLIP clamps the scale at 100
 
 
-def build_comical_model(config: ModelConfig, *, n_snps: int, n_tokens: int, n_idps: int, n_bins: int) -> ContrastiveModel:
+def build_comical_model(config: ModelConfig, *, n_snps: int, n_tokens: int, n_idps: int, n_bins: int,
+                        snp_token_table=None) -> ContrastiveModel:
     """COMICAL's SNP and IDP towers for a pair store of these sizes (from its manifest)."""
-    return ContrastiveModel(config, SnpTower(config, n_snps, n_tokens), IdpTower(config, n_idps, n_bins))
+    return ContrastiveModel(config, SnpTower(config, n_snps, n_tokens), IdpTower(config, n_idps, n_bins),
+                            snp_token_table)

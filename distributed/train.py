@@ -1,73 +1,61 @@
-"""Training with Ray Train: a worker function (model, data shard, engine, epochs, report) and a driver.
+"""The training engine: one Ray Train worker loop and one driver for every task (distributed/task.py).
 
     comical train --pairs pairs/ --out run/ --workers 2 --zero-stage 2
 
-Data path: Ray Data streams the pair store's Parquet shards into the workers (`get_dataset_shard`); each worker
-pulls its shard once and keeps it as tensors on its device (16 bytes a pair), then every epoch shuffles, slices
-minibatches and expands PLE vectors there. Minibatches never come from Ray Data one by one: that path is
-~10x slower than the model step on a GPU.
+Input paths (the task chooses): `resident`: each worker pulls its Ray Data shard once and keeps it as tensors on
+its device, then every epoch shuffles and slices minibatches there (minibatches from Ray Data one by one are ~10x
+slower than COMICAL's model step on a GPU); `streamed`: Ray Data `iter_torch_batches` with prefetching and a local
+shuffle buffer, re-read every epoch (for data that does not fit, such as image volumes). Ray Train splits each
+dataset into equal shards, so every worker takes the same number of steps (the collectives need it).
 
 Checkpoints (Ray Train + DeepSpeed protocol): every epoch each rank saves its engine state into its own temp
 folder, rank 0 adds the full weights as safetensors, and every rank reports; Ray merges them into one checkpoint
 in the run's storage. A restarted run (FailureConfig retry, or `--resume`) continues after the last finished
-epoch. The driver then keeps the best epoch by validation (Algorithm 1 step 7) and evaluates it on the test split.
+epoch. The best epoch minimises the task's validation metric (Algorithm 1 step 7).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+from ray.train import UserCallback
 
 from comical.data_io.errors import InputError
-from comical.data_io.pair_store import PAIR_SCHEMA, expand_pairs, read_manifest
 from comical.distributed.config import TrainConfig
-from comical.distributed.losses import clip_loss, input_keys
-from comical.distributed.metrics import METRICS, ROW_OUTPUTS, retrieval_metrics
-from comical.distributed.models import ContrastiveModel, ModelConfig, build_comical_model
+from comical.distributed.task import RESIDENT, Task, get_task
 
 RUN_NAME = "comical-train"
-# The best epoch (and Tune's objective) minimises the validation loss: it uses every query, and bucket membership
-# alone cannot take it below the bucket floor (ln of the bucket's share of the batch), whereas the paper's bucket
-# accuracy saturates at 1.0 from identities alone; within-bucket accuracy sits near its null and is too noisy
-# to pick an epoch with.
-SELECTION_METRIC = "loss"
 WEIGHTS = "model.safetensors"
-_COLUMNS = [f.name for f in PAIR_SCHEMA]
-
-
-def build_model(config: ModelConfig, manifest: dict) -> ContrastiveModel:
-    """The COMICAL model sized by a pair store's manifest."""
-    return build_comical_model(config, n_snps=len(manifest["snps"]), n_tokens=len(manifest["vocabulary"]),
-                               n_idps=len(manifest["idps"]), n_bins=manifest["n_bins"])
+PROGRESS_SECONDS = 30.0  # rank 0 prints progress inside an epoch at most this often
 
 
 # ---------------------------------------------------------------- worker
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
-    """One Ray Train worker: pull the shard, build model and engine, resume, train, validate, checkpoint."""
+    """One Ray Train worker: build model and engine, resume, then per epoch train, validate, checkpoint, report."""
     import ray.train
     import ray.train.torch
 
-    config = TrainConfig.from_dict(config_dict)
+    config = TrainConfig.from_dict(config_dict["config"])
+    task = get_task(config.task).bind(config_dict["info"])
     context = ray.train.get_context()  # Ray: rank, world size, device
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    os.environ.setdefault("DS_ACCELERATOR", device.type if device.type == "cuda" else "cpu")  # DeepSpeed: no probing
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    manifest = read_manifest(config.pairs)
-    train = _pull_shard(ray.train.get_dataset_shard("train"), device)  # Ray Data -> device tensors, once
-    val = _pull_shard(ray.train.get_dataset_shard("val"), device)
+    train, val = (_input(task, ray.train.get_dataset_shard(split), device) for split in ("train", "val"))
 
     from comical.distributed.engine import make_engine
 
-    engine = make_engine(build_model(config.model, manifest), config, world, device)
+    engine = make_engine(task.build_model(config.model, task.info), config, world, device)
     start_epoch, best = 0, None
     checkpoint = ray.train.get_checkpoint()  # Ray: set when this run restarts after a failure or --resume
     if checkpoint is not None:
@@ -75,14 +63,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
             state = engine.load(Path(folder))
         start_epoch, best = state["epoch"] + 1, state.get("best")
 
-    steps = _common_steps(len(train["snp"]) // config.worker_batch_size, device)
     for epoch in range(start_epoch, config.epochs):
-        train_loss, seconds = _train_epoch(engine, train, steps, epoch, rank, world, config, manifest["n_bins"])
+        train_loss, samples, seconds = _train_epoch(engine, task, train, epoch, rank, world, config)
         # the same validation batches every epoch, so epochs differ only by the model
-        val_metrics = evaluate(engine, val, config, manifest["n_bins"], world=world, seed=config.seed)
-        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "train_loss": train_loss, "pairs_per_s": steps * config.batch_size / seconds,
-                   "epoch_seconds": seconds, **{f"val_{k}": v for k, v in val_metrics.items()}}
-        score = [-metrics[f"val_{SELECTION_METRIC}"]]
+        val_metrics = evaluate(engine, task, val, config, world=world, seed=config.seed)
+        metrics = {"epoch": epoch, "epochs_done": epoch + 1, "train_loss": train_loss,
+                   "samples_per_s": samples / seconds, "epoch_seconds": seconds,
+                   **{f"val_{k}": v for k, v in val_metrics.items()}}
+        score = [-metrics[f"val_{task.selection_metric}"]]
         if best is None or score > best["score"]:
             best = {"epoch": epoch, "score": score}
         metrics["best_epoch"] = best["epoch"]
@@ -93,27 +81,26 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 from safetensors.torch import save_file
 
                 save_file(weights, str(Path(folder) / WEIGHTS))
-                (Path(folder) / "metrics.json").write_text(json.dumps(metrics))
-                print(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}, val "
-                      f"within-bucket accuracy {metrics['val_within_bucket_accuracy']:.4f} (null "
-                      f"{metrics['val_within_bucket_accuracy_null']:.4f}), {metrics['pairs_per_s']:,.0f} pairs/s",
-                      flush=True)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _pull_shard(shard, device: torch.device) -> dict[str, torch.Tensor]:
+def _input(task: Task, shard, device: torch.device):
+    """A worker's split: resident (device tensors, pulled once) or the Ray Data shard itself (streamed)."""
+    return _pull_shard(task, shard, device) if task.input_path == RESIDENT else shard
+
+
+def _pull_shard(task: Task, shard, device: torch.device) -> dict[str, torch.Tensor]:
     """A worker's whole shard as device tensors (Ray Data streams it in large blocks, once).
 
-    Rows are put in a canonical order (subject, disease, snp, idp), so the seeded shuffles that follow do not
-    depend on the order in which Ray Data delivered the blocks: the same seed gives the same run.
+    Rows are put in the task's canonical order, so the seeded shuffles that follow do not depend on the order in
+    which Ray Data delivered the blocks: the same seed gives the same run.
     """
-    parts = {c: [] for c in _COLUMNS}
+    parts = {c: [] for c in task.columns}
     for batch in shard.iter_batches(batch_size=1 << 20, batch_format="numpy"):
-        for c in _COLUMNS:
+        for c in task.columns:
             parts[c].append(batch[c])
-    columns = {c: np.concatenate(v) if v else np.empty(0, PAIR_SCHEMA.field(c).type.to_pandas_dtype())
-               for c, v in parts.items()}
-    order = np.lexsort([columns[c] for c in ("idp", "snp", "disease", "subject")])
+    columns = {c: np.concatenate(v) for c, v in parts.items()}
+    order = np.lexsort([columns[c] for c in reversed(getattr(task, "row_order", task.columns))])
     return {c: torch.from_numpy(v[order]).to(device) for c, v in columns.items()}
 
 
@@ -126,80 +113,108 @@ def _common_steps(steps: int, device: torch.device, op: str = "min") -> int:
     return int(value.item())
 
 
-def _train_epoch(engine, data, steps: int, epoch: int, rank: int, world: int, config: TrainConfig,
-                 n_bins: int) -> tuple[float, float]:
-    """One pass over the shard: shuffle on the device, slice minibatches, step. Returns (mean loss, seconds)."""
-    engine.train(True)
-    n = len(data["snp"])
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 101 + rank)
-    order = torch.randperm(n, generator=generator).to(data["snp"].device)
-    gather = config.engine.gather_negatives and world > 1
-    total = torch.zeros((), device=data["snp"].device)
-    start = time.perf_counter()
+def _train_batches(data, epoch: int, rank: int, config: TrainConfig, device: torch.device):
+    """This epoch's training minibatches of `worker_batch_size` rows, shuffled by the seed, epoch and rank."""
+    seed = config.seed * 1_000_003 + epoch * 101 + rank
     size = config.worker_batch_size
-    for step in range(steps):
-        rows = order[step * size:(step + 1) * size]
-        batch = {k: v[rows] for k, v in data.items()}
-        inputs = expand_pairs(batch, n_bins)
-        inputs["ple"] = inputs["ple"].to(engine.dtype)
-        snp, idp, scale = engine(inputs)  # forward
-        snp_key, idp_key = input_keys(batch) if config.targets == "soft" else (None, None)
-        loss = clip_loss(snp.float(), idp.float(), scale.float(), targets=config.targets, snp_key=snp_key,
-                         idp_key=idp_key, rank=rank if gather else 0, world_size=world if gather else 1)
+    if isinstance(data, dict):  # resident: a permutation on the device, sliced
+        n = len(next(iter(data.values())))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+        for step in range(_common_steps(n // size, device)):
+            rows = order[step * size:(step + 1) * size]
+            yield {k: v[rows] for k, v in data.items()}
+        return
+    # streamed: Ray Data reads, prefetches and shuffles within a buffer of a few batches on this worker
+    yield from data.iter_torch_batches(batch_size=size, drop_last=True, prefetch_batches=2, device=device,
+                                       local_shuffle_buffer_size=4 * size, local_shuffle_seed=seed)
+
+
+def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int,
+                 config: TrainConfig) -> tuple[float, int, float]:
+    """One pass over the shard. Returns (mean loss over the concatenated batches, samples, seconds)."""
+    engine.train(True)
+    device = engine.device
+    gather = config.engine.gather_negatives and world > 1
+    total = torch.zeros((), device=device)
+    steps, start = 0, time.perf_counter()
+    shown = start
+    for batch in _train_batches(data, epoch, rank, config, device):
+        outputs = engine(task.prepare(batch, engine.dtype))  # forward
+        loss = task.loss(outputs, batch, config, rank=rank if gather else 0, world_size=world if gather else 1)
         engine.backward(loss)  # the engine averages gradients over workers: the concatenated batch's gradient
         engine.step()
+        task.after_step(engine.module)
         total += loss.detach()
+        steps += 1
+        if rank == 0 and time.perf_counter() - shown > PROGRESS_SECONDS:  # time only: no host sync
+            shown = time.perf_counter()
+            print(f"epoch {epoch}: step {steps}, {steps * config.batch_size / (shown - start):,.0f} samples/s",
+                  flush=True)
     if world > 1:  # each worker's loss is its share; their mean is the batch loss
         dist.all_reduce(total)
         total /= world
     seconds = time.perf_counter() - start
-    return float(total.item()) / max(steps, 1), seconds
+    return float(total.item()) / max(steps, 1), steps * config.batch_size, seconds
 
 
 @torch.no_grad()
-def evaluate(model, data: dict[str, torch.Tensor], config: TrainConfig, n_bins: int, *, world: int = 1,
-             seed: int = 0, pair_counts: bool = False):
-    """Mean loss and retrieval metrics over batches of `batch_size` pairs drawn in a seeded order.
+def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, seed: int = 0,
+             row_outputs: bool = False):
+    """Mean loss and the task's metrics over batches of `batch_size` rows, every row scored.
 
-    Every row is scored, the last partial batch too (its metrics' chance levels are its own). Each worker scores
-    batches of its own shard (no gathered negatives), so a metric means the same for any number of workers; their
-    sums are all-reduced. With `pair_counts`, also the per-row within-bucket outcomes (metrics.ROW_OUTPUTS).
+    Resident data (a dict of tensors) is scored in a seeded order, the last partial batch too; streamed data (a Ray
+    Data shard) in its order. Each worker scores batches of its own shard (no gathered negatives), so a metric
+    means the same for any number of workers; their sums are all-reduced. With `row_outputs` (resident data only),
+    also the task's per-row outputs in the data's row order.
     """
     if hasattr(model, "train"):
         model.train(False)
-    n = len(data["snp"])
-    device = data["snp"].device
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
-    own_steps = -(-n // config.batch_size)
-    steps = _common_steps(own_steps, device, op="max")  # ZeRO-3's forward is a collective: same count on all ranks
-    sums = torch.zeros(len(METRICS) + 2, device=device, dtype=torch.float64)  # metrics, loss sum, queries
-    outputs = {k: torch.zeros(n, device=device) for k in ROW_OUTPUTS}
     dtype = getattr(model, "dtype", torch.float32)
-    for step in range(steps):
-        rows = order[step * config.batch_size:(step + 1) * config.batch_size] if step < own_steps else order[:2]
-        batch = {k: v[rows] for k, v in data.items()}
-        inputs = expand_pairs(batch, n_bins)
-        inputs["ple"] = inputs["ple"].to(dtype)
-        snp, idp, scale = model(inputs)
-        if step >= own_steps:  # this rank's shard is done: the forward only keeps ZeRO-3 in step
+    sums: dict[str, torch.Tensor] = {}
+    rows_out: dict[str, torch.Tensor] = {}
+    loss_sum, count = 0.0, 0
+    for rows, batch in _eval_batches(data, config, seed):
+        outputs = model(task.prepare(batch, dtype))
+        if rows is None:  # this rank's shard is done: the forward only keeps ZeRO-3's collectives in step
             continue
-        snp, idp = snp.float(), idp.float()
-        snp_key, idp_key = input_keys(batch)
-        loss = clip_loss(snp, idp, scale.float(), targets=config.targets, snp_key=snp_key, idp_key=idp_key)
-        values, per_row = retrieval_metrics(scale.float() * snp @ idp.T, batch["disease"], snp_key, idp_key,
-                                            batch["snp"], batch["idp"])
-        sums[:len(METRICS)] += torch.stack([values[m].double() for m in METRICS])
-        sums[-2] += loss.double() * len(rows)
-        sums[-1] += len(rows)
-        for k in ROW_OUTPUTS:
-            outputs[k][rows] = per_row[k]
+        n = len(next(iter(batch.values())))
+        loss_sum = loss_sum + task.loss(outputs, batch, config, rank=0, world_size=1).double() * n
+        count += n
+        values, per_row = task.batch_metrics(outputs, batch)
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0) + v.double()
+        if row_outputs:
+            for k, v in per_row.items():
+                rows_out.setdefault(k, torch.zeros(len(next(iter(data.values()))), device=v.device))[rows] = v
+    names = sorted(sums)
+    device = getattr(model, "device", None) or next(iter(sums.values()), torch.zeros(())).device
+    totals = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in names]
+                         + [torch.as_tensor(loss_sum, dtype=torch.float64, device=device),
+                            torch.tensor(float(count), dtype=torch.float64, device=device)])
     if world > 1:
-        dist.all_reduce(sums)
-    queries = max(float(sums[-1]), 1.0)
-    metrics = {m: float(sums[i]) / (2 * queries) for i, m in enumerate(METRICS)}
-    metrics["loss"] = float(sums[-2]) / queries
-    metrics["n_pairs"] = int(sums[-1])
-    return (metrics, outputs) if pair_counts else metrics
+        dist.all_reduce(totals)
+    queries = max(float(totals[-1]), 1.0)
+    metrics = {k: float(totals[i]) / queries for i, k in enumerate(names)}
+    metrics["loss"] = float(totals[-2]) / queries
+    metrics["n_pairs"] = int(totals[-1])
+    return (metrics, rows_out) if row_outputs else metrics
+
+
+def _eval_batches(data, config: TrainConfig, seed: int):
+    """(row indices or None for a padding step, batch) over every row of the split."""
+    size = config.batch_size
+    if not isinstance(data, dict):
+        for batch in data.iter_torch_batches(batch_size=size, prefetch_batches=2):
+            yield (), batch
+        return
+    first = next(iter(data.values()))
+    n, device = len(first), first.device
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+    own_steps = -(-n // size)
+    steps = _common_steps(own_steps, device, op="max")  # ZeRO-3's forward is a collective: same count on all ranks
+    for step in range(steps):
+        rows = order[step * size:(step + 1) * size] if step < own_steps else order[:2]
+        yield (rows if step < own_steps else None), {k: v[rows] for k, v in data.items()}
 
 
 # ---------------------------------------------------------------- driver
@@ -221,19 +236,11 @@ def check_cluster_fits(config: TrainConfig, driver_cpus: float = 0.5) -> None:
 
 
 def check_train_inputs(config: TrainConfig) -> dict:
-    """Everything that can be checked before Ray starts; returns the store's manifest."""
-    manifest = read_manifest(config.pairs)
-    for split in ("train", "val"):
-        if not list((Path(config.pairs) / split).glob("*.parquet")):
-            raise InputError(f"{config.pairs}: no {split}/*.parquet; not a complete pair store")
-    share = manifest["splits"]["train"]["pairs"] // config.engine.workers
-    if config.worker_batch_size > share:
-        raise InputError(f"--batch-size {config.batch_size}: each of {config.engine.workers} workers would need "
-                         f"{config.worker_batch_size} training pairs a step but holds about {share} "
-                         f"({manifest['splits']['train']['pairs']} in {config.pairs}/train); lower --batch-size")
+    """Everything that can be checked before Ray starts; returns the task's input spec (`info`)."""
+    info = get_task(config.task).check_inputs(config)
     if config.engine.precision == "bf16" and not config.engine.use_gpu and not cpu_supports_bf16():
         raise InputError("--precision bf16 on CPU needs avx512_bf16 or amx_bf16, which this CPU lacks; use fp32")
-    return manifest
+    return info
 
 
 def cpu_supports_bf16() -> bool:
@@ -244,8 +251,8 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run_training(config: TrainConfig, storage: Path, *, name: str = RUN_NAME, callbacks: tuple = ()):
-    """Build the TorchTrainer over the pair store and fit it; returns Ray's Result.
+def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = RUN_NAME, callbacks: tuple = ()):
+    """Build the TorchTrainer over the task's datasets and fit it; returns Ray's Result.
 
     `comical train` and every Tune trial call this same driver (a trial passes its own run name and Tune's
     report callback).
@@ -254,27 +261,41 @@ def run_training(config: TrainConfig, storage: Path, *, name: str = RUN_NAME, ca
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from comical.data_io.pair_store import pair_dataset
-
     resources = {"CPU": config.engine.cpus_per_worker, **({"GPU": 1} if config.engine.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config.to_dict(),
+        train_loop_config={"config": config.to_dict(), "info": info},
         scaling_config=ray.train.ScalingConfig(num_workers=config.engine.workers, use_gpu=config.engine.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),
-        datasets={"train": pair_dataset(config.pairs, "train"), "val": pair_dataset(config.pairs, "val")},
-        # Deterministic block-to-worker assignment: with the canonical row order in `_pull_shard`, a seed
+        datasets=get_task(config.task).bind(info).datasets(config),
+        # Deterministic block-to-worker assignment: with the canonical row order of a resident shard, a seed
         # fixes the run (and a restarted worker gets the same shard back).
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     return trainer.fit()
 
 
-def load_split(store: str | Path, split: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """A whole split as tensors, read with pyarrow (the driver's path; workers use Ray Data)."""
-    table = pq.read_table(Path(store) / split, schema=PAIR_SCHEMA)
-    return {c: torch.from_numpy(table.column(c).to_numpy()).to(device) for c in _COLUMNS}
+class EpochLog(UserCallback):
+    """A Ray Train callback (it runs in the Train controller, on the driver's node): each epoch's metrics are
+    appended to `metrics.jsonl` and TensorBoard in the run folder as soon as every worker has reported."""
+
+    def __init__(self, out: str | Path):
+        self.out = str(out)
+        self.writer = None
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0]  # rank 0's: every rank reports the same epoch metrics
+        with open(Path(self.out) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(self.out) / "tensorboard"))
+        for key, value in m.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "best_epoch"):
+                self.writer.add_scalar(key, value, m["epoch"])
+        self.writer.flush()

@@ -153,12 +153,12 @@ def associate_run(run: Path, *, test: str = "calibrated", cohort: Path | None = 
                          "(runs made before this version need retraining)")
     if json.loads(run_file.read_text()).get("state", "done") != "done":
         raise InputError(f"--run {run}: run.json says the run is not finished; train it to the end first")
-    table = pair_associations(pl.read_parquet(retrievals), json.loads(info_path.read_text()), test=test)
+    table = pair_associations(pl.read_parquet(retrievals), json.loads(info_path.read_text())["input"], test=test)
     name = "associations.tsv" if test == "calibrated" else "associations_paper.tsv"
     write_atomic(run / name, table.write_csv(separator="\t"))
     summary = {"test": test, "n_pairs": table.height, "n_fdr05": int((table["p_adjusted"] < 0.05).sum()),
                "n_p05": int((table["p"] < 0.05).sum()), "n_na": int(table["p"].null_count()), "file": str(run / name)}
-    store = Path(json.loads(run_file.read_text())["config"]["pairs"])
+    store = Path(json.loads(run_file.read_text())["config"]["data"])
     if cohort is None and (store / "run.json").is_file():
         cohort = json.loads((store / "run.json").read_text()).get("cohort")
     planted_path = Path(cohort) / "truth" / "snp_idp_effects.parquet" if cohort else None

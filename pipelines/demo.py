@@ -7,14 +7,19 @@ from functools import partial
 from pathlib import Path
 
 
-def run_demo(out: Path, *, seed: int = 0, force: bool = False) -> None:
-    """Every step on the simulated mini cohort, into `out` (staged, renamed into place when all succeed)."""
+def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = False) -> None:
+    """Every step on the simulated mini cohort, into `out` (staged, renamed into place when all succeed).
+
+    The console shows a line per step (and per training epoch); everything else goes to `out/demo.log`.
+    """
+    from comical.data_io.console import logged_console
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.data_io.simulate import write_cohort
     from comical.data_io.traits import load_trait_map
     from comical.distributed.config import TrainConfig
-    from comical.distributed.run import test_summary, train_and_evaluate
+    from comical.distributed.run import train_and_evaluate
+    from comical.distributed.task import get_task
     from comical.pipelines.associations import associate_run, truth_summary
     from comical.pipelines.gwas import run_gwas, tables_from_cohort
     from comical.pipelines.pair_chain import write_pair_store
@@ -22,30 +27,31 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False) -> None:
 
     run = {"command": "demo", "seed": seed}
     out = check_output_dir(out, run, force=force)
-    with staged_output_dir(out, run) as stage:
+    with staged_output_dir(out, run) as stage, logged_console(stage / "demo.log", verbose=verbose) as say:
         (stage / "cohort").mkdir()
         manifest = write_cohort(stage / "cohort", preset="mini", seed=seed)
-        print(f"demo: simulated the mini cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
+        say(f"demo: simulated the mini cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
               f"variants) -> {out / 'cohort'}")
         cohort = load_cohort(stage / "cohort")
         (stage / "pairs").mkdir()
         manifest = write_pair_store(cohort, PairsConfig(top_n_perc=5, seed=seed), load_trait_map(),
                                     stage / "pairs", qc_dir=None, phewas_dir=None, shown_as=out / "pairs")
-        print(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 5 "
+        say(f"demo: {sum(s['pairs'] for s in manifest['splits'].values()):,} SNP-IDP pairs at --top-n-perc 5 "
               f"-> {out / 'pairs'}")
-        config = TrainConfig.from_dict({"pairs": str(stage / "pairs"), "seed": seed,
+        config = TrainConfig.from_dict({"data": str(stage / "pairs"), "seed": seed,
                                         "engine": {"workers": 2, "zero_stage": 2}})
-        test = train_and_evaluate(config, stage / "run")
-        print(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): {test_summary(test)} -> {out / 'run'}")
+        test = train_and_evaluate(config, stage / "run", verbose=verbose)
+        say(f"demo: trained COMICAL (Ray Train, 2 workers, DeepSpeed ZeRO-2): {get_task('comical').summary(test)} "
+              f"-> {out / 'run'}")
         assoc = associate_run(stage / "run", cohort=stage / "cohort")
-        print(f"demo: calibrated association test: {assoc['n_fdr05']} of {assoc['n_pairs']} SNP-IDP pairs at FDR 5%; "
+        say(f"demo: calibrated association test: {assoc['n_fdr05']} of {assoc['n_pairs']} SNP-IDP pairs at FDR 5%; "
               f"{truth_summary(assoc['truth'])} -> {out / 'run' / 'truth_score.json'}")
         (stage / "gwas").mkdir()
         summary = run_gwas(partial(tables_from_cohort, stage / "cohort", binary=False, pheno_names=None,
                                    covar_names=None), stage / "gwas" / "idps", workers=2)
         hits = {name: info["hits"] for name, info in summary["phenotypes"].items() if info["hits"]}
         lambdas = [info["lambda_gc"] for info in summary["phenotypes"].values()]
-        print(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "
+        say(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "
               f"{sorted(lambdas)[len(lambdas) // 2]:.3f}, {sum(hits.values())} hits at 5e-8 in {len(hits)} IDPs "
               f"-> {out / 'gwas'} (idps.manhattan.png)")
-    print(f"demo: done; outputs in {out}")
+    print(f"demo: done; outputs in {out} (everything else the steps printed: {out / 'demo.log'})")

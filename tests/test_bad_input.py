@@ -216,8 +216,8 @@ def test_config_values_are_checked_against_their_types(tmp_path):
     for bad, needle in [({"epochs": True}, "key epochs: expected an integer, got True"),
                         ({"engine": {"use_gpu": "yes"}}, "key engine.use_gpu: expected true or false, got 'yes'"),
                         ({"optim": {"betas": [0.9]}}, "key optim.betas: expected a list of 2 numbers, got [0.9]"),
-                        ({"model": 64}, "key model: expected a mapping of ModelConfig keys, got 64"),
-                        ({"targets": 1}, "key targets: expected a string, got 1")]:
+                        ({"model": 64}, "key model: expected a mapping of model keys, got 64"),
+                        ({"model": {"targets": 1}}, "key model.targets: expected a string, got 1")]:
         with pytest.raises(InputError) as err:
             TrainConfig.from_dict(bad, source="run.yaml")
         assert str(err.value) == f"run.yaml: {needle}"

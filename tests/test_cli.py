@@ -31,6 +31,9 @@ def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray
     gwas = json.loads((out / "gwas" / "idps.summary.json").read_text())
     assert len(gwas["phenotypes"]) == 154 and (out / "gwas" / "idps.manhattan.png").is_file() and "GWAS of 154" in printed
     assert not list(tmp_path.glob(".demo*")), "staging folders left behind"
+    assert len(printed.splitlines()) <= 20, printed  # one screen: a line per step and per epoch
+    assert "epoch 4:" in printed and "epoch 4:" in (out / "run" / "train.log").read_text()
+    assert "demo: GWAS" in (out / "demo.log").read_text()
 
 
 def test_qc_config_file_with_flag_override(mini_cohort, tmp_path):

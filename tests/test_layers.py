@@ -48,7 +48,7 @@ def test_layers_import_only_downward(layer):
 
 def test_engine_imports_only_what_a_ray_worker_has():
     wrong = []
-    for path in sorted((ROOT / "distributed").glob("*.py")):
+    for path in sorted((ROOT / "distributed").rglob("*.py")):
         for module, line in _imports(path, top_level_only=True):
             root = module.split(".")[0]
             if root in ("__future__", "comical") or root in ENGINE_IMPORTS or root in _stdlib():

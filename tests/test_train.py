@@ -20,9 +20,11 @@ from safetensors.torch import load_file
 from comical.cli import main
 from comical.distributed.config import TrainConfig
 from comical.distributed.export import load_model
-from comical.distributed.train import evaluate, load_split
+from comical.distributed.task import get_task
+from comical.distributed.tasks.comical import load_split
+from comical.distributed.train import evaluate
 
-_TIMING = ("pairs_per_s", "epoch_seconds")
+_TIMING = ("samples_per_s", "epoch_seconds")
 
 
 def _epochs(run):
@@ -37,7 +39,7 @@ def test_learns_the_pairs_far_above_chance(trained_run):
     assert test["top1_accuracy"] > 2 * test["top1_accuracy_chance"]
     assert 0 < test["within_bucket_accuracy_chance"] < 1 and 0 <= test["within_bucket_accuracy_null"] < 1
     # every test row is scored, the last partial batch too
-    store = Path(TrainConfig.from_yaml(trained_run / "config.yaml").pairs)
+    store = Path(TrainConfig.from_yaml(trained_run / "config.yaml").data)
     assert test["n_test_pairs"] == json.loads((store / "manifest.json").read_text())["splits"]["test"]["pairs"]
     assert json.loads((trained_run / "run.json").read_text())["state"] == "done"
     epochs = _epochs(trained_run)
@@ -48,12 +50,29 @@ def test_learns_the_pairs_far_above_chance(trained_run):
     assert config.engine.zero_stage == 2 and config.engine.workers == 2 and config.batch_size == 1024
 
 
+# `comical train` with TRAIN_ARGS on the small store, measured before the engine took tasks (commit 34e825d): the
+# task-agnostic loop must train COMICAL to the same numbers for the same seed.
+PINNED_TEST = {"loss": 4.926598424658858, "within_bucket_accuracy": 0.11234991423670669,
+               "within_bucket_accuracy_null": 0.1123622085835926, "bucket_accuracy_chance": 0.1542064418832711,
+               "top1_accuracy": 0.11234991423670669, "n_test_pairs": 10494}
+PINNED_LAST_VAL_LOSS = 5.582136982977192
+
+
+def test_the_engine_trains_comical_to_the_pinned_metrics(trained_run):
+    test = json.loads((trained_run / "test_metrics.json").read_text())
+    for key, value in PINNED_TEST.items():
+        assert test[key] == pytest.approx(value, rel=1e-6), key
+    assert _epochs(trained_run)[2]["val_loss"] == pytest.approx(PINNED_LAST_VAL_LOSS, rel=1e-6)
+
+
 def test_exported_safetensors_reproduce_the_test_metrics(trained_run, small_pairs):
     weights = load_file(str(trained_run / "model" / "model.safetensors"))
     assert "logit_scale" in weights and weights["logit_scale"].shape == (1,)
-    model, info = load_model(trained_run / "model")
+    model, spec = load_model(trained_run / "model")
+    assert spec["task"] == "comical" and spec["input"]["n_bins"] > 0
     config = TrainConfig.from_yaml(trained_run / "config.yaml")
-    metrics = evaluate(model, load_split(small_pairs, "test"), config, info["n_bins"], seed=config.seed)
+    task = get_task("comical").bind(spec["input"])
+    metrics = evaluate(model, task, load_split(small_pairs, "test"), config, seed=config.seed)
     saved = json.loads((trained_run / "test_metrics.json").read_text())
     for key in ("bucket_accuracy", "within_bucket_accuracy", "within_bucket_accuracy_null"):
         assert metrics[key] == pytest.approx(saved[key])
@@ -65,8 +84,8 @@ def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
     out = tmp_path / "emb.parquet"
     assert main(["embed", "--run", str(trained_run), "--cohort", str(mini_cohort), "--out", str(out)]) == 0
     table = pl.read_parquet(out)
-    info = json.loads((trained_run / "model" / "model.json").read_text())
-    dim = info["model"]["embed_dim"]
+    spec = json.loads((trained_run / "model" / "model.json").read_text())
+    info, dim = spec["input"], spec["model"]["embed_dim"]
     assert table.height == 2000 and len(table["snp_embedding"][0]) == len(info["snps"]) * dim
     first = np.asarray(table["snp_embedding"][0]).reshape(len(info["snps"]), dim)
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1, atol=1e-5)  # embeddings on the unit sphere
@@ -74,7 +93,7 @@ def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
     assert main(["associate", "--run", str(trained_run)]) == 0
     assoc = pl.read_csv(trained_run / "associations.tsv", separator="\t")
     rows = pl.read_parquet(trained_run / "test_retrievals.parquet")
-    manifest = json.loads((Path(json.loads((trained_run / "run.json").read_text())["config"]["pairs"])
+    manifest = json.loads((Path(json.loads((trained_run / "run.json").read_text())["config"]["data"])
                            / "manifest.json").read_text())
     assert assoc.height == manifest["pairs_per_subject"]  # every candidate pair of the buckets is tested
     assert assoc["n_test"].sum() == rows.filter(pl.col("dosage") >= 0).height
@@ -103,7 +122,9 @@ def test_fault_drill_killed_worker_recovers_with_the_same_result(small_pairs, tr
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and thread.is_alive():
-        if list((out / "checkpoints" / "comical-train").glob("checkpoint_*")):
+        # epoch 0 reaches the run folder while the run still goes (a Ray Train callback, not the end of fit)
+        if (out / "metrics.jsonl").is_file():
+            grown = json.loads((out / "run.json").read_text())["state"]
             time.sleep(1.0)  # into epoch 1
             workers = _train_workers()
             if workers:
@@ -112,6 +133,7 @@ def test_fault_drill_killed_worker_recovers_with_the_same_result(small_pairs, tr
         time.sleep(0.2)
     thread.join(timeout=600)
     assert killed is not None, "never saw a checkpoint and a worker to kill"
+    assert grown == "running", "metrics.jsonl appeared only after training ended"
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
     assert status["rc"] == 0
     assert _epochs(out) == _epochs(trained_run)
@@ -157,15 +179,15 @@ def test_deepspeed_checkpoint_round_trip_in_one_process(small_pairs, tmp_path, m
     from comical.data_io.pair_store import expand_pairs, read_manifest
     from comical.distributed.engine import make_engine
     from comical.distributed.losses import clip_loss
-    from comical.distributed.train import build_model
 
     for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29611", RANK="0", WORLD_SIZE="1",
                            LOCAL_RANK="0").items():
         monkeypatch.setenv(key, value)
     dist.init_process_group("gloo", rank=0, world_size=1)
     request.addfinalizer(dist.destroy_process_group)
-    config = TrainConfig.from_dict({"pairs": str(small_pairs), "batch_size": 256, "engine": {"zero_stage": 2}})
+    config = TrainConfig.from_dict({"data": str(small_pairs), "batch_size": 256, "engine": {"zero_stage": 2}})
     manifest = read_manifest(small_pairs)
+    build_model = get_task("comical").build_model
     data = load_split(small_pairs, "val")
     batches = [expand_pairs({k: v[i * 256:(i + 1) * 256] for k, v in data.items()}, manifest["n_bins"])
                for i in range(3)]
@@ -187,3 +209,37 @@ def test_deepspeed_checkpoint_round_trip_in_one_process(small_pairs, tmp_path, m
     for key, value in first.full_state_dict().items():
         torch.testing.assert_close(second.full_state_dict()[key], value)
     assert step(second, batches[2]) == pytest.approx(step(first, batches[2]), rel=1e-6)
+
+
+def test_a_second_task_streams_through_the_same_engine(ray_session, tmp_path, capsys):
+    """The toy task (two noisy views of a Gaussian latent) through Ray Data's streaming path, DeepSpeed ZeRO-2 and
+    2 workers: its frozen encoder recovers the latent far better than the same encoder untrained."""
+    from comical.distributed.tasks.toy import write_toy_data
+
+    write_toy_data(tmp_path / "toy", seed=0)
+    out = tmp_path / "run"
+    assert main(["train", "--task", "toy", "--data", str(tmp_path / "toy"), "--out", str(out), "--workers", "2",
+                 "--zero-stage", "2", "--epochs", "3", "--batch-size", "256", "--seed", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("epoch ") for line in printed) == 3 and "latent R^2" in printed[-1]
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["latent_r2"] > test["latent_r2_untrained_encoder"] + 0.2 and test["latent_r2"] > 0.5
+    epochs = _epochs(out)
+    assert [m["epoch"] for m in epochs] == [0, 1, 2] and epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+    assert epochs[-1]["val_top1_accuracy"] > 2 * epochs[-1]["val_top1_accuracy_chance"]
+    model, spec = load_model(out / "model")  # the export names its task, so any task's encoders load
+    assert spec["task"] == "toy" and spec["input"]["view_dim"] == 32
+    assert tuple(model.encode("a", torch.zeros(3, 32)).shape) == (3, spec["model"]["embed_dim"])
+
+
+def test_snp_lookup_gives_the_direct_encoding():
+    """The fixed-size (SNP, token) lookup of the training step equals encoding every row."""
+    from comical.distributed.models import ModelConfig, build_comical_model
+
+    table = [[1, 2, 3], [1, 2, 3], [4, 5, 6]]
+    torch.manual_seed(0)
+    model = build_comical_model(ModelConfig(), n_snps=3, n_tokens=7, n_idps=2, n_bins=4, snp_token_table=table)
+    snp = torch.randint(0, 3, (64,))
+    token = torch.tensor(table)[snp, torch.randint(0, 3, (64,))]
+    token[::7] = 0  # missing calls
+    torch.testing.assert_close(model.encode_snps(snp, token), model._encode_snps(snp, token))

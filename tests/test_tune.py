@@ -197,9 +197,9 @@ def test_bench_scaling_writes_the_table_and_plot(small_pairs, ray_session, tmp_p
     assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,2", "--epochs", "2",
                  "--batch-size", "1024", "--engine", "ddp", "--out", str(out)]) == 0
     table = pl.read_csv(out / "scaling.csv")
-    assert table["workers"].to_list() == [1, 2] and (table["pairs_per_s"] > 0).all()
+    assert table["workers"].to_list() == [1, 2] and (table["samples_per_s"] > 0).all()
     assert table["speedup"][0] == pytest.approx(1.0)
-    assert table["speedup"][1] == pytest.approx(table["pairs_per_s"][1] / table["pairs_per_s"][0])
+    assert table["speedup"][1] == pytest.approx(table["samples_per_s"][1] / table["samples_per_s"][0])
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 2 | CPU |" in capsys.readouterr().out
     assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,x", "--out", str(out)]) == 2

@@ -89,12 +89,13 @@ def _trial(params: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from comical.distributed.train import run_training
+    from comical.distributed.train import check_train_inputs, run_training
 
     sampled = {k: v for k, v in params.items() if k not in ("base", "storage")}
     config = TrainConfig.from_dict(_merge(params["base"], sampled), source="tune trial")
     trial_id = ray.tune.get_context().get_trial_id()
-    result = run_training(config, Path(params["storage"]), name=f"trial-{trial_id}", callbacks=[TuneReportCallback()])
+    result = run_training(config, Path(params["storage"]), check_train_inputs(config), name=f"trial-{trial_id}",
+                          callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
 
@@ -177,7 +178,7 @@ def new_request(pairs: Path | None, out: Path | None, *, space: str, num_samples
     if max_epochs < 1 or workers_per_trial < 1 or gpus_per_worker not in (0, 1):
         raise InputError("--max-epochs and --workers-per-trial must be >= 1, --gpus-per-worker 0 or 1")
     base = TrainConfig.from_yaml(config).to_dict() if config else TrainConfig().to_dict()
-    base.update(pairs=str(Path(pairs).resolve()), epochs=max_epochs)
+    base.update(data=str(Path(pairs).resolve()), epochs=max_epochs)
     base["engine"].update(workers=workers_per_trial, use_gpu=bool(gpus_per_worker))
     return {"command": "tune", "space": space, "num_samples": num_samples, "base": base}, Path(out).resolve()
 
@@ -203,11 +204,11 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False)
 
     space = load_space(request["space"])
     base = TrainConfig.from_dict(request["base"], source="comical tune")
-    manifest = check_train_inputs(base)
+    check_train_inputs(base)
     init_ray()
     check_cluster_fits(base)
     if not resume:
-        check_output_dir(out, request, force=force, inputs=(Path(base.pairs),))
+        check_output_dir(out, request, force=force, inputs=(Path(base.data),))
         if out.exists():  # the same sweep again, or --force: start afresh
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -216,6 +217,7 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False)
     try:
         grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume)
         table = results_table(grid, space, base.epochs)
+        manifest = json.loads((Path(base.data) / "manifest.json").read_text())
         best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
     except BaseException as err:
         mark_run(out, request, "failed", err)

@@ -1,0 +1,94 @@
+"""The task interface: what the training engine needs to know about a model, and nothing more.
+
+The Ray Train loop, the DeepSpeed/DDP wiring, checkpoints, failure recovery, metrics logging, export and the driver
+that Tune shares (distributed/train.py, run.py, export.py) only ever call these methods; a model is one module in
+`distributed/tasks/` that subclasses `Task` and is named in `tasks.TASKS`.
+
+A task says:
+- `model_config`: the typed `model:` section of the TrainConfig (sizes and loss settings of this model);
+- `check_inputs(config)`: the driver's checks before Ray starts; returns the task's `info`, the input spec that
+  sizes the model and travels with the exported weights (vocabularies, bin edges, feature sizes);
+- `datasets(config)`: the Ray Data datasets a run reads (`train`, `val`);
+- `input_path`: `resident` (a worker pulls its shard onto its device once, then shuffles and slices it there every
+  epoch: the fast path for small rows such as SNP-IDP pairs) or `streamed` (Ray Data `iter_torch_batches` with
+  prefetching and a local shuffle buffer, for data that does not fit, such as image volumes);
+- `build_model(model_config, info)` and `prepare(batch, dtype)` (stored columns -> the model's inputs, with the
+  `info` the task was bound to);
+- `loss(outputs, batch, ...)`: this worker's share of the loss, its terms taken from `losses.LOSSES`;
+- `batch_metrics(outputs, batch)`: validation/test metrics summed over a batch's rows (the engine divides by the
+  rows), each beside its chance or null level; `selection_metric`: the validation metric the best epoch minimises;
+- hooks: `after_step(module)` after every optimizer step (a momentum encoder's EMA);
+- `epoch_line(metrics)` and `test(...)`: the console line of an epoch and the best model's evaluation on the test
+  split, run on the driver, which writes the task's own outputs into the run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from comical.data_io.configs import Config
+
+RESIDENT, STREAMED = "resident", "streamed"
+
+
+class Task:
+    name: str = ""
+    model_config: type[Config] = Config
+    input_path: str = RESIDENT
+    columns: tuple[str, ...] = ()  # the dataset columns a worker reads
+    selection_metric: str = "loss"  # minimised on the validation split
+    info: dict = {}
+
+    def bind(self, info: dict) -> Task:
+        """This task over inputs described by `info` (what `check_inputs` returned, or an exported model.json)."""
+        self.info = info
+        return self
+
+    def check_inputs(self, config) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def datasets(self, config) -> dict:
+        raise NotImplementedError
+
+    def build_model(self, model_config: Config, info: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def prepare(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return batch
+
+    def loss(self, outputs, batch: dict[str, torch.Tensor], config, *, rank: int, world_size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_metrics(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Metric sums over the batch's rows, and per-row outputs (may be empty)."""
+        return {}, {}
+
+    def after_step(self, module: nn.Module) -> None:
+        """Called after every optimizer step with the unwrapped model."""
+
+    def epoch_line(self, metrics: dict) -> str:
+        return (f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
+                f"{metrics['samples_per_s']:,.0f} samples/s")
+
+    def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> str:
+        return f"test loss {metrics['loss']:.4f}"
+
+
+def get_task(name: str) -> Task:
+    """The registered task of this name (tasks.TASKS)."""
+    import importlib
+
+    from comical.data_io.errors import InputError
+    from comical.distributed.tasks import TASKS
+
+    if name not in TASKS:
+        raise InputError(f"task {name!r}: expected one of {sorted(TASKS)}")
+    module_name, class_name = TASKS[name]
+    return getattr(importlib.import_module(module_name), class_name)()

@@ -1,0 +1,6 @@
+"""The registered tasks: name -> (module, class). `distributed.task.get_task` imports one only when it is used."""
+
+TASKS = {
+    "comical": ("comical.distributed.tasks.comical", "ComicalTask"),  # paper 000: SNP-IDP pairs, resident
+    "toy": ("comical.distributed.tasks.toy", "ToyTask"),  # two noisy views of a Gaussian latent, streamed
+}
