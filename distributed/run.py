@@ -64,9 +64,17 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
 
 
 def _train_and_evaluate(config: TrainConfig, out: Path, storage: Path, info: dict, say) -> dict:
-    from comical.distributed.ray_session import init_ray
+    from comical.distributed.ray_session import init_ray, shutdown_ray
 
-    init_ray()
+    started = init_ray()
+    try:
+        return _fit_and_test(config, out, storage, info, say)
+    finally:
+        if started:  # a local Ray this call started stops here, so its last log lines land in train.log too
+            shutdown_ray()
+
+
+def _fit_and_test(config: TrainConfig, out: Path, storage: Path, info: dict, say) -> dict:
     check_cluster_fits(config, driver_cpus=0.0)
     task = get_task(config.task).bind(info)
     with _EpochLines(out / "metrics.jsonl", lambda m: say(task.epoch_line(m))):

@@ -18,6 +18,7 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
     from comical.data_io.simulate import write_cohort
     from comical.data_io.traits import load_trait_map
     from comical.distributed.config import TrainConfig
+    from comical.distributed.ray_session import init_ray, shutdown_ray
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.task import get_task
     from comical.pipelines.associations import associate_run, truth_summary
@@ -28,6 +29,7 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
     run = {"command": "demo", "seed": seed}
     out = check_output_dir(out, run, force=force)
     with staged_output_dir(out, run) as stage, logged_console(stage / "demo.log", verbose=verbose) as say:
+        started = init_ray()  # one local Ray for training and the GWAS, stopped while its logs still go to demo.log
         (stage / "cohort").mkdir()
         manifest = write_cohort(stage / "cohort", preset="mini", seed=seed)
         say(f"demo: simulated the mini cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
@@ -54,4 +56,6 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
         say(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "
               f"{sorted(lambdas)[len(lambdas) // 2]:.3f}, {sum(hits.values())} hits at 5e-8 in {len(hits)} IDPs "
               f"-> {out / 'gwas'} (idps.manhattan.png)")
+        if started:
+            shutdown_ray()
     print(f"demo: done; outputs in {out} (everything else the steps printed: {out / 'demo.log'})")
