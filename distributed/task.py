@@ -40,6 +40,7 @@ class Task:
     model_config: type[Config] = Config
     input_path: str = RESIDENT
     columns: tuple[str, ...] = ()  # the dataset columns a worker reads
+    row_order: tuple[str, ...] = ()  # resident shards are sorted by these (default: all columns) before shuffling
     selection_metric: str = "loss"  # minimised on the validation split
     info: dict = {}
 

@@ -100,7 +100,7 @@ def _pull_shard(task: Task, shard, device: torch.device) -> dict[str, torch.Tens
         for c in task.columns:
             parts[c].append(batch[c])
     columns = {c: np.concatenate(v) for c, v in parts.items()}
-    order = np.lexsort([columns[c] for c in reversed(getattr(task, "row_order", task.columns))])
+    order = np.lexsort([columns[c] for c in reversed(task.row_order or task.columns)])
     return {c: torch.from_numpy(v[order]).to(device) for c, v in columns.items()}
 
 
@@ -185,7 +185,9 @@ def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, se
             sums[k] = sums.get(k, 0) + v.double()
         if row_outputs:
             for k, v in per_row.items():
-                rows_out.setdefault(k, torch.zeros(len(next(iter(data.values()))), device=v.device))[rows] = v
+                if k not in rows_out:
+                    rows_out[k] = torch.zeros(len(next(iter(data.values()))), device=v.device)
+                rows_out[k][rows] = v
     names = sorted(sums)
     device = getattr(model, "device", None) or next(iter(sums.values()), torch.zeros(())).device
     totals = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in names]

@@ -83,9 +83,9 @@ class ToyTask(Task):
 
     def check_inputs(self, config) -> dict:
         path = Path(config.data) / "manifest.json"
-        if not path.is_file() or json.loads(path.read_text()).get("task") != "toy":
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        if manifest.get("task") != "toy":
             raise InputError(f"{config.data}: not a toy data set (no manifest.json of task toy)")
-        manifest = json.loads(path.read_text())
         if config.worker_batch_size > manifest["splits"]["train"] // config.engine.workers:
             raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the training rows")
         return {k: manifest[k] for k in ("latent_dim", "view_dim")}
