@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML TrainConfig for the settings the space does not sample")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted sweep in DIR")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different sweep")
+    p.add_argument("--verbose", action="store_true", help="show Tune's tables and Ray's logs (always in tune.log)")
     p.set_defaults(handler=_tune)
 
     p = sub.add_parser("gwas", help="per-variant GWAS as Ray tasks (plink2 --glm linear/logistic), multi-trait test")
@@ -299,7 +300,7 @@ def _tune(args) -> int:
         request, out = new_request(args.pairs, args.out, space=args.space, num_samples=args.num_samples,
                                    max_epochs=args.max_epochs, workers_per_trial=args.workers_per_trial,
                                    gpus_per_worker=args.gpus_per_worker, config=args.config)
-    table, best = tune(request, out, resume=bool(args.resume), force=args.force)
+    table, best = tune(request, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
     print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA); best "
           f"validation loss {best['best_val_loss']:.4f} -> {out / 'best_config.yaml'}, {out / 'table1.md'}")
     return 0

@@ -48,6 +48,10 @@ class TrainConfig(Config):
     data: str = ""  # the task's input folder (COMICAL: a pair store from `comical pairs`)
     epochs: int = 5  # enough for the mini cohort on CPU; the paper-size store wants more
     batch_size: int = 4096  # samples per step over all workers, the loss's batch (paper Table 1: 4096 pairs)
+    # Validation and test batches: one size for every run, because a contrastive loss and its chance levels depend
+    # on how many candidates a batch holds (ln B with no signal), so runs that train at different batch sizes
+    # (a Tune sweep over Table 1) are compared, and their best epochs chosen, on the same footing.
+    eval_batch_size: int = 4096
     seed: int = 0
     storage_path: str = ""  # Ray Train storage for checkpoints (local run dir by default; s3://, gs://, NFS)
     # The task's model and loss settings, typed by the task (`Task.model_config`; COMICAL: models.ModelConfig).

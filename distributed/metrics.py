@@ -23,11 +23,6 @@ from __future__ import annotations
 
 import torch
 
-METRICS = ("bucket_accuracy", "bucket_accuracy_chance", "within_bucket_accuracy", "within_bucket_accuracy_chance",
-           "within_bucket_accuracy_null", "top1_accuracy", "top1_accuracy_chance")
-# Per-row output: strict top-1 hits (0-2, both directions), which the paper's association test counts.
-ROW_OUTPUTS = ("top1_correct",)
-
 
 def retrieval_metrics(logits: torch.Tensor, disease: torch.Tensor, snp_key: torch.Tensor, idp_key: torch.Tensor,
                       snp_id: torch.Tensor, idp_id: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -8,10 +8,10 @@ A task says:
 - `model_config`: the typed `model:` section of the TrainConfig (sizes and loss settings of this model);
 - `check_inputs(config)`: the driver's checks before Ray starts; returns the task's `info`, the input spec that
   sizes the model and travels with the exported weights (vocabularies, bin edges, feature sizes);
-- `datasets(config)`: the Ray Data datasets a run reads (`train`, `val`);
-- `input_path`: `resident` (a worker pulls its shard onto its device once, then shuffles and slices it there every
-  epoch: the fast path for small rows such as SNP-IDP pairs) or `streamed` (Ray Data `iter_torch_batches` with
-  prefetching and a local shuffle buffer, for data that does not fit, such as image volumes);
+- `input_path`: `resident` (each worker reads its shard of a small split once, `read_split`, keeps it on its device
+  and shuffles and slices it there every epoch: the fast path for small rows such as SNP-IDP pairs) or `streamed`
+  (`datasets`: Ray Data datasets that Ray Train shards and `iter_torch_batches` streams with prefetching and a
+  local shuffle buffer, for data that does not fit, such as image volumes);
 - `build_model(model_config, info)` and `prepare(batch, dtype)` (stored columns -> the model's inputs, with the
   `info` the task was bound to);
 - `loss(outputs, batch, ...)`: this worker's share of the loss, its terms taken from `losses.LOSSES`;
@@ -52,7 +52,12 @@ class Task:
     def check_inputs(self, config) -> dict[str, Any]:
         raise NotImplementedError
 
+    def read_split(self, data: str, split: str) -> dict:
+        """Resident tasks: the whole split of the input folder `data` as numpy arrays, one per column."""
+        raise NotImplementedError
+
     def datasets(self, config) -> dict:
+        """Streamed tasks: the Ray Data datasets of `train` and `val`."""
         raise NotImplementedError
 
     def build_model(self, model_config: Config, info: dict) -> nn.Module:

@@ -2,11 +2,15 @@
 
     comical train --pairs pairs/ --out run/ --workers 2 --zero-stage 2
 
-Input paths (the task chooses): `resident`: each worker pulls its Ray Data shard once and keeps it as tensors on
-its device, then every epoch shuffles and slices minibatches there (minibatches from Ray Data one by one are ~10x
-slower than COMICAL's model step on a GPU); `streamed`: Ray Data `iter_torch_batches` with prefetching and a local
-shuffle buffer, re-read every epoch (for data that does not fit, such as image volumes). Ray Train splits each
-dataset into equal shards, so every worker takes the same number of steps (the collectives need it).
+Input paths (the task chooses): `resident`: each worker reads its shard once (pyarrow, the task's `read_split`)
+and keeps it as tensors on its device, then every epoch shuffles and slices minibatches there (minibatches from
+Ray Data one by one are ~10x slower than COMICAL's model step on a GPU; BENCHMARKS.md). These reads bypass Ray
+Data's scheduler on purpose: it budgets reads through an autoscaling coordinator, and a Train run that Tune stops
+leaves its resource request there for 180 s, so on a small machine the next trial's reads got no CPU and the
+sweep hung without an error (issue 21). A one-off read of a small store needs no scheduler. `streamed`: Ray Data
+`iter_torch_batches` with prefetching and a local shuffle buffer, re-read every epoch (for data that does not fit,
+such as image volumes); Ray Train splits each dataset into equal shards, so every worker takes the same number of
+steps (the collectives need it).
 
 Checkpoints (Ray Train + DeepSpeed protocol): every epoch each rank saves its engine state into its own temp
 folder, rank 0 adds the full weights as safetensors, and every rank reports; Ray merges them into one checkpoint
@@ -51,7 +55,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     device = ray.train.torch.get_device()
     os.environ.setdefault("DS_ACCELERATOR", device.type if device.type == "cuda" else "cpu")  # DeepSpeed: no probing
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    train, val = (_input(task, ray.train.get_dataset_shard(split), device) for split in ("train", "val"))
+    train, val = (_input(task, config, split, rank, world, device) for split in ("train", "val"))
 
     from comical.distributed.engine import make_engine
 
@@ -84,24 +88,25 @@ def train_loop_per_worker(config_dict: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _input(task: Task, shard, device: torch.device):
-    """A worker's split: resident (device tensors, pulled once) or the Ray Data shard itself (streamed)."""
-    return _pull_shard(task, shard, device) if task.input_path == RESIDENT else shard
+def _input(task: Task, config: TrainConfig, split: str, rank: int, world: int, device: torch.device):
+    """A worker's split: its resident shard as device tensors, or its Ray Data shard (streamed)."""
+    import ray.train
+
+    if task.input_path != RESIDENT:
+        return ray.train.get_dataset_shard(split)
+    return resident_shard(task.read_split(config.data, split), task.row_order or task.columns, rank, world, device)
 
 
-def _pull_shard(task: Task, shard, device: torch.device) -> dict[str, torch.Tensor]:
-    """A worker's whole shard as device tensors (Ray Data streams it in large blocks, once).
+def resident_shard(columns: dict[str, np.ndarray], row_order, rank: int, world: int,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """Worker `rank`'s rows: every world-th row in canonical order (sorted by `row_order`), on `device`.
 
-    Rows are put in the task's canonical order, so the seeded shuffles that follow do not depend on the order in
-    which Ray Data delivered the blocks: the same seed gives the same run.
+    The canonical order makes the shard, and the seeded shuffles that follow, independent of file and row-group
+    layout: the same seed gives the same run, and a restarted worker gets the same shard back. Striding (not
+    contiguous slices) gives every worker rows of every subject, so its batches look like the whole split's.
     """
-    parts = {c: [] for c in task.columns}
-    for batch in shard.iter_batches(batch_size=1 << 20, batch_format="numpy"):
-        for c in task.columns:
-            parts[c].append(batch[c])
-    columns = {c: np.concatenate(v) for c, v in parts.items()}
-    order = np.lexsort([columns[c] for c in reversed(task.row_order or task.columns)])
-    return {c: torch.from_numpy(v[order]).to(device) for c, v in columns.items()}
+    mine = np.lexsort([columns[c] for c in reversed(row_order)])[rank::world]
+    return {c: torch.from_numpy(v[mine]).to(device) for c, v in columns.items()}
 
 
 def _common_steps(steps: int, device: torch.device, op: str = "min") -> int:
@@ -160,7 +165,7 @@ def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int,
 @torch.no_grad()
 def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, seed: int = 0,
              row_outputs: bool = False):
-    """Mean loss and the task's metrics over batches of `batch_size` rows, every row scored.
+    """Mean loss and the task's metrics over batches of `eval_batch_size` rows, every row scored.
 
     Resident data (a dict of tensors) is scored in a seeded order, the last partial batch too; streamed data (a Ray
     Data shard) in its order. Each worker scores batches of its own shard (no gathered negatives), so a metric
@@ -204,7 +209,7 @@ def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, se
 
 def _eval_batches(data, config: TrainConfig, seed: int):
     """(row indices or None for a padding step, batch) over every row of the split."""
-    size = config.batch_size
+    size = config.eval_batch_size
     if not isinstance(data, dict):
         for batch in data.iter_torch_batches(batch_size=size, prefetch_batches=2):
             yield (), batch
@@ -263,6 +268,7 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    task = get_task(config.task).bind(info)
     resources = {"CPU": config.engine.cpus_per_worker, **({"GPU": 1} if config.engine.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -273,9 +279,8 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
             name=name, storage_path=str(storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),
-        datasets=get_task(config.task).bind(info).datasets(config),
-        # Deterministic block-to-worker assignment: with the canonical row order of a resident shard, a seed
-        # fixes the run (and a restarted worker gets the same shard back).
+        datasets=task.datasets(config) if task.input_path != RESIDENT else None,  # resident tasks read their own
+        # Deterministic block-to-worker assignment of streamed datasets.
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     return trainer.fit()

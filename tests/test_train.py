@@ -50,12 +50,15 @@ def test_learns_the_pairs_far_above_chance(trained_run):
     assert config.engine.zero_stage == 2 and config.engine.workers == 2 and config.batch_size == 1024
 
 
-# `comical train` with TRAIN_ARGS on the small store, measured before the engine took tasks (commit 34e825d): the
-# task-agnostic loop must train COMICAL to the same numbers for the same seed.
-PINNED_TEST = {"loss": 4.926598424658858, "within_bucket_accuracy": 0.11234991423670669,
-               "within_bucket_accuracy_null": 0.1123622085835926, "bucket_accuracy_chance": 0.1542064418832711,
-               "top1_accuracy": 0.11234991423670669, "n_test_pairs": 10494}
-PINNED_LAST_VAL_LOSS = 5.582136982977192
+# `comical train` with TRAIN_ARGS on the small store. The task-agnostic engine reproduced commit 34e825d's numbers to
+# ~1e-9 (test loss 4.926598424658858; checked by this test at 6a6779d). Two deliberate changes since then moved
+# them: workers read their resident shards themselves (issue 21; strided rows in canonical order instead of Ray
+# Data's blocks), and validation and test batches hold `eval_batch_size` (4096) rows whatever the training batch
+# (so Tune compares losses at one batch size). These are the new engine's values, pinned so later changes show up.
+PINNED_TEST = {"loss": 6.216826933098676, "within_bucket_accuracy": 0.11192109777015437,
+               "within_bucket_accuracy_null": 0.11165268906916304, "bucket_accuracy_chance": 0.15356055627397203,
+               "top1_accuracy": 0.11192109777015437, "n_test_pairs": 10494}
+PINNED_LAST_VAL_LOSS = 6.219449009591961
 
 
 def test_the_engine_trains_comical_to_the_pinned_metrics(trained_run):
@@ -224,6 +227,9 @@ def test_a_second_task_streams_through_the_same_engine(ray_session, tmp_path, ca
     assert sum(line.startswith("epoch ") for line in printed) == 3 and "latent R^2" in printed[-1]
     test = json.loads((out / "test_metrics.json").read_text())
     assert test["latent_r2"] > test["latent_r2_untrained_encoder"] + 0.2 and test["latent_r2"] > 0.5
+    # the raw 32-dim view, read out linearly, is the trivial baseline: after 3 epochs the 8-dim embedding is close
+    # to it (measured 0.69 against 0.76), not above it
+    assert test["latent_r2"] > test["latent_r2_raw_view"] - 0.15
     epochs = _epochs(out)
     assert [m["epoch"] for m in epochs] == [0, 1, 2] and epochs[-1]["val_loss"] < epochs[0]["val_loss"]
     assert epochs[-1]["val_top1_accuracy"] > 2 * epochs[-1]["val_top1_accuracy_chance"]

@@ -61,11 +61,19 @@ def test_table1_space_is_shipped_and_brackets_the_papers_values():
 
 
 def test_asha_sweep_writes_results_best_config_and_table1(small_pairs, tiny_space, ray_session, tmp_path, capsys):
+    """Four trials, one after another: ASHA stops at least one early, and the trials after it still start and
+    finish (issue 21: a stopped trial's leftovers starved the next one's reads, and the sweep hung)."""
     out = tmp_path / "sweep"
-    assert main(["tune", "--pairs", str(small_pairs), "--space", str(tiny_space), "--num-samples", "3",
+    assert main(["tune", "--pairs", str(small_pairs), "--space", str(tiny_space), "--num-samples", "4",
                  "--max-epochs", "2", "--out", str(out)]) == 0
     results = pl.read_parquet(out / "results.parquet")
-    assert results.height == 3
+    assert results.height == 4 and not results["errored"].any() and results["stopped_by_asha"].any()
+    printed = capsys.readouterr().out.splitlines()
+    ended = [line for line in printed if line.startswith("tune: trial") and " ended after " in line]
+    assert len(ended) == 4 and sum("stopped early by ASHA" in line for line in ended) == results["stopped_by_asha"].sum()
+    assert sum(line.startswith("tune: trial") and "started" in line for line in printed) == 4
+    assert len(printed) <= 4 * 4 + 2  # a line per trial event, not Tune's tables (those are in tune.log)
+    assert "Trial status" in (out / "tune.log").read_text()
     assert {"learning_rate", "batch_size", "width", "warmup_steps", "epochs_run", "stopped_by_asha",
             "best_val_loss", "last_val_loss", "last_val_within_bucket_accuracy",
             "last_val_within_bucket_accuracy_null"} <= set(results.columns)

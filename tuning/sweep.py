@@ -19,6 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import polars as pl
+import ray.tune
 import yaml
 
 from comical.data_io.errors import InputError
@@ -86,7 +87,6 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 def _trial(params: dict) -> None:
     """One Tune trial: the sampled settings over the base config, trained by the `comical train` driver."""
-    import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from comical.distributed.train import check_train_inputs, run_training
@@ -100,10 +100,48 @@ def _trial(params: dict) -> None:
         raise result.error
 
 
-def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, out: Path, resume: bool = False):
-    """Fit (or resume) the sweep in `out`; return Tune's ResultGrid."""
+class _Progress(ray.tune.Callback):
+    """A Tune callback (it runs in this driver) that puts a line per trial event on the console."""
+
+    def __init__(self, say, space: dict[str, dict], max_epochs: int):
+        self.say, self.space, self.max_epochs = say, space, max_epochs
+        self.epochs: dict[str, int] = {}  # epochs each trial reported
+
+    def __getstate__(self):  # Tune saves its callbacks with the sweep's state; the console is not saved
+        return {**self.__dict__, "say": print}
+
+    def _settings(self, trial) -> str:
+        config = trial.config or {}
+        values = []
+        for key in self.space:
+            section, _, leaf = key.rpartition(".")
+            value = (config.get(section, {}) if section else config).get(leaf)
+            values.append(f"{leaf} {value:.3g}" if isinstance(value, float) else f"{leaf} {value}")
+        return ", ".join(values)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.say(f"tune: trial {trial.trial_id} started: {self._settings(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.epochs[trial.trial_id] = int(result.get("epochs_done", 0) or 0)
+        self.say(f"tune: trial {trial.trial_id} epoch {result.get('epoch')}: val loss "
+                 f"{result.get(METRIC, float('nan')):.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs = self.epochs.get(trial.trial_id, 0)
+        decision = "stopped early by ASHA" if epochs < self.max_epochs else "ran every epoch"
+        self.say(f"tune: trial {trial.trial_id} ended after {epochs} epochs ({decision})")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.say(f"tune: trial {trial.trial_id} failed ({trial.error_file or 'no error file'}); the sweep goes on")
+
+
+def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, out: Path, resume: bool = False,
+              say=print):
+    """Fit (or resume) the sweep in `out`; return Tune's ResultGrid. `say` prints a line per trial event."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     # The trial's own driver needs little; its Train workers ask for their own CPUs/GPUs.
     trainable = tune.with_resources(_trial, {"CPU": 0.5})
@@ -119,10 +157,14 @@ def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, ou
                                   grace_period=1, reduction_factor=2)
         param_space = {"base": base.to_dict(), "storage": str(out / "trials"), **_tune_space(space)}
         tuner = tune.Tuner(trainable, param_space=param_space,
+                           # the config's seed fixes which settings are sampled, so a sweep can be rerun; one
+                           # trial at a time (the generator's limit: with a search_alg, max_concurrent_trials is not
+                           # applied to it, and all trials started at once and starved each other)
                            tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
-                                                       max_concurrent_trials=1),
+                                                       search_alg=BasicVariantGenerator(random_state=base.seed, max_concurrent=1)),
                            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out),
-                                                     failure_config=tune.FailureConfig(max_failures=1)))
+                                                     failure_config=tune.FailureConfig(max_failures=1),
+                                                     callbacks=[_Progress(say, space, base.epochs)]))
     return tuner.fit()
 
 
@@ -191,21 +233,24 @@ def resumed_request(folder: Path) -> tuple[dict, Path]:
     return json.loads(request_path.read_text()), Path(folder).resolve()
 
 
-def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False) -> tuple[pl.DataFrame, dict]:
+def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False,
+         verbose: bool = False) -> tuple[pl.DataFrame, dict]:
     """`comical tune`: checks, then the sweep (new or resumed) and its outputs; `run.json` records its state.
 
-    Returns the results table and the best trial's row.
+    The console gets a line per trial event; Tune's tables, Ray's logs and warnings go to `out/tune.log` (and to the
+    console too with `verbose`). Returns the results table and the best trial's row.
     """
     import shutil
 
+    from comical.data_io.console import logged_console
     from comical.data_io.output_dir import check_output_dir, mark_run
-    from comical.distributed.ray_session import init_ray
+    from comical.distributed.ray_session import init_ray, shutdown_ray
     from comical.distributed.train import check_cluster_fits, check_train_inputs
 
     space = load_space(request["space"])
     base = TrainConfig.from_dict(request["base"], source="comical tune")
     check_train_inputs(base)
-    init_ray()
+    started = init_ray()
     check_cluster_fits(base)
     if not resume:
         check_output_dir(out, request, force=force, inputs=(Path(base.data),))
@@ -215,12 +260,19 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False)
         write_atomic(out / "tune_request.json", json.dumps(request, indent=2) + "\n")
     mark_run(out, request, "running")
     try:
-        grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume)
-        table = results_table(grid, space, base.epochs)
-        manifest = json.loads((Path(base.data) / "manifest.json").read_text())
-        best = write_sweep_outputs(table, base, space, out, manifest["config"]["top_n_perc"])
+        with logged_console(out / "tune.log", verbose=verbose) as say:
+            grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume, say=say)
+            table = results_table(grid, space, base.epochs)
+            manifest = json.loads((Path(base.data) / "manifest.json").read_text())
+            best = write_sweep_outputs(table, base, space, out, manifest.get("config", {}).get("top_n_perc", "?"))
+            if started:  # stopped while its last log lines still go to tune.log
+                shutdown_ray()
+                started = False
     except BaseException as err:
         mark_run(out, request, "failed", err)
         raise
+    finally:
+        if started:
+            shutdown_ray()
     mark_run(out, request, "done")
     return table, best

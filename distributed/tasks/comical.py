@@ -14,7 +14,7 @@ import torch
 
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
-from comical.data_io.pair_store import PAIR_SCHEMA, expand_pairs, pair_dataset, read_manifest
+from comical.data_io.pair_store import PAIR_SCHEMA, expand_pairs, read_manifest
 from comical.distributed.losses import LOSSES, input_keys
 from comical.distributed.metrics import retrieval_metrics
 from comical.distributed.models import ModelConfig, build_comical_model
@@ -49,8 +49,9 @@ class ComicalTask(Task):
                              f"({manifest['splits']['train']['pairs']} in {config.data}/train); lower --batch-size")
         return {k: manifest[k] for k in _INFO_KEYS}
 
-    def datasets(self, config) -> dict:
-        return {split: pair_dataset(config.data, split) for split in ("train", "val")}
+    def read_split(self, data: str, split: str) -> dict:
+        table = pq.read_table(f"{data}/{split}", schema=PAIR_SCHEMA)  # a local path, NFS, or s3:// / gs:// URI
+        return {c: table.column(c).to_numpy() for c in self.columns}
 
     def build_model(self, model_config: ModelConfig, info: dict):
         return build_comical_model(model_config, n_snps=len(info["snps"]), n_tokens=len(info["vocabulary"]),
@@ -88,7 +89,7 @@ class ComicalTask(Task):
         test = load_split(config.data, "test", device)
         metrics, rows = evaluate(model, self.bind(info), test, config, seed=config.seed, row_outputs=True)
         metrics = {**metrics, "n_test_pairs": metrics["n_pairs"]}
-        dosage, log_p = genotype_log_likelihoods(model, test, info, batch_size=config.batch_size)
+        dosage, log_p = genotype_log_likelihoods(model, test, info, batch_size=config.eval_batch_size)
         table = pa.table({"subject": test["subject"].cpu().numpy(), "snp": test["snp"].cpu().numpy(),
                           "idp": test["idp"].cpu().numpy(), "disease": test["disease"].cpu().numpy(),
                           **{k: v.cpu().numpy().astype(np.float32) for k, v in rows.items()},
@@ -107,9 +108,9 @@ class ComicalTask(Task):
 
 
 def load_split(store: str | Path, split: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """A whole split as tensors, read with pyarrow (the driver's path; workers use Ray Data)."""
-    table = pq.read_table(Path(store) / split, schema=PAIR_SCHEMA)
-    return {c: torch.from_numpy(table.column(c).to_numpy().copy()).to(device) for c in ComicalTask.columns}
+    """A whole split as tensors, in the store's row order."""
+    columns = ComicalTask().read_split(str(store), split)
+    return {c: torch.from_numpy(v.copy()).to(device) for c, v in columns.items()}
 
 
 @torch.no_grad()
