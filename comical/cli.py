@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from comical.data_io.errors import InputError
+from comical.data_io.errors import InputError, RunFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"comical {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"comical {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,7 +169,8 @@ def _train_config_class():
 # The TrainConfig keys `comical train` takes as flags (the rest through --config); `model.` keys are the task's.
 _TRAIN_KEYS = {"task": str, "epochs": int, "batch_size": int, "seed": int, "storage_path": str,
                "engine.workers": int, "engine.use_gpu": bool, "engine.engine": str, "engine.zero_stage": int,
-               "engine.precision": str, "optim.learning_rate": float, "model.layout": str, "model.targets": str}
+               "engine.precision": str, "engine.cpus_per_worker": float, "engine.max_failures": int,
+               "engine.stall_seconds": float, "engine.compile": str, "optim.learning_rate": float, "model.layout": str, "model.targets": str}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class, keys: dict | None = None) -> None:
@@ -301,8 +305,10 @@ def _tune(args) -> int:
                                    max_epochs=args.max_epochs, workers_per_trial=args.workers_per_trial,
                                    gpus_per_worker=args.gpus_per_worker, config=args.config)
     table, best = tune(request, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
-    print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA); best "
-          f"validation loss {best['best_val_loss']:.4f} -> {out / 'best_config.yaml'}, {out / 'table1.md'}")
+    table1 = f", {out / 'table1.md'}" if (out / "table1.md").exists() else ""
+    print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA, "
+          f"{int(table['errored'].sum())} failed); best validation loss {best['best_val_loss']:.4f} -> "
+          f"{out / 'best_config.yaml'}{table1}")
     return 0
 
 

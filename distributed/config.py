@@ -20,6 +20,9 @@ class OptimConfig(Config):
     grad_clip: float = 1.0
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig(Config):
     engine: str = "deepspeed"  # deepspeed or ddp (plain torch DistributedDataParallel)
@@ -30,6 +33,14 @@ class EngineConfig(Config):
     cpus_per_worker: float = 0.5  # fractional, so Ray Data's read tasks still get a CPU on a small machine
     gather_negatives: bool = True  # negatives from all workers (the loss of the concatenated batch)
     max_failures: int = 2  # Ray Train FailureConfig: restarts from the last checkpoint
+    # A worker (or worker group) that makes no progress this long fails its run with a line saying what it waited
+    # for (distributed/watchdog.py); 0 turns the watchdog off. Minutes: a step, a validation batch or a checkpoint
+    # upload that legitimately takes longer needs a larger value.
+    stall_seconds: float = 300.0
+    # torch.compile of the model's forward (a torch.compile mode: default, reduce-overhead = CUDA graphs,
+    # max-autotune), or off. Off by default until a GPU benchmark shows where it helps (BENCHMARKS.md); the step
+    # has no host synchronisation, so the whole forward compiles as one graph (fullgraph, tested).
+    compile: str = "off"
 
     def __post_init__(self):
         if self.engine not in ("deepspeed", "ddp"):
@@ -40,6 +51,10 @@ class EngineConfig(Config):
             raise InputError(f"--precision {self.precision}: expected fp32 or bf16")
         if self.workers < 1:
             raise InputError(f"--workers {self.workers}: expected at least 1")
+        if self.compile not in COMPILE_MODES:
+            raise InputError(f"--compile {self.compile}: expected one of {', '.join(COMPILE_MODES)}")
+        if self.max_failures < 0:
+            raise InputError(f"--max-failures {self.max_failures}: expected 0 or more")
 
 
 @dataclasses.dataclass(frozen=True)

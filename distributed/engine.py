@@ -144,6 +144,10 @@ class DDPEngine:
 
 
 def make_engine(model: nn.Module, config: TrainConfig, world_size: int, device: torch.device):
+    if config.engine.compile != "off":
+        # in place, so parameter names (checkpoints, exports) stay those of the eager model; fullgraph: a host
+        # synchronisation that creeps into the forward fails loudly instead of silently splitting the graph
+        model.compile(mode=config.engine.compile, fullgraph=True)
     engine = DeepSpeedEngine if config.engine.engine == "deepspeed" else DDPEngine
     return engine(model, config, world_size, device)
 

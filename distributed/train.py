@@ -20,6 +20,7 @@ epoch. The best epoch minimises the task's validation metric (Algorithm 1 step 7
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -31,13 +32,15 @@ import torch
 import torch.distributed as dist
 from ray.train import UserCallback
 
-from comical.data_io.errors import InputError
+from comical.data_io.errors import InputError, RunFailed
 from comical.distributed.config import TrainConfig
 from comical.distributed.task import RESIDENT, Task, get_task
+from comical.distributed.watchdog import STALL_FILE, Watchdog, read_stall
 
 RUN_NAME = "comical-train"
 WEIGHTS = "model.safetensors"
 PROGRESS_SECONDS = 30.0  # rank 0 prints progress inside an epoch at most this often
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 # ---------------------------------------------------------------- worker
@@ -55,7 +58,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     device = ray.train.torch.get_device()
     os.environ.setdefault("DS_ACCELERATOR", device.type if device.type == "cuda" else "cpu")  # DeepSpeed: no probing
     torch.manual_seed(config.seed)  # identical initial weights on every rank
+    watchdog = Watchdog(config.engine.stall_seconds, rank, config_dict.get("stall_file"))
+    watchdog.tick("its resident shards to be read" if task.input_path == RESIDENT else "its Ray Data shards")
     train, val = (_input(task, config, split, rank, world, device) for split in ("train", "val"))
+    watchdog.tick("its model and engine to be built (DeepSpeed/DDP setup waits for every worker)")
 
     from comical.distributed.engine import make_engine
 
@@ -68,9 +74,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
         start_epoch, best = state["epoch"] + 1, state.get("best")
 
     for epoch in range(start_epoch, config.epochs):
-        train_loss, samples, seconds = _train_epoch(engine, task, train, epoch, rank, world, config)
+        train_loss, samples, seconds = _train_epoch(engine, task, train, epoch, rank, world, config, watchdog)
         # the same validation batches every epoch, so epochs differ only by the model
-        val_metrics = evaluate(engine, task, val, config, world=world, seed=config.seed)
+        val_metrics = evaluate(engine, task, val, config, world=world, seed=config.seed, watchdog=watchdog)
         metrics = {"epoch": epoch, "epochs_done": epoch + 1, "train_loss": train_loss,
                    "samples_per_s": samples / seconds, "epoch_seconds": seconds,
                    **{f"val_{k}": v for k, v in val_metrics.items()}}
@@ -78,6 +84,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if best is None or score > best["score"]:
             best = {"epoch": epoch, "score": score}
         metrics["best_epoch"] = best["epoch"]
+        watchdog.tick(f"epoch {epoch}'s checkpoint to be saved and reported (Ray Train waits for every worker)")
         weights = engine.full_state_dict()  # a collective under ZeRO-3: every rank calls it
         with tempfile.TemporaryDirectory() as folder:  # Ray: every rank saves its part, then reports
             engine.save(Path(folder), {"epoch": epoch, "best": best})
@@ -86,6 +93,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
                 save_file(weights, str(Path(folder) / WEIGHTS))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    watchdog.close()
 
 
 def _input(task: Task, config: TrainConfig, split: str, rank: int, world: int, device: torch.device):
@@ -134,8 +142,8 @@ def _train_batches(data, epoch: int, rank: int, config: TrainConfig, device: tor
                                        local_shuffle_buffer_size=4 * size, local_shuffle_seed=seed)
 
 
-def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int,
-                 config: TrainConfig) -> tuple[float, int, float]:
+def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int, config: TrainConfig,
+                 watchdog: Watchdog) -> tuple[float, int, float]:
     """One pass over the shard. Returns (mean loss over the concatenated batches, samples, seconds)."""
     engine.train(True)
     device = engine.device
@@ -143,7 +151,11 @@ def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int,
     total = torch.zeros((), device=device)
     steps, start = 0, time.perf_counter()
     shown = start
+    source = "" if isinstance(data, dict) else " from Ray Data"
+    watchdog.tick(f"its first train batch{source} of epoch {epoch}")
     for batch in _train_batches(data, epoch, rank, config, device):
+        watchdog.tick(f"training step {steps + 1} of epoch {epoch} to finish (its gradient all-reduce waits for "
+                      f"every worker)")
         outputs = engine(task.prepare(batch, engine.dtype))  # forward
         loss = task.loss(outputs, batch, config, rank=rank if gather else 0, world_size=world if gather else 1)
         engine.backward(loss)  # the engine averages gradients over workers: the concatenated batch's gradient
@@ -151,6 +163,7 @@ def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int,
         task.after_step(engine.module)
         total += loss.detach()
         steps += 1
+        watchdog.tick(f"its next train batch{source} (epoch {epoch}, after step {steps})")
         if rank == 0 and time.perf_counter() - shown > PROGRESS_SECONDS:  # time only: no host sync
             shown = time.perf_counter()
             print(f"epoch {epoch}: step {steps}, {steps * config.batch_size / (shown - start):,.0f} samples/s",
@@ -164,7 +177,7 @@ def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int,
 
 @torch.no_grad()
 def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, seed: int = 0,
-             row_outputs: bool = False):
+             row_outputs: bool = False, watchdog: Watchdog | None = None):
     """Mean loss and the task's metrics over batches of `eval_batch_size` rows, every row scored.
 
     Resident data (a dict of tensors) is scored in a seeded order, the last partial batch too; streamed data (a Ray
@@ -178,7 +191,10 @@ def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, se
     sums: dict[str, torch.Tensor] = {}
     rows_out: dict[str, torch.Tensor] = {}
     loss_sum, count = 0.0, 0
-    for rows, batch in _eval_batches(data, config, seed):
+    tick = watchdog.tick if watchdog is not None else lambda waiting_for: None
+    tick("its first validation batch")
+    for step, (rows, batch) in enumerate(_eval_batches(data, config, seed)):
+        tick(f"validation batch {step + 1} to be scored and the next to arrive")
         outputs = model(task.prepare(batch, dtype))
         if rows is None:  # this rank's shard is done: the forward only keeps ZeRO-3's collectives in step
             continue
@@ -270,20 +286,64 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
 
     task = get_task(config.task).bind(info)
     resources = {"CPU": config.engine.cpus_per_worker, **({"GPU": 1} if config.engine.use_gpu else {})}
+    folder = Path(storage) / name  # Ray Train's folder for this run; on a cluster, storage every node can reach
+    local = "://" not in str(storage)
+    if local:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STALL_FILE).unlink(missing_ok=True)  # a resumed run starts with a clean slate
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "info": info},
+        train_loop_config={"config": config.to_dict(), "info": info,
+                           "stall_file": str(folder / STALL_FILE) if local else None},
         scaling_config=ray.train.ScalingConfig(num_workers=config.engine.workers, use_gpu=config.engine.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(storage), callbacks=list(callbacks),
-            failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures),
+            # a worker group that cannot start is retried as often as a failed worker, not forever (Ray's default)
+            failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures,
+                                                   controller_failure_limit=config.engine.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),
         datasets=task.datasets(config) if task.input_path != RESIDENT else None,  # resident tasks read their own
         # Deterministic block-to-worker assignment of streamed datasets.
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
-    return trainer.fit()
+    try:
+        with _start_timeout(config.engine.stall_seconds):
+            return trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        stall = read_stall(folder) if local else None
+        if stall is not None:
+            raise RunFailed(stall) from err
+        if type(getattr(err, "controller_failure", None)).__name__ == "WorkerGroupStartupTimeoutError":
+            raise RunFailed(_not_started(config)) from err
+        raise
+
+
+@contextlib.contextmanager
+def _start_timeout(seconds: float):
+    """Ray Train's worker-group start timeout (60 s by default), set to the watchdog's limit unless the user set it.
+
+    Train reads it from the environment, which it passes on to its controller."""
+    if seconds <= 0 or START_TIMEOUT_ENV in os.environ:
+        yield
+        return
+    os.environ[START_TIMEOUT_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(START_TIMEOUT_ENV, None)
+
+
+def _not_started(config: TrainConfig) -> str:
+    import ray
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    each = f"{config.engine.cpus_per_worker:g} CPU" + (" and 1 GPU" if config.engine.use_gpu else "")
+    gpus = f" and {free.get('GPU', 0):g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
+    return (f"no progress for {config.engine.stall_seconds:g} s (engine.stall_seconds): Ray Train's "
+            f"{config.engine.workers} workers ({each} each) waited to start; the cluster has "
+            f"{free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs{gpus} free (another job or a stopped run "
+            f"holds the rest)")
 
 
 class EpochLog(UserCallback):

@@ -87,3 +87,33 @@ def trained_run(small_pairs, ray_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     assert main(["train", "--pairs", str(small_pairs), "--out", str(out), *TRAIN_ARGS]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    """The toy task's data (two noisy views of a Gaussian latent), streamed through Ray Data."""
+    from comical.distributed.tasks.toy import write_toy_data
+
+    out = tmp_path_factory.mktemp("toy") / "data"
+    write_toy_data(out, seed=0)
+    return out
+
+
+@pytest.fixture
+def hold_cpus(ray_session):
+    """Hold `n` of the session's CPUs, as another job on the cluster would (released at the end of the test)."""
+    holders = []
+
+    @ray_session.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    def hold(n: float):
+        holder = Holder.options(num_cpus=n).remote()
+        ray_session.get(holder.ready.remote())
+        holders.append(holder)
+
+    yield hold
+    for holder in holders:
+        ray_session.kill(holder)

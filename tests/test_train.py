@@ -214,14 +214,11 @@ def test_deepspeed_checkpoint_round_trip_in_one_process(small_pairs, tmp_path, m
     assert step(second, batches[2]) == pytest.approx(step(first, batches[2]), rel=1e-6)
 
 
-def test_a_second_task_streams_through_the_same_engine(ray_session, tmp_path, capsys):
+def test_a_second_task_streams_through_the_same_engine(ray_session, toy_data, tmp_path, capsys):
     """The toy task (two noisy views of a Gaussian latent) through Ray Data's streaming path, DeepSpeed ZeRO-2 and
     2 workers: its frozen encoder recovers the latent far better than the same encoder untrained."""
-    from comical.distributed.tasks.toy import write_toy_data
-
-    write_toy_data(tmp_path / "toy", seed=0)
     out = tmp_path / "run"
-    assert main(["train", "--task", "toy", "--data", str(tmp_path / "toy"), "--out", str(out), "--workers", "2",
+    assert main(["train", "--task", "toy", "--data", str(toy_data), "--out", str(out), "--workers", "2",
                  "--zero-stage", "2", "--epochs", "3", "--batch-size", "256", "--seed", "0"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("epoch ") for line in printed) == 3 and "latent R^2" in printed[-1]
@@ -238,6 +235,26 @@ def test_a_second_task_streams_through_the_same_engine(ray_session, tmp_path, ca
     assert tuple(model.encode("a", torch.zeros(3, 32)).shape) == (3, spec["model"]["embed_dim"])
 
 
+def test_a_run_whose_data_never_arrives_fails_with_one_line(ray_session, toy_data, hold_cpus, tmp_path, capsys):
+    """The no-progress watchdog (issue 21). Another job holds the cluster's free CPUs: first the workers start but
+    Ray Data's reads get no CPU (the hang issue 21 saw), then not even the workers can start. Each run ends after
+    the stall limit with one line saying what waited for what, its folder marked failed, instead of hanging."""
+    args = ["train", "--task", "toy", "--data", str(toy_data), "--workers", "2", "--epochs", "1", "--batch-size",
+            "256", "--stall-seconds", "15", "--max-failures", "0"]
+    hold_cpus(3)  # of 4: the two workers take 0.5 CPU each, nothing is left for reads
+    start = time.monotonic()
+    assert main([*args, "--out", str(tmp_path / "starved")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert time.monotonic() - start < 120
+    assert len(error) == 1 and "no progress for" in error[0] and "first train batch from Ray Data" in error[0]
+    assert "of 4 CPUs free" in error[0]
+    assert json.loads((tmp_path / "starved" / "run.json").read_text())["state"] == "failed"
+    hold_cpus(1)  # now all 4
+    assert main([*args, "--out", str(tmp_path / "unstarted")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "2 workers (0.5 CPU each) waited to start; the cluster has 0 of 4 CPUs" in error[0]
+
+
 def test_snp_lookup_gives_the_direct_encoding():
     """The fixed-size (SNP, token) lookup of the training step equals encoding every row."""
     from comical.distributed.models import ModelConfig, build_comical_model
@@ -249,3 +266,30 @@ def test_snp_lookup_gives_the_direct_encoding():
     token = torch.tensor(table)[snp, torch.randint(0, 3, (64,))]
     token[::7] = 0  # missing calls
     torch.testing.assert_close(model.encode_snps(snp, token), model._encode_snps(snp, token))
+
+
+@pytest.mark.parametrize("task_name", ["comical", "toy"])
+def test_the_step_compiles_as_one_graph_with_the_same_numbers(task_name, small_pairs, toy_data):
+    """No host synchronisation in a task's forward: torch.compile(fullgraph=True) traces it whole (a `.item()` or
+    a data-dependent shape such as torch.unique would break the graph and raise), and the compiled forward, loss
+    and gradients equal eager's. The aot_eager backend checks the trace without needing a C++ compiler."""
+    config = TrainConfig.from_dict({"task": task_name, "data": str(small_pairs if task_name == "comical" else toy_data),
+                                    "batch_size": 256})
+    task = get_task(task_name)
+    task = task.bind(task.check_inputs(config))
+    columns = task.read_split(config.data, "train") if task_name == "comical" else \
+        pl.read_parquet(Path(config.data) / "train").head(256).to_dict(as_series=False)
+    batch = {k: torch.as_tensor(np.asarray(v)[:256]) for k, v in columns.items() if k in task.columns}
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = task.build_model(config.model, task.info)
+        forward = torch.compile(model, fullgraph=True, backend="aot_eager") if compiled else model
+        outputs = forward(task.prepare(batch, torch.float32))
+        loss = task.loss(outputs, batch, config, rank=0, world_size=1)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 2
+    for name, grad in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], grad, rtol=1e-4, atol=1e-6)

@@ -87,6 +87,31 @@ def test_asha_sweep_writes_results_best_config_and_table1(small_pairs, tiny_spac
     assert "| **Learning rate** |" in table and "Top 1.0% SNPs" in table
 
 
+def test_a_stalled_trial_fails_with_its_line_and_the_sweep_goes_on(toy_data, ray_session, tmp_path, capsys):
+    """Trials whose one worker takes the rest of the cluster's CPUs leave Ray Data's reads none (issue 21's hang),
+    or cannot start at all while an earlier test's actors still hold half a CPU: either way the watchdog fails each
+    such trial with its line, results.parquet records it, and the other trials run."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"engine.cpus_per_worker": {"type": "choice", "values": [0.5, 3.5]}}))
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({"task": "toy", "batch_size": 256, "seed": 1,
+                                      "engine": {"stall_seconds": 15, "max_failures": 0}}))
+    out = tmp_path / "sweep"
+    assert main(["tune", "--pairs", str(toy_data), "--config", str(config), "--space", str(space),
+                 "--num-samples", "3", "--max-epochs", "1", "--out", str(out)]) == 0
+    results = pl.read_parquet(out / "results.parquet")
+    assert results.height == 3 and set(results["cpus_per_worker"]) == {0.5, 3.5}  # the seed samples both
+    assert (results["errored"] == (results["cpus_per_worker"] == 3.5)).all()
+    for row in results.filter(pl.col("errored")).iter_rows(named=True):
+        assert row["error"].startswith("no progress for") and ("first train batch from Ray Data" in row["error"]
+                                                                or "1 workers (3.5 CPU each) waited to start" in row["error"])
+    assert results.row(0, named=True)["cpus_per_worker"] == 0.5 and results["epochs_run"][0] == 1
+    printed = capsys.readouterr().out.splitlines()
+    failed = [line for line in printed if " failed: no progress for " in line and "the sweep goes on" in line]
+    assert len(failed) == int(results["errored"].sum())
+    assert TrainConfig.from_yaml(out / "best_config.yaml").engine.cpus_per_worker == 0.5
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_pairs, tiny_space, ray_session, tmp_path):
     out = tmp_path / "sweep"
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}  # its own Ray, then interrupted

@@ -22,7 +22,7 @@ import polars as pl
 import ray.tune
 import yaml
 
-from comical.data_io.errors import InputError
+from comical.data_io.errors import InputError, RunFailed
 from comical.data_io.output_dir import write_atomic
 from comical.distributed.config import TrainConfig
 
@@ -133,7 +133,19 @@ class _Progress(ray.tune.Callback):
         self.say(f"tune: trial {trial.trial_id} ended after {epochs} epochs ({decision})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.say(f"tune: trial {trial.trial_id} failed ({trial.error_file or 'no error file'}); the sweep goes on")
+        why = _error_line(Path(trial.error_file).read_text()) if trial.error_file else "no error file"
+        self.say(f"tune: trial {trial.trial_id} failed: {why}; the sweep goes on")
+
+
+def _error_line(text: str) -> str:
+    """One line for a failed trial: our own RunFailed/InputError message where the traceback holds one, else
+    the traceback's last line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    for marker in ("RunFailed: ", "InputError: "):
+        for line in reversed(lines):
+            if marker in line:
+                return line.split(marker, 1)[1]
+    return lines[-1] if lines else "unknown error"
 
 
 def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, out: Path, resume: bool = False,
@@ -163,7 +175,10 @@ def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, ou
                            tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
                                                        search_alg=BasicVariantGenerator(random_state=base.seed, max_concurrent=1)),
                            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out),
-                                                     failure_config=tune.FailureConfig(max_failures=1),
+                                                     # Ray Train already restarts a trial's failed workers
+                                                     # (engine.max_failures); a trial that still fails is
+                                                     # recorded and the sweep goes on
+                                                     failure_config=tune.FailureConfig(max_failures=0),
                                                      callbacks=[_Progress(say, space, base.epochs)]))
     return tuner.fit()
 
@@ -181,31 +196,36 @@ def results_table(grid, space: dict[str, dict], max_epochs: int) -> pl.DataFrame
         last = result.metrics or {}
         epochs = int(last.get("epochs_done", 0) or 0)
         row.update({"epochs_run": epochs, "errored": result.error is not None,
+                    "error": _error_line(result.error) if result.error is not None else None,
                     "stopped_by_asha": result.error is None and 0 < epochs < max_epochs,
                     f"best_{METRIC}": float(history[METRIC].min()) if history is not None and METRIC in history else None,
                     f"last_{METRIC}": last.get(METRIC), **{f"last_{k}": last.get(k) for k in _REPORTED}})
         rows.append(row)
-    return pl.DataFrame(rows).sort(f"best_{METRIC}", descending=MODE == "max", nulls_last=True)
+    # finished trials first: a failed trial's settings are no recommendation, whatever its last metric
+    return pl.DataFrame(rows).sort(["errored", f"best_{METRIC}"], descending=[False, MODE == "max"], nulls_last=True)
 
 
 def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out: Path, top_n_perc) -> dict:
-    """results.parquet, best_config.yaml (a full TrainConfig), table1.md; returns the best row."""
+    """results.parquet, best_config.yaml (a full TrainConfig), table1.md (COMICAL); returns the best row."""
     buffer = io.BytesIO()
     table.write_parquet(buffer)
     write_atomic(out / "results.parquet", buffer.getvalue())
     best = table.row(0, named=True)
+    if best["errored"] or best[f"best_{METRIC}"] is None:
+        raise RunFailed(f"all {table.height} trials failed (results.parquet); the first: {best['error']}")
     overrides: dict = {}
     for key in space:
         section, _, leaf = key.rpartition(".")
         (overrides.setdefault(section, {}) if section else overrides)[leaf] = best[leaf]
     best_config = TrainConfig.from_dict(_merge(base.to_dict(), overrides))
     write_atomic(out / "best_config.yaml", best_config.to_yaml())
-    flat = {**best_config.to_dict(), **best_config.model.to_dict(), **best_config.optim.to_dict()}
-    lines = [f"| | Top {top_n_perc}% SNPs |", "|---|---|"]
-    lines += [f"| **{label}** | {flat[key]:.4g} |" if isinstance(flat[key], float) else f"| **{label}** | {flat[key]} |"
-              for label, key in _TABLE1_ROWS]
-    write_atomic(out / "table1.md", "\n".join(lines) + f"\n\nBest of {table.height} trials by validation loss "
-                                   f"({best[f'best_{METRIC}']:.4f}).\n")
+    if best_config.task == "comical":  # the paper's Table 1 describes COMICAL's model
+        flat = {**best_config.to_dict(), **best_config.model.to_dict(), **best_config.optim.to_dict()}
+        lines = [f"| | Top {top_n_perc}% SNPs |", "|---|---|"]
+        lines += [f"| **{label}** | {flat[key]:.4g} |" if isinstance(flat[key], float) else
+                  f"| **{label}** | {flat[key]} |" for label, key in _TABLE1_ROWS]
+        write_atomic(out / "table1.md", "\n".join(lines) + f"\n\nBest of {table.height} trials by validation loss "
+                                       f"({best[f'best_{METRIC}']:.4f}).\n")
     write_atomic(out / "best_trial.json", json.dumps(best, indent=2, default=str) + "\n")
     return best
 
