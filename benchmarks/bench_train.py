@@ -8,7 +8,8 @@ Rows, all at the paper's model size on the same pair store:
       two plain cross-entropies over the logits;
   (b) a bare torch loop over our model and loss: the split as tensors, a permutation sliced into minibatches;
   (c) `comical train`'s path, Ray Train + DeepSpeed ZeRO-2, 1 worker, and (d) 2 workers (pairs/s measured
-      inside the workers over the training part of each epoch; the best epoch is reported).
+      inside the workers over the training part of each epoch; the best epoch is reported);
+  with --compile MODE, (e): (c) with `--compile MODE` (torch.compile of the forward; the first epoch compiles).
 (a) and (b) use one torch thread, as a Ray Train worker with a fractional CPU does.
 """
 
@@ -94,11 +95,11 @@ def bare_torch(store: Path, batch_size: int, epochs: int) -> float:
     return best
 
 
-def engine(store: Path, batch_size: int, epochs: int, workers: int) -> float:
+def engine(store: Path, batch_size: int, epochs: int, workers: int, compile_mode: str = "off") -> float:
     from comical.distributed.run import train_and_evaluate
 
     config = TrainConfig.from_dict({"data": str(store), "batch_size": batch_size, "epochs": epochs,
-                                    "engine": {"workers": workers, "zero_stage": 2}})
+                                    "engine": {"workers": workers, "zero_stage": 2, "compile": compile_mode}})
     with tempfile.TemporaryDirectory() as tmp:
         train_and_evaluate(config, Path(tmp) / "run")
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--compile", default=None, help="also row (e): (c) under this torch.compile mode")
     args = parser.parse_args()
     from comical.distributed.ray_session import init_ray
 
@@ -121,12 +123,16 @@ def main() -> None:
                                                                                  args.epochs, 1),
             "(d) comical train: Ray Train + DeepSpeed ZeRO-2, 2 workers": engine(args.pairs, args.batch_size,
                                                                                   args.epochs, 2)}
+    if args.compile:
+        rows[f"(e) (c) with --compile {args.compile}"] = engine(args.pairs, args.batch_size, args.epochs, 1,
+                                                                args.compile)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"batch {args.batch_size}, {read_manifest(args.pairs)['splits']['train']['pairs']:,} training pairs")
     for name, value in rows.items():
         print(f"| {name} | {value:,.0f} pairs/s |")
-    a, b, c, d = rows.values()
-    print(f"| (c) / (b) | {c / b:.2f} | (c) / (a) | {c / a:.2f} | (d) / (c) | {d / c:.2f} |")
+    a, b, c, d, *e = rows.values()
+    print(f"| (c) / (b) | {c / b:.2f} | (c) / (a) | {c / a:.2f} | (d) / (c) | {d / c:.2f} |"
+          + (f" (e) / (c) | {e[0] / c:.2f} |" if e else ""))
 
 
 if __name__ == "__main__":

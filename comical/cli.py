@@ -17,7 +17,9 @@ from comical.data_io.errors import InputError, RunFailed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # only the command that runs imports its config module: `comical gwas --help` starts in well under 0.5 s
+    parser = _parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; the config-derived flags only for `command` (their modules import slowly)."""
     parser = argparse.ArgumentParser(prog="comical", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", type=Path, help="YAML of QC settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    _add_config_flags(p, _config_class("qc", "QCConfig"))
+    if command == "qc":
+        _add_config_flags(p, _config_class("qc", "QCConfig"))
     p.set_defaults(handler=_qc)
 
     p = sub.add_parser("phewas", help="every IDP against every pair-making disease; the IDP -> disease map")
@@ -54,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", type=Path, help="a `comical qc` output to reuse (default: run QC first)")
     p.add_argument("--config", type=Path, help="YAML of PheWAS settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    _add_config_flags(p, _config_class("phewas", "PhewasConfig"))
+    if command == "phewas":
+        _add_config_flags(p, _config_class("phewas", "PhewasConfig"))
     p.set_defaults(handler=_phewas)
 
     p = sub.add_parser("pairs", help="disease-mediated SNP-IDP pairs as a Parquet pair store")
@@ -65,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trait-map", type=Path, help="CSV disease,trait,efo_uri mapping catalog traits to diagnoses")
     p.add_argument("--config", type=Path, help="YAML of pair settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
-    _add_config_flags(p, _config_class("pairs", "PairsConfig"))
+    if command == "pairs":
+        _add_config_flags(p, _config_class("pairs", "PairsConfig"))
     p.set_defaults(handler=_pairs)
 
     p = sub.add_parser("train", help="train a model (COMICAL by default) with Ray Train (+ DeepSpeed)")
@@ -73,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the task's input: for COMICAL a pair store (`comical pairs`)")
     p.add_argument("--out", type=Path, required=True, help="the run folder")
     p.add_argument("--config", type=Path, help="YAML of a TrainConfig (nested model/optim/engine); flags override")
-    _add_config_flags(p, _train_config_class(), keys=_TRAIN_KEYS)
+    if command == "train":
+        _add_config_flags(p, _train_config_class(), keys=_TRAIN_KEYS)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.add_argument("--verbose", action="store_true", help="show Ray's worker logs and warnings (always in train.log)")
@@ -95,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gwas", help="per-variant GWAS as Ray tasks (plink2 --glm linear/logistic), multi-trait test")
     p.add_argument("--bfile", type=Path, help="PLINK 1 fileset prefix (with --pheno)")
+    p.add_argument("--pfile", type=Path, help="plink2 .pgen/.pvar/.psam prefix: ALT dosages (with --pheno)")
+    p.add_argument("--bgen", type=Path, help="BGEN 1.2/1.3 file, REF first (UK Biobank; plink2 --bgen F ref-first): "
+                   "dosages of the second allele (with --pheno)")
+    p.add_argument("--sample", type=Path, help="the BGEN's Oxford .sample file (default: FILE.sample)")
     p.add_argument("--pheno", type=Path, help="phenotypes: plink2 `#FID IID` file, or eid-keyed CSV/TSV/Parquet")
     p.add_argument("--covar", type=Path, help="covariates, same formats (default: intercept only)")
     p.add_argument("--pheno-name", help="comma-separated phenotype columns (default: all)")
@@ -110,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPUs on a local machine: Ray tasks at a time; 1 runs in this process without Ray")
     p.add_argument("--block-size", type=int, help="variants per task (default: about 4 per worker, at most 2048)")
     p.add_argument("--no-plots", action="store_true", help="skip the Manhattan/QQ PNGs")
+    p.add_argument("--out-format", choices=["tsv", "tsv.gz", "parquet"], default="tsv",
+                   help="per-phenotype tables: TSV, bgzip-compatible TSV (GWAS-SSF), or Parquet")
     p.add_argument("--clump-p1", type=float, default=5e-8, help="index-variant p threshold (paper 001: 5e-8)")
     p.add_argument("--clump-p2", type=float, default=1e-2, help="p threshold for variants a clump may take")
     p.add_argument("--clump-r2", type=float, default=0.05, help="r^2 at which a variant joins a clump (paper 001)")
@@ -316,20 +329,22 @@ def _gwas(args) -> int:
     from comical.pipelines.gwas import run_gwas, tables_reader
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
-    read_tables = tables_reader(cohort=args.cohort, bfile=args.bfile, pheno=args.pheno, covar=args.covar,
+    read_tables = tables_reader(cohort=args.cohort, bfile=args.bfile, pfile=args.pfile, bgen=args.bgen,
+                                sample=args.sample, pheno=args.pheno, covar=args.covar,
                                 out=args.out, workers=args.workers, binary=args.binary, multi_trait=args.multi_trait,
                                 mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise,
                                 pheno_names=split(args.pheno_name), covar_names=split(args.covar_name))
     clump = {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2, "window_kb": args.clump_kb}
     summary = run_gwas(read_tables, args.out, workers=args.workers, block_size=args.block_size,
-                       plots=not args.no_plots, clump=clump)
+                       plots=not args.no_plots, clump=clump, out_format=args.out_format)
     for name, info in list(summary["phenotypes"].items())[:10]:
         lam = f"{info['lambda_gc']:.3f}" if info["lambda_gc"] is not None else "NA"
         print(f"gwas: {name}: {info['test']}, n {info['n']}, lambda_GC {lam}, {info['hits']} hits at 5e-8, "
               f"{info.get('clumps', 0)} clumps")
     more = len(summary["phenotypes"]) - 10
     print(f"gwas: {summary['n_variants']} variants x {len(summary['phenotypes'])} phenotypes"
-          f"{f' ({more} more in the summary)' if more > 0 else ''} -> {args.out}.*.tsv, {args.out}.summary.json")
+          f"{f' ({more} more in the summary)' if more > 0 else ''} -> {args.out}.*.{args.out_format}, "
+          f"{args.out}.summary.json")
     return 0
 
 

@@ -145,9 +145,10 @@ class DDPEngine:
 
 def make_engine(model: nn.Module, config: TrainConfig, world_size: int, device: torch.device):
     if config.engine.compile != "off":
-        # in place, so parameter names (checkpoints, exports) stay those of the eager model; fullgraph: a host
-        # synchronisation that creeps into the forward fails loudly instead of silently splitting the graph
-        model.compile(mode=config.engine.compile, fullgraph=True)
+        # the forward only, not the module's call: DeepSpeed's hooks around it stay eager (they read clocks);
+        # parameter names (checkpoints, exports) stay the eager model's; fullgraph: a host synchronisation that
+        # creeps into the forward fails loudly instead of silently splitting the graph
+        model.forward = torch.compile(model.forward, mode=config.engine.compile, fullgraph=True)
     engine = DeepSpeedEngine if config.engine.engine == "deepspeed" else DDPEngine
     return engine(model, config, world_size, device)
 

@@ -26,31 +26,100 @@ def r_squared(index: np.ndarray, others: np.ndarray) -> np.ndarray:
         return np.nan_to_num(cov * cov / (vx * vy))
 
 
-def clump_hits(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: np.ndarray, *, p1: float = 5e-8,
-               p2: float = 1e-2, r2: float = 0.05, window_kb: float = 5000.0) -> pl.DataFrame:
-    """One row per clump: index variant, its p, the variants it took (comma-separated) and their count."""
-    schema = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
-              "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
+def clump_hits(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: np.ndarray, **params) -> pl.DataFrame:
+    """One phenotype's clumps (see `clump_phenotypes`)."""
+    return clump_phenotypes(genotypes, sample_index, {"p": neg_log10_p}, **params)["p"]
+
+
+def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: dict[str, np.ndarray], *,
+                     p1: float = 5e-8, p2: float = 1e-2, r2: float = 0.05,
+                     window_kb: float = 5000.0) -> dict[str, pl.DataFrame]:
+    """Every phenotype's clumps: one row per clump (index variant, its p, the variants it took and their count).
+
+    The genotypes are read once for all phenotypes: the variants some phenotype's clumping can touch (its hits,
+    and variants with p < p2 within a window of one) form regions separated by more than a window, so no clump
+    spans two; each region is read once, and r^2 with an index variant comes from products over the region's
+    columns (pairwise-complete, as `r_squared`). The greedy walk is plink's, per phenotype.
+    """
     variants = genotypes.variants
-    p = np.power(10.0, -np.nan_to_num(neg_log10_p, nan=0.0))
-    if not (p < p1).any():
-        return pl.DataFrame(schema=schema)
     chrom, pos = variants["chrom"].to_numpy(), variants["pos"].to_numpy()
-    taken = np.zeros(len(p), bool)
-    rows = []
+    window = window_kb * 1000
+    p = {name: np.power(10.0, -np.nan_to_num(neg, nan=0.0)) for name, neg in neg_log10_p.items()}
+    needed = np.zeros(len(chrom), bool)
+    for values in p.values():
+        hits = np.flatnonzero(values < p1)
+        needed[hits] = True
+        needed[_near_any(np.flatnonzero(values < p2), hits, chrom, pos, window)] = True
+    rows: dict[str, list[tuple]] = {name: [] for name in p}
+    for region in _regions(np.flatnonzero(needed), chrom, pos, window):
+        g = genotypes.read(samples=sample_index, variants=region, dtype=np.float64)
+        called = ~np.isnan(g)
+        columns = (np.where(called, g, 0.0), called.astype(np.float64))  # calls (0 where missing), call mask
+        for name, values in p.items():
+            rows[name] += _clump_region(region, values[region], chrom[region], pos[region], columns, p1, p2, r2,
+                                        window)
+    out = {}
+    for name, found in rows.items():
+        found.sort(key=lambda row: (row[0], row[1]))  # by p, then file order: plink's walk order
+        out[name] = pl.DataFrame(
+            [{"index_variant": variants["variant_id"][i], "chromosome": chrom[i], "base_pair_location": int(pos[i]),
+              "p_value": float(pv), "n_clumped": len(members),
+              "clumped": ",".join(variants["variant_id"].gather(members).to_list())} for pv, i, members in found],
+            schema=_SCHEMA)
+    return out
+
+
+_SCHEMA = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
+           "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
+
+
+def _near_any(candidates: np.ndarray, hits: np.ndarray, chrom: np.ndarray, pos: np.ndarray,
+              window: float) -> np.ndarray:
+    """The candidates within `window` bp of some hit on their chromosome."""
+    keep = np.zeros(len(candidates), bool)
+    for c in np.unique(chrom[hits]):
+        hit_pos = np.sort(pos[hits][chrom[hits] == c])
+        on = np.flatnonzero(chrom[candidates] == c)
+        cand_pos = pos[candidates[on]]
+        right = np.searchsorted(hit_pos, cand_pos).clip(max=len(hit_pos) - 1)
+        left = (right - 1).clip(min=0)
+        gap = np.minimum(np.abs(hit_pos[right] - cand_pos), np.abs(cand_pos - hit_pos[left]))
+        keep[on] = gap <= window
+    return candidates[keep]
+
+
+def _regions(index: np.ndarray, chrom: np.ndarray, pos: np.ndarray, window: float):
+    """`index` split where the chromosome changes or two neighbouring positions are more than a window apart; each
+    region's variants in file order."""
+    if index.size == 0:
+        return
+    order = index[np.lexsort((pos[index], chrom[index]))]
+    breaks = np.flatnonzero((chrom[order][1:] != chrom[order][:-1]) | (np.diff(pos[order]) > window)) + 1
+    for part in np.split(order, breaks):
+        yield np.sort(part)
+
+
+def _clump_region(region, p, chrom, pos, columns, p1, p2, r2, window) -> list[tuple]:
+    """plink's greedy walk over one region for one phenotype: (p, variant index, clumped variant indices)."""
+    x, called = columns
+    squares = x * x
+    taken = np.zeros(len(region), bool)
+    found = []
     for i in np.argsort(p, kind="stable"):
         if p[i] >= p1:
             break
         if taken[i]:
             continue
         taken[i] = True
-        near = np.flatnonzero((chrom == chrom[i]) & (np.abs(pos - pos[i]) <= window_kb * 1000) & (p < p2) & ~taken)
-        members = near[:0]
+        near = np.flatnonzero((chrom == chrom[i]) & (np.abs(pos - pos[i]) <= window) & (p < p2) & ~taken)
         if near.size:
-            g = genotypes.read(samples=sample_index, variants=np.concatenate([[i], near]), dtype=np.float64)
-            members = near[r_squared(g[:, 0], g[:, 1:]) >= r2]
-            taken[members] = True
-        rows.append({"index_variant": variants["variant_id"][int(i)], "chromosome": chrom[i],
-                     "base_pair_location": int(pos[i]), "p_value": float(p[i]), "n_clumped": int(members.size),
-                     "clumped": ",".join(variants["variant_id"].gather(members).to_list())})
-    return pl.DataFrame(rows, schema=schema)
+            # sums over the samples called at both variants, as products of the index column with the others
+            n = called[:, i] @ called[:, near]
+            sx, sy = x[:, i] @ called[:, near], called[:, i] @ x[:, near]
+            sxx, syy = squares[:, i] @ called[:, near], called[:, i] @ squares[:, near]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cov = x[:, i] @ x[:, near] - sx * sy / n
+                near = near[np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n))) >= r2]
+            taken[near] = True
+        found.append((p[i], int(region[i]), region[near]))
+    return found

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 from scipy import special
 
+from comical.data_io.dosages import open_bgen, open_pgen
 from comical.data_io.errors import InputError
 from comical.data_io.plink import Genotypes, open_genotypes
 from comical.data_io.tables import read_table
@@ -96,7 +97,7 @@ def build_inputs(tables: GwasTables) -> GwasInputs:
     complete = covariates.drop_nulls()
     keep = iid.is_in(phenotypes["eid"].implode()) & iid.is_in(complete["eid"].implode())
     if not keep.any():
-        raise InputError(f"{source}: no sample ID of the phenotype and covariate files is in {genotypes.prefix}.fam "
+        raise InputError(f"{source}: no sample ID of the phenotype and covariate files is in {genotypes.prefix}'s samples "
                          f"(fam IIDs like {iid[0]!r}, phenotype IDs like {phenotypes['eid'][0]!r})")
     sample_index = np.flatnonzero(keep.to_numpy())
     order = pl.DataFrame({"eid": iid.gather(sample_index)})
@@ -145,10 +146,11 @@ def _basis(covar: np.ndarray, names: list[str], source: str) -> np.ndarray:
         raise InputError(f"{source}: {err}") from None
 
 
-def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group]):
+def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, groups: list[Group],
+           out_format: str = "tsv"):
     """One variant block for every group (a Ray task, or a call in-process with one local worker): reads its own
-    slice of the .bed, computes, and formats its rows, so the driver only appends bytes. Returns ({phenotype: TSV
-    bytes as uint8}, {phenotype: -log10 p}).
+    slice of the genotypes, computes, and encodes its rows, so the driver only appends them. Returns ({phenotype:
+    encoded rows}, {phenotype: -log10 p}).
 
     The block is read and tested a chunk of variants at a time (~64 MB of float64 genotypes), so a task's memory
     stays small and is reused: first-touch page faults on fresh memory cost more than the statistics here."""
@@ -169,12 +171,18 @@ def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, gro
             else:
                 done.append(gwas_stats.logistic(gg, group.c, group.y))
     results = [{key: np.concatenate([part[key] for part in done]) for key in done[0]} for done in parts]
-    return _format_block(genotypes.variants.slice(lo, hi - lo), groups, results, header=lo == 0)
+    return _format_block(genotypes.variants.slice(lo, hi - lo), groups, results, header=lo == 0,
+                         out_format=out_format)
 
 
-def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], *, header: bool):
-    """GWAS-SSF rows of one block per phenotype, as the TSV file's bytes (a uint8 array: encoded here, in parallel,
-    and read by the driver from Ray's object store without a copy); and its -log10 p per phenotype."""
+OUT_FORMATS = ("tsv", "tsv.gz", "parquet")
+
+
+def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], *, header: bool,
+                  out_format: str = "tsv"):
+    """GWAS-SSF rows of one block per phenotype, encoded here (in parallel) for the driver to append: TSV bytes,
+    or BGZF-compressed TSV bytes (uint8 arrays, read from Ray's object store without a copy), or an Arrow table
+    (parquet); and its -log10 p per phenotype."""
     ssf = pl.DataFrame({"chromosome": base["chrom"], "base_pair_location": base["pos"],
                         "effect_allele": base["allele1"], "other_allele": base["allele2"]})
     texts, neg_log10_p = {}, {}
@@ -189,17 +197,35 @@ def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], 
                 variant_id=base["variant_id"], n=result["n"], neg_log10_p=-pick(result["log10_p"]))
             if group.kind == "logistic":
                 table = table.with_columns(odds_ratio=np.exp(result["beta"]), firth=result["firth"])
-            table = table.with_columns(note=pl.Series(result["note"], dtype=pl.String))
-            text = io.BytesIO()
-            table.write_csv(text, separator="\t", include_header=header, null_value="NA", float_precision=None)
-            texts[name] = np.frombuffer(text.getbuffer(), np.uint8)  # Ray hands arrays to the driver without a copy
+            # NA, not NaN, for a variant without a result (plink2 writes NA; readers parse it as missing)
+            table = table.with_columns(pl.col(pl.Float64).fill_nan(None),
+                                       note=pl.Series(result["note"], dtype=pl.String))
+            texts[name] = _encode(table, out_format, header)
             neg_log10_p[name] = -pick(result["log10_p"])
     return texts, neg_log10_p
 
 
+def _encode(table: pl.DataFrame, out_format: str, header: bool):
+    if out_format == "parquet":
+        return table.to_arrow()
+    text = io.BytesIO()
+    table.write_csv(text, separator="\t", include_header=header, null_value="NA", float_precision=None)
+    if out_format == "tsv.gz":  # BGZF blocks: gzip members that bgzip and tabix read; appended blocks stay valid
+        from Bio import bgzf
+
+        packed = io.BytesIO()
+        writer = bgzf.BgzfWriter(fileobj=packed)
+        writer.write(text.getvalue())
+        writer.flush()  # the block's data without the end-of-file marker, which the driver writes once
+        text = packed
+    return np.frombuffer(text.getbuffer(), np.uint8)  # Ray hands arrays to the driver without a copy
+
+
 def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers: int = 1,
-             block_size: int | None = None, plots: bool = True, clump: dict | None = None) -> dict:
-    """Tests every variant block; writes PREFIX.<phenotype>.tsv, clumps, summary.json, plots; returns the summary.
+             block_size: int | None = None, plots: bool = True, clump: dict | None = None,
+             out_format: str = "tsv") -> dict:
+    """Tests every variant block; writes PREFIX.<phenotype>.<out_format>, clumps, summary.json, plots; returns the
+    summary.
 
     With more than one worker, or on a cluster (RAY_ADDRESS, as `ray job submit` sets it), each block is a Ray task.
     One worker on the local machine runs the same blocks in this process: a local Ray costs ~3 s to start and stop
@@ -213,9 +239,10 @@ def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers:
 
         inputs = build_inputs(read_tables())
         bounds = _bounds(inputs.genotypes.n_variants, workers, block_size)
-        blocks = (_block(inputs.genotypes, inputs.sample_index, lo, hi, inputs.groups) for lo, hi in bounds)
+        blocks = _progress((_block(inputs.genotypes, inputs.sample_index, lo, hi, inputs.groups, out_format)
+                            for lo, hi in bounds), len(bounds))
         with threadpool_limits(1):  # one worker is one CPU, as in a Ray task
-            return _write(inputs, out, blocks, plots=plots, clump=clump)
+            return _write(inputs, out, blocks, plots=plots, clump=clump, out_format=out_format)
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(read_tables)
         started = init_ray(num_cpus=workers, log_to_driver=False)  # a local Ray without dashboard
@@ -226,11 +253,20 @@ def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers:
                 shutdown_ray()
             raise
     try:
-        return _write(inputs, out, _ray_blocks(inputs, _bounds(inputs.genotypes.n_variants, workers, block_size)),
-                      plots=plots, clump=clump)
+        bounds = _bounds(inputs.genotypes.n_variants, workers, block_size)
+        blocks = _progress(_ray_blocks(inputs, bounds, out_format), len(bounds))
+        return _write(inputs, out, blocks, plots=plots, clump=clump, out_format=out_format)
     finally:
         if started:  # ours alone: an explicit shutdown is seconds faster than Ray's exit hook
             shutdown_ray()
+
+
+def _progress(blocks, total: int):
+    """A progress bar on stderr over the variant blocks, shown only when the run takes more than a few seconds and
+    stderr is a terminal (tqdm's own rules), so short runs and logs stay clean."""
+    from tqdm import tqdm
+
+    return tqdm(blocks, total=total, unit="block", desc="gwas", delay=3, disable=None, leave=False)
 
 
 def _bounds(m: int, workers: int, block_size: int | None) -> list[tuple[int, int]]:
@@ -240,13 +276,13 @@ def _bounds(m: int, workers: int, block_size: int | None) -> list[tuple[int, int
     return [(lo, min(lo + size, m)) for lo in range(0, m, size)]
 
 
-def _ray_blocks(inputs: GwasInputs, bounds: list[tuple[int, int]]):
+def _ray_blocks(inputs: GwasInputs, bounds: list[tuple[int, int]], out_format: str):
     """Each block a Ray task reading its own slice of the .bed; yields the results in variant order."""
     import ray
 
     block = ray.remote(num_cpus=1)(_block)
     genotypes, samples, groups = (ray.put(x) for x in (inputs.genotypes, inputs.sample_index, inputs.groups))
-    pending = {block.remote(genotypes, samples, lo, hi, groups): i for i, (lo, hi) in enumerate(bounds)}
+    pending = {block.remote(genotypes, samples, lo, hi, groups, out_format): i for i, (lo, hi) in enumerate(bounds)}
     done: dict[int, tuple] = {}
     next_block = 0
     while pending:
@@ -257,12 +293,12 @@ def _ray_blocks(inputs: GwasInputs, bounds: list[tuple[int, int]]):
             next_block += 1
 
 
-def _write(inputs: GwasInputs, out: Path, blocks, *, plots: bool, clump: dict | None) -> dict:
+def _write(inputs: GwasInputs, out: Path, blocks, *, plots: bool, clump: dict | None, out_format: str) -> dict:
     """Blocks (in variant order) into staged files, then summary, clumps and plots; moved into place at the end."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        writers = _Writers(inputs, stage / out.name)
+        writers = _Writers(inputs, stage / out.name, out_format)
         for block in blocks:
             writers.append(block)
         summary = writers.finish(plots=plots, clump=clump)
@@ -274,28 +310,41 @@ def _write(inputs: GwasInputs, out: Path, blocks, *, plots: bool, clump: dict | 
 
 
 class _Writers:
-    """Per-phenotype TSVs written block by block; keeps p-values for the summary, plots and clumping."""
+    """Per-phenotype tables written block by block; keeps p-values for the summary, plots and clumping."""
 
-    def __init__(self, inputs: GwasInputs, prefix: Path):
-        self.inputs, self.prefix = inputs, prefix
+    def __init__(self, inputs: GwasInputs, prefix: Path, out_format: str):
+        self.inputs, self.prefix, self.out_format = inputs, prefix, out_format
         self.variants = inputs.genotypes.variants
         self.files = {}
         self.log10_p: dict[str, list[np.ndarray]] = {}
         for group in inputs.groups:
             for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
-                self.files[name] = open(f"{prefix}.{name}.tsv", "wb")
+                path = f"{prefix}.{name}.{out_format}"
+                self.files[name] = open(path, "wb") if out_format != "parquet" else path
                 self.log10_p[name] = []
 
-    def append(self, block: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> None:
+    def append(self, block: tuple[dict, dict[str, np.ndarray]]) -> None:
         texts, neg_log10_p = block
         for name, text in texts.items():
-            self.files[name].write(text)
+            if self.out_format == "parquet":
+                import pyarrow.parquet as pq
+
+                if isinstance(self.files[name], str):  # the first block gives the schema
+                    self.files[name] = pq.ParquetWriter(self.files[name], text.schema)
+                self.files[name].write_table(text)
+            else:
+                self.files[name].write(text)
             # a copy: Ray's zero-copy arrays would pin the block's whole result (its text too) in the object store
             self.log10_p[name].append(neg_log10_p[name].copy())
 
     def finish(self, *, plots: bool, clump: dict | None) -> dict:
         for f in self.files.values():
-            f.close()
+            if self.out_format == "tsv.gz":
+                from Bio import bgzf
+
+                bgzf.BgzfWriter(fileobj=f).close()  # BGZF's end-of-file marker block, once at the end; closes f
+            else:
+                f.close()
         summary = {"n_samples": int(self.inputs.sample_index.size), "n_variants": self.variants.height,
                    "covariates": self.inputs.covariate_names, "phenotypes": {}}
         threshold = -math.log10(GENOME_WIDE)
@@ -306,14 +355,15 @@ class _Writers:
                 summary["phenotypes"][name] = {"test": group.kind, "n": int(group.rows.size),
                                                "lambda_gc": lambda_gc(neg, df), "hits": int((neg > threshold).sum()),
                                                "min_p": float(10 ** -np.nanmax(neg)) if np.isfinite(neg).any() else None}
-        if clump is not None:
-            from comical.pipelines.clump import clump_hits
+        if clump is not None:  # every phenotype's clumps from one read of the genotypes near hits
+            from comical.pipelines.clump import clump_phenotypes
 
+            found = clump_phenotypes(self.inputs.genotypes, self.inputs.sample_index,
+                                     {name: np.concatenate(self.log10_p[name]) for name in summary["phenotypes"]},
+                                     **clump)
             for name, info in summary["phenotypes"].items():
-                neg = np.concatenate(self.log10_p[name])
-                clumps = clump_hits(self.inputs.genotypes, self.inputs.sample_index, neg, **clump)
-                clumps.write_csv(f"{self.prefix}.{name}.clumps.tsv", separator="\t")
-                info["clumps"] = clumps.height
+                found[name].write_csv(f"{self.prefix}.{name}.clumps.tsv", separator="\t")
+                info["clumps"] = found[name].height
         if plots:
             from comical.pipelines.gwas_plots import plot_all
 
@@ -337,19 +387,41 @@ def lambda_gc(neg_log10_p: np.ndarray, df: int = 1) -> float | None:
 # ------------------------------------------------------------------ inputs from files or a cohort
 
 
-def tables_reader(*, cohort: Path | None, bfile: Path | None, pheno: Path | None, covar: Path | None, out: Path,
-                  workers: int, binary: bool, multi_trait: Path | None, mt_pcs: int | None, rank_normalise: bool,
-                  pheno_names: list[str] | None, covar_names: list[str] | None) -> Callable[[], GwasTables]:
+def genotype_files(bfile: Path | None, pfile: Path | None, bgen: Path | None,
+                   sample: Path | None) -> tuple[Callable[[], Genotypes] | None, list[Path]]:
+    """The genotype input named by the flags: its opener (picklable, for Ray tasks) and its files."""
+    given = [flag for flag, value in (("--bfile", bfile), ("--pfile", pfile), ("--bgen", bgen)) if value]
+    if len(given) > 1:
+        raise InputError(f"give one genotype input, not {' and '.join(given)}")
+    if sample and not bgen:
+        raise InputError("--sample goes with --bgen")
+    if bfile:
+        return functools.partial(open_genotypes, bfile), [bfile.with_suffix(s) for s in (".bed", ".bim", ".fam")]
+    if pfile:
+        return functools.partial(open_pgen, pfile), [pfile.with_suffix(s) for s in (".pgen", ".pvar", ".psam")]
+    if bgen:
+        sample = sample or bgen.with_suffix(".sample")
+        return functools.partial(open_bgen, bgen, sample), [bgen, sample]
+    return None, []
+
+
+def tables_reader(*, cohort: Path | None, pheno: Path | None, covar: Path | None, out: Path, workers: int,
+                  binary: bool, multi_trait: Path | None, mt_pcs: int | None, rank_normalise: bool,
+                  pheno_names: list[str] | None, covar_names: list[str] | None, bfile: Path | None = None,
+                  pfile: Path | None = None, bgen: Path | None = None,
+                  sample: Path | None = None) -> Callable[[], GwasTables]:
     """`comical gwas`'s inputs checked (which files, none overwritten by --out), as the reader `run_gwas` calls."""
     if workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1")
-    if cohort is not None and (bfile or pheno):
-        raise InputError("give --cohort, or --bfile with --pheno, not both")
-    if cohort is None and not (bfile and pheno):
-        raise InputError("give --bfile PREFIX --pheno FILE [--covar FILE], or --cohort DIR")
+    opener, geno_files = genotype_files(bfile, pfile, bgen, sample)
+    if cohort is not None and (opener or pheno):
+        raise InputError("give --cohort, or a genotype input with --pheno, not both")
+    if cohort is None and not (opener and pheno):
+        raise InputError("give --bfile PREFIX, --pfile PREFIX or --bgen FILE [--sample FILE], with --pheno FILE "
+                         "[--covar FILE]; or --cohort DIR")
     if multi_trait and cohort is None:
         raise InputError("--multi-trait runs on a --cohort folder")
-    given = [cohort, multi_trait] if cohort else [pheno, covar, *(bfile.with_suffix(s) for s in (".bed", ".bim", ".fam"))]
+    given = [cohort, multi_trait] if cohort else [pheno, covar, *geno_files]
     prefix = str(out.resolve()) + "."
     for path in filter(None, given):
         if str(path.resolve()).startswith(prefix) or path.resolve() == out.resolve():
@@ -358,13 +430,13 @@ def tables_reader(*, cohort: Path | None, bfile: Path | None, pheno: Path | None
         return functools.partial(tables_from_cohort, cohort, binary=binary, pheno_names=pheno_names,
                                  covar_names=covar_names, multi_trait=multi_trait, mt_pcs=mt_pcs,
                                  rank_normalise=rank_normalise)
-    return functools.partial(tables_from_files, bfile, pheno, covar, pheno_names=pheno_names, covar_names=covar_names,
-                             binary=True if binary else None)
+    return functools.partial(tables_from_files, opener, pheno, covar, pheno_names=pheno_names,
+                             covar_names=covar_names, binary=True if binary else None)
 
 
-def tables_from_files(bfile: Path, pheno: Path, covar: Path | None, *, pheno_names: list[str] | None,
-                      covar_names: list[str] | None, binary: bool | None) -> GwasTables:
-    genotypes = open_genotypes(bfile)
+def tables_from_files(open_genotype_files: Callable[[], Genotypes], pheno: Path, covar: Path | None, *,
+                      pheno_names: list[str] | None, covar_names: list[str] | None, binary: bool | None) -> GwasTables:
+    genotypes = open_genotype_files()
     phenotypes = read_table(pheno, columns=pheno_names, allow_missing=True)
     if phenotypes.width < 2:
         raise InputError(f"{pheno}: no phenotype columns")

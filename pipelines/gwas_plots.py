@@ -39,9 +39,12 @@ def _qq(ax, neg, title):
     neg = np.sort(neg[np.isfinite(neg)])[::-1]
     expected = -np.log10((np.arange(1, neg.size + 1) - 0.5) / neg.size)
     ax.scatter(expected, neg, s=3, rasterized=True)
-    top = max(expected.max(initial=1), neg.max(initial=1))
-    ax.plot([0, top], [0, top], color="grey", lw=0.8)
-    ax.set(title=title, xlabel="expected -log10 p", ylabel="observed -log10 p")
+    # Each axis fits its own range: expected -log10 p ends near log10(n), observed can reach 40 or more, and a
+    # square frame would squeeze the expected range into a sliver.
+    right = expected.max(initial=1.0)
+    ax.plot([0, right], [0, right], color="grey", lw=0.8)
+    ax.set(title=title, xlabel="expected -log10 p", ylabel="observed -log10 p", xlim=(0, right * 1.05),
+           ylim=(0, max(right, neg.max(initial=1.0)) * 1.05))
 
 
 def plot_all(variants: pl.DataFrame, neg_log10_p: dict[str, np.ndarray], summary: dict, prefix: Path) -> None:

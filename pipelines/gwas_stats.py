@@ -19,6 +19,7 @@ import numpy as np
 from scipy import special  # not scipy.stats: its import costs every Ray worker ~0.3 s; same functions
 
 MONOMORPHIC = "monomorphic in the analysed samples"
+NO_CALLS = "no genotype calls in the analysed samples"
 COLLINEAR = "collinear with the covariates"
 NO_CONVERGENCE = "logistic and Firth regression did not converge"
 
@@ -101,10 +102,14 @@ def _restricted(g: np.ndarray, q: np.ndarray, y: np.ndarray, yy: np.ndarray, *, 
 
 
 def _spread_note(g: np.ndarray) -> np.ndarray:
-    """Per variant: MONOMORPHIC where its observed calls do not vary, else ''."""
-    with np.errstate(invalid="ignore"):
-        spread = np.nanmax(g, 0) - np.nanmin(g, 0) if g.size else np.zeros(0)
-    return np.where(~(spread > 0), MONOMORPHIC, "")
+    """Per variant: NO_CALLS, MONOMORPHIC where its observed calls do not vary, else ''."""
+    called = ~np.isnan(g)
+    spread = np.where(called, g, -np.inf).max(0) - np.where(called, g, np.inf).min(0) if g.size else np.zeros(0)
+    return _call_note(~(spread > 0), called.sum(0))
+
+
+def _call_note(constant: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
+    return np.where(n_obs == 0, NO_CALLS, np.where(constant, MONOMORPHIC, ""))
 
 
 def _degenerate(note: np.ndarray, gpg: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
@@ -120,7 +125,7 @@ def linear(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: bool = F
     """
     yy = (y * y).sum(0)
     gpg, gpy, ypy, n_obs, freq, constant = _restricted(g, q, y, yy, cross=False, overwrite=overwrite_g)
-    note = _degenerate(np.where(constant, MONOMORPHIC, ""), gpg, n_obs)
+    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs)
     ok = (note == "")[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         beta = gpy / gpg[:, None]
@@ -142,7 +147,7 @@ def multi_trait(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: boo
     """
     yy = y.T @ y
     gpg, gpy, ypy, n_obs, freq, constant = _restricted(g, q, y, yy, cross=True, overwrite=overwrite_g)
-    note = _degenerate(np.where(constant, MONOMORPHIC, ""), gpg, n_obs)
+    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs)
     ok = note == ""
     with np.errstate(divide="ignore", invalid="ignore"):
         explained = np.einsum("md,md->m", gpy, np.linalg.solve(ypy, gpy[..., None])[..., 0]) / gpg
@@ -187,7 +192,11 @@ def logistic(g: np.ndarray, c: np.ndarray, y: np.ndarray, *, max_iter: int = 25,
         converged = np.abs(step).max(1) < tol * (1 + np.abs(theta).max(1))
         if converged.all():
             break
-    note = _spread_note(g).astype(object)
+    # Collinear with the covariates on its called samples (plink2: CORR_TOO_HIGH): found by projection, as in the
+    # linear test, because Newton steps on a singular system drift instead of failing
+    basis = np.linalg.qr(design)[0]
+    gpg = _restricted(g, basis, y[:, None], np.array([y @ y]), cross=False, overwrite=False)[0]
+    note = _degenerate(_spread_note(g), gpg, n_obs).astype(object)
     se = np.sqrt(_variant_variance(info, note == ""))
     note[(note == "") & ~np.isfinite(se)] = COLLINEAR  # nothing of the variant is left beside the covariates
     beta = theta[:, k]

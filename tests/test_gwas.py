@@ -3,6 +3,8 @@ effects found, multi-trait test against a direct likelihood, clumping, and bad i
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import subprocess
@@ -266,7 +268,7 @@ def test_written_blocks_keep_no_view_of_a_tasks_result(mini_cohort, tmp_path):
     genotypes = open_genotypes(mini_cohort / "genotypes")
     pheno = pl.DataFrame({"eid": genotypes.samples["iid"], "y": np.arange(genotypes.n_samples, dtype=float)})
     inputs = build_inputs(GwasTables(genotypes, pheno, pl.DataFrame({"eid": pheno["eid"]}), source="tiny"))
-    writers = _Writers(inputs, tmp_path / "w")
+    writers = _Writers(inputs, tmp_path / "w", "tsv")
     result = np.arange(2 * genotypes.n_variants, dtype=float)  # one buffer, as a task's result arrives
     writers.append(({"y": np.frombuffer(b"row\n", np.uint8)}, {"y": result[:genotypes.n_variants]}))
     kept = writers.log10_p["y"][0]
@@ -358,3 +360,157 @@ def test_logistic_gives_na_and_a_note_for_a_monomorphic_variant_not_a_crash():
     assert result["note"][1] == MONOMORPHIC and np.isnan(result["p"][1]) and np.isnan(result["beta"][1])
     alone = logistic(g[:, [0, 2, 3]], covariates, y)
     np.testing.assert_allclose(result["p"][[0, 2, 3]], alone["p"], rtol=1e-10)
+
+
+def _dosage_files(cohort, tmp_path, plink2, m=300):
+    """plink2 writes the test's dosage files: a VCF with DS dosages (the cohort's first `m` calls plus noise, its
+    missing calls kept) -> .pgen -> BGEN 1.2 (REF first, 16 bits), so the readers see files no one here wrote."""
+    genotypes = open_genotypes(cohort / "genotypes")
+    rng = np.random.default_rng(0)
+    calls = genotypes.read(variants=slice(0, m), dtype=np.float64)
+    dosage = np.clip(calls + rng.normal(0, 0.15, calls.shape), 0, 2).round(3)
+    header = "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT",
+                        *genotypes.samples["iid"]])
+    lines = ["##fileformat=VCFv4.2", '##FORMAT=<ID=GT,Number=1,Type=String,Description="call">',
+             '##FORMAT=<ID=DS,Number=1,Type=Float,Description="ALT dosage">', header]
+    for j, v in enumerate(genotypes.variants.head(m).iter_rows(named=True)):
+        cells = ["./.:." if np.isnan(d) else f"{('0/0', '0/1', '1/1')[int(round(d))]}:{d:g}" for d in dosage[:, j]]
+        lines.append("\t".join([v["chrom"], str(v["pos"]), v["variant_id"], v["allele2"], v["allele1"], ".", ".",
+                                ".", "GT:DS", *cells]))
+    (tmp_path / "d.vcf").write_text("\n".join(lines) + "\n")
+    plink2("--vcf", tmp_path / "d.vcf", "dosage=DS", "--make-pgen", "--out", tmp_path / "d")
+    plink2("--pfile", tmp_path / "d", "--export", "bgen-1.2", "ref-first", "bits=16", "--out", tmp_path / "d")
+    idps = pl.read_csv(cohort / "idps.csv", infer_schema=False)
+    names = idps.columns[1:3]
+    idps.select(pl.col("eid").alias("#IID"), *names).write_csv(tmp_path / "pheno.txt", separator="\t")
+    covar = pl.read_csv(cohort / "covariates.csv", infer_schema=False)
+    covar.select(pl.col("eid").alias("#IID"), "age", "sex", "PC1", "PC2").write_csv(tmp_path / "covar.txt",
+                                                                                   separator="\t")
+    dx = pl.read_csv(cohort / "diagnoses.csv", infer_schema=False)
+    dx.select(pl.col("eid").alias("#IID"), (pl.col("CBVD").cast(int) + 1).alias("CBVD")).write_csv(
+        tmp_path / "binary.txt", separator="\t")
+    return names, int(np.isnan(calls).sum())
+
+
+@pytest.mark.parametrize("source", ["pgen", "bgen"])
+def test_dosage_inputs_match_plink2_glm(source, mini_cohort, plink2, tmp_path):
+    """`--pfile` and `--bgen` read fractional dosages with missing calls; linear and logistic results equal plink2
+    `--glm` on the same plink2-written files (its 6 printed digits)."""
+    names, n_missing = _dosage_files(mini_cohort, tmp_path, plink2)
+    assert n_missing > 0
+    ours_flags = ["--pfile", str(tmp_path / "d")] if source == "pgen" else ["--bgen", str(tmp_path / "d.bgen")]
+    theirs_flags = ["--pfile", tmp_path / "d"] if source == "pgen" else \
+        ["--bgen", tmp_path / "d.bgen", "ref-first", "--sample", tmp_path / "d.sample"]
+    for kind, pheno in (("linear", "pheno.txt"), ("logistic.hybrid", "binary.txt")):
+        plink2(*theirs_flags, "--pheno", tmp_path / pheno, "--covar", tmp_path / "covar.txt", "--glm", "hide-covar",
+               "--out", tmp_path / "pl")
+        assert main(["gwas", *ours_flags, "--pheno", str(tmp_path / pheno), "--covar", str(tmp_path / "covar.txt"),
+                     "--out", str(tmp_path / "ours"), "--no-plots"]) == 0
+        for name in (names if kind == "linear" else ["CBVD"]):
+            ours = pl.read_csv(tmp_path / f"ours.{name}.tsv", separator="\t", null_values="NA")
+            theirs = pl.read_csv(tmp_path / f"pl.{name}.glm.{kind}", separator="\t", null_values="NA")
+            assert (ours["effect_allele"] == theirs["ALT"]).all() and (ours["n"] == theirs["OBS_CT"]).all()
+            assert ours["n"].min() < ours["n"].max()  # missing calls drop per variant
+            assert not np.allclose(ours["effect_allele_frequency"] * 2 * ours["n"] % 1, 0)  # dosages, not calls
+            se = theirs["SE"] if kind == "linear" else theirs["LOG(OR)_SE"]
+            beta = theirs["BETA"].to_numpy() if kind == "linear" else np.log(theirs["OR"].to_numpy())
+            beta = beta * np.where(theirs["A1"] == theirs["ALT"], 1.0, -1.0)  # plink2 counts the minor allele
+            if kind == "linear":  # plink2 prints 6 significant digits
+                for a, b in ((ours["beta"], beta), (ours["standard_error"], se), (ours["p_value"], theirs["P"])):
+                    assert _rel(np.asarray(a), np.asarray(b)).max() < 6e-6
+                continue
+            # logistic: as for the .bed above, plink2's single-precision fit agrees to ~1e-4 on most variants
+            plain = (theirs["FIRTH?"] == "N").to_numpy()
+            close = _rel(ours["standard_error"].to_numpy(), se.to_numpy()) < 1e-4
+            assert close[plain].mean() > 0.97
+            assert np.abs(ours["beta"].to_numpy() - beta)[plain & close].max() < 2e-5
+            assert _rel(ours["p_value"].to_numpy(), theirs["P"].to_numpy())[plain & close].max() < 1e-3
+
+
+def test_degenerate_variants_get_na_and_a_note_where_plink2_gives_na(plink2, tmp_path):
+    """Monomorphic, all-missing, a genotype present only in cases, and a variant equal to a covariate, beside
+    ordinary variants, through linear and logistic (Firth fallback) GWAS: where plink2 `--glm` reports NA we report
+    NA with a note naming why; where plink2 reports a Firth estimate (quasi-separation) so do we."""
+    from bed_reader import to_bed
+
+    from comical.pipelines.gwas_stats import COLLINEAR, MONOMORPHIC, NO_CALLS
+
+    rng = np.random.default_rng(3)
+    n = 600
+    y = (rng.random(n) < 0.3).astype(int)
+    g = rng.binomial(2, 0.3, (n, 8)).astype(np.float32)
+    g[:, 0] = 1  # monomorphic
+    g[:, 1] = np.nan  # no calls
+    g[:, 2] = 0
+    g[np.flatnonzero(y == 1)[:8], 2] = 1  # heterozygotes only among cases
+    covariate = g[:, 3].astype(float)  # the variant is a covariate
+    ids = [f"s{i}" for i in range(n)]
+    to_bed(tmp_path / "d.bed", g, properties={"fid": ids, "iid": ids, "sid": [f"v{j}" for j in range(8)],
+                                              "chromosome": ["1"] * 8, "bp_position": list(range(1000, 9000, 1000)),
+                                              "allele_1": ["A"] * 8, "allele_2": ["G"] * 8})
+    pl.DataFrame({"#FID": ids, "IID": ids, "case": y + 1, "trait": rng.normal(size=n) + y}).write_csv(
+        tmp_path / "pheno.txt", separator="\t")
+    pl.DataFrame({"#FID": ids, "IID": ids, "age": rng.normal(size=n), "c": covariate}).write_csv(
+        tmp_path / "covar.txt", separator="\t")
+    plink2("--bfile", tmp_path / "d", "--pheno", tmp_path / "pheno.txt", "--covar", tmp_path / "covar.txt",
+           "--glm", "hide-covar", "allow-no-covars", "--out", tmp_path / "pl")
+    assert main(["gwas", "--bfile", str(tmp_path / "d"), "--pheno", str(tmp_path / "pheno.txt"), "--covar",
+                 str(tmp_path / "covar.txt"), "--out", str(tmp_path / "ours"), "--no-plots"]) == 0
+    expected = {0: MONOMORPHIC, 1: NO_CALLS, 3: COLLINEAR}
+    for name, suffix in (("case", "glm.logistic.hybrid"), ("trait", "glm.linear")):
+        ours = pl.read_csv(tmp_path / f"ours.{name}.tsv", separator="\t", null_values="NA")
+        theirs = pl.read_csv(tmp_path / f"pl.{name}.{suffix}", separator="\t", null_values="NA")
+        theirs = pl.DataFrame({"ID": [f"v{j}" for j in range(8)]}).join(theirs, on="ID", how="left")
+        na_theirs = theirs["P"].is_null().to_numpy()
+        assert (ours["p_value"].is_null().to_numpy() == na_theirs).all()
+        assert set(np.flatnonzero(na_theirs)) == set(expected)
+        for j, why in expected.items():
+            assert ours["note"][j] == why
+        finite = ~na_theirs
+        assert _rel(ours["p_value"].to_numpy()[finite], theirs["P"].to_numpy()[finite]).max() < 1e-3
+    assert pl.read_csv(tmp_path / "ours.case.tsv", separator="\t", null_values="NA")["firth"][2]
+
+
+def test_out_formats_hold_the_same_table(mini_cohort, tmp_path):
+    """`--out-format tsv.gz` (BGZF: gzip members bgzip/tabix read, one end-of-file block) and `parquet` hold the
+    TSV's table, over several blocks."""
+    from Bio import bgzf
+
+    args = ["gwas", "--cohort", str(mini_cohort), "--pheno-name", "Volume_of_grey_matter_in_Left_Frontal_Pole",
+            "--no-plots", "--block-size", "700"]
+    tables = {}
+    for fmt in ("tsv", "tsv.gz", "parquet"):
+        assert main([*args, "--out", str(tmp_path / fmt.replace(".", "_")), "--out-format", fmt]) == 0
+        path = tmp_path / f"{fmt.replace('.', '_')}.Volume_of_grey_matter_in_Left_Frontal_Pole.{fmt}"
+        tables[fmt] = pl.read_parquet(path) if fmt == "parquet" else \
+            pl.read_csv(path, separator="\t", null_values="NA")
+    raw = (tmp_path / "tsv_gz.Volume_of_grey_matter_in_Left_Frontal_Pole.tsv.gz").read_bytes()
+    assert raw.endswith(bgzf._bgzf_eof) and raw.count(bgzf._bgzf_eof) == 1
+    with bgzf.BgzfReader(fileobj=io.BytesIO(raw)) as reader:  # block by block, as tabix would
+        assert "".join(reader) == gzip.decompress(raw).decode()
+    assert tables["tsv"].height == 3000
+    assert tables["tsv.gz"].equals(tables["tsv"])
+    typed = pl.read_csv(tmp_path / "tsv.Volume_of_grey_matter_in_Left_Frontal_Pole.tsv", separator="\t",
+                        null_values="NA", schema_overrides=tables["parquet"].schema)  # the text's values, typed
+    assert tables["parquet"].drop("note").equals(typed.drop("note"))
+    assert tables["parquet"]["note"].fill_null("").equals(typed["note"].fill_null(""))
+
+
+def test_qq_axes_fit_their_own_ranges():
+    """Expected -log10 p ends near log10(n); observed reaches 40: the x axis spans the first, the y axis the
+    second (a shared square frame squeezed the expected range into its left eighth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from comical.pipelines.gwas_plots import _qq
+
+    neg = -np.log10(np.random.default_rng(0).uniform(size=10_000))
+    neg[:5] = [40, 35, 30, 20, 12]
+    fig, ax = plt.subplots()
+    _qq(ax, neg, "qq")
+    expected_top = -np.log10(0.5 / neg.size)
+    assert expected_top <= ax.get_xlim()[1] < 1.1 * expected_top
+    assert 40 <= ax.get_ylim()[1] < 45
+    plt.close(fig)
