@@ -1,17 +1,18 @@
-"""Benchmark: `comical gwas` against plink2 `--glm` on the paper cohort, whole processes, in one run.
+"""Benchmark: `comical gwas` against plink2 `--glm`, whole processes, measured side by side in one run.
 
-    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--plink2-phenotypes 4] [--repeats 3] [--copies 10]
+    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--repeats 1] [--copies 10]
 
-Inputs: the `paper` cohort (40,426 subjects; simulated here unless --work holds it), its GWAS Catalog variants
-(5,632 genotyped; ~3% missing calls), the 154 IDPs as phenotypes, covariates age, sex, PC1-10. Rows:
-  one phenotype: plink2 --glm --threads 2 vs comical gwas --workers 1 (in-process, one CPU) and --workers 2 (a
-  local Ray started and stopped by the command);
-  all 154 IDPs: comical gwas (with its combined plots) vs plink2 on `--plink2-phenotypes` IDPs, scaled to 154
-  (plink2 runs each phenotype separately once missing calls push it off its fast path; the measured
-  per-phenotype time is linear, and 154 of them take ~30 min);
-  workers: comical gwas --workers 1 and 2 on a larger variant set: the cohort's 20,000 variants `--copies` times
-  over (renamed; the bed's variant records concatenated), x 154 IDPs. Fixed costs (imports, Ray's start and stop,
-  summary and clumping) are paid once, as in a biobank run of 10^5-10^7 variants;
+Every plink2 row is plink2 itself on every phenotype named, in one process (`--glm --threads 2`); nothing is
+scaled. comical runs with clumping on (plink2 does not clump; one synthetic row without) and plots off (plink2 does
+not plot). Inputs:
+  synthetic: 10,000 samples x 2,000 variants in LD blocks, 1% missing calls, 154 quantitative phenotypes each
+  with 10 causal variants (so clumping has many hits to work on), covariates age and sex;
+  the `paper` cohort (40,426 subjects; simulated here unless --work holds it): its GWAS Catalog variants (5,577
+  genotyped; ~3% missing calls) x its 154 IDPs, and one IDP; covariates age, sex, PC1-10;
+  workers and formats: the cohort's 20,000 variants as .bed, .pgen (plink2 --make-pgen) and BGEN 1.2 (plink2
+  --export bgen-1.2 ref-first), x 154 IDPs; and the .bed and .pgen `--copies` times over (renamed; the bed's
+  variant records concatenated), where fixed costs are paid once, as in a biobank run: peak memory should not
+  grow with the variant count for any format;
 Wall time and peak memory (summed PSS of the whole process tree) of each command, the median of --repeats runs
 taken in turns (this machine's timings wander by 20-30% from run to run); plink2 from `apt-get install plink2`.
 Outputs of each command are deleted after it (the larger set writes ~4 GB of TSV per 100,000 variants).
@@ -106,47 +107,111 @@ def replicate(prefix: Path, copies: int, out: Path) -> Path:
     return out
 
 
+def synthetic(work: Path, n: int = 10_000, m: int = 2_000, phenotypes: int = 154, seed: int = 0) -> Path:
+    """A .bed with LD blocks and 1% missing calls, and 154 phenotypes with 10 causal variants each."""
+    import numpy as np
+    from bed_reader import to_bed
+    from scipy import stats
+
+    prefix = work / "synthetic"
+    if prefix.with_suffix(".bed").exists():
+        return prefix
+    rng = np.random.default_rng(seed)
+    block = 10
+    latent = rng.normal(size=(n, m // block))
+    noise = rng.normal(size=(n, m))
+    correlated = 0.9 * np.repeat(latent, block, axis=1) + np.sqrt(1 - 0.81) * noise  # r ~ 0.8 within a block
+    freq = rng.uniform(0.05, 0.5, m)
+    cut_low, cut_high = stats.norm.ppf((1 - freq) ** 2), stats.norm.ppf(1 - freq ** 2)
+    g = (correlated > cut_low).astype(np.float32) + (correlated > cut_high)
+    g[rng.random(g.shape) < 0.01] = np.nan
+    ids = [f"s{i}" for i in range(n)]
+    to_bed(prefix.with_suffix(".bed"), g, properties={
+        "fid": ids, "iid": ids, "sid": [f"v{j}" for j in range(m)], "chromosome": ["1"] * m,
+        "bp_position": list(range(10_000, 10_000 + 5_000 * m, 5_000)), "allele_1": ["A"] * m, "allele_2": ["G"] * m})
+    filled = np.where(np.isnan(g), 2 * freq, g)
+    age, sex = rng.normal(55, 7, n), rng.integers(0, 2, n)
+    columns = {}
+    for k in range(phenotypes):
+        causal = rng.choice(m, 10, replace=False)
+        columns[f"y{k}"] = filled[:, causal] @ rng.normal(0, 0.15, 10) + 0.02 * age + 0.3 * sex + rng.normal(size=n)
+    pl.DataFrame({"#FID": ids, "IID": ids, **columns}).write_csv(work / "synthetic_pheno.txt", separator="\t")
+    pl.DataFrame({"#FID": ids, "IID": ids, "age": age, "sex": sex}).write_csv(work / "synthetic_covar.txt",
+                                                                            separator="\t")
+    return prefix
+
+
+def as_pgen(prefix: Path, work: Path) -> Path:
+    """`prefix` as a .pgen fileset, written by plink2."""
+    pfile = work / f"{prefix.name}_pgen"
+    if not pfile.with_suffix(".pgen").exists():
+        # --sort-vars: the replicated set repeats each chromosome, which plink2 only writes sorted
+        subprocess.run(["plink2", "--bfile", prefix, "--make-pgen", "--sort-vars", "--out", pfile], check=True,
+                       capture_output=True)
+    return pfile
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--plink2-phenotypes", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--copies", type=int, default=10, help="the workers rows' variant set: the cohort's x this")
     args = parser.parse_args()
     if shutil.which("plink2") is None:
         subprocess.run(["apt-get", "install", "-y", "plink2"], check=True)
     args.work.mkdir(parents=True, exist_ok=True)
     cohort, catalog, pheno, covar, names = prepare(args.work)
+    synth = synthetic(args.work)
     out = args.work / "out"
     out.mkdir(exist_ok=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    comical = [sys.executable, "-m", "comical", "gwas", "--pheno", str(pheno), "--covar", str(covar)]
+    comical = [sys.executable, "-m", "comical", "gwas", "--pheno", str(pheno), "--covar", str(covar), "--no-plots"]
     plink = ["plink2", "--threads", "2", "--pheno", str(pheno), "--covar", str(covar), "--glm", "hide-covar",
              "--covar-variance-standardize"]  # plink2 refuses raw age beside PCs (scale check); OLS beta is unchanged
-    first, some = names[0], ",".join(names[:args.plink2_phenotypes])
-    one = [*comical, "--bfile", str(catalog), "--pheno-name", first, "--no-plots"]
+    synth_files = ["--pheno", str(args.work / "synthetic_pheno.txt"), "--covar", str(args.work / "synthetic_covar.txt")]
     larger = replicate(cohort / "genotypes", args.copies, args.work / f"variants_x{args.copies}")
+    pfile, large_pfile = as_pgen(cohort / "genotypes", args.work), as_pgen(larger, args.work)
+    bgen = args.work / "genotypes_bgen"
+    if not bgen.with_suffix(".bgen").exists():
+        subprocess.run(["plink2", "--bfile", cohort / "genotypes", "--export", "bgen-1.2", "ref-first", "--out", bgen],
+                       check=True, capture_output=True)
     m = open_genotypes(larger).n_variants
+    one = ["--pheno-name", names[0]]
     commands = {
-        "plink2, 1 IDP": ([*plink, "--bfile", str(catalog), "--pheno-name", first, "--out", str(out / "p1")], env),
-        "comical, 1 IDP, --workers 1 (in-process)": ([*one, "--workers", "1", "--out", str(out / "c1")], env),
-        "comical, 1 IDP, --workers 2 (own local Ray)": ([*one, "--workers", "2", "--out", str(out / "c1")], env),
-        f"plink2, {args.plink2_phenotypes} IDPs": ([*plink, "--bfile", str(catalog), "--pheno-name", some,
-                                                    "--out", str(out / "pn")], env),
-        "comical, 154 IDPs, --workers 1 (with plots)": ([*comical, "--bfile", str(catalog), "--workers", "1",
-                                                         "--out", str(out / "c154")], env),
-        "comical, 154 IDPs, --workers 2 (with plots)": ([*comical, "--bfile", str(catalog), "--workers", "2",
-                                                         "--out", str(out / "c154")], env),
-        f"comical, {m:,} variants x 154 IDPs, --workers 1": (
-            [*comical, "--bfile", str(larger), "--workers", "1", "--no-plots", "--out", str(out / "w")], env),
-        f"comical, {m:,} variants x 154 IDPs, --workers 2": (
-            [*comical, "--bfile", str(larger), "--workers", "2", "--no-plots", "--out", str(out / "w")], env),
+        "synthetic 10,000 x 2,000, 154 phenotypes: plink2": [
+            "plink2", "--threads", "2", "--bfile", synth, *synth_files, "--glm", "hide-covar", "--out", out / "s"],
+        "synthetic 10,000 x 2,000, 154 phenotypes: comical --workers 1": [
+            sys.executable, "-m", "comical", "gwas", "--bfile", str(synth), *synth_files, "--no-plots",
+            "--workers", "1", "--out", str(out / "cs")],
+        "synthetic 10,000 x 2,000, 154 phenotypes: comical --workers 1 --no-clump": [
+            sys.executable, "-m", "comical", "gwas", "--bfile", str(synth), *synth_files, "--no-plots", "--no-clump",
+            "--workers", "1", "--out", str(out / "cs")],
+        "synthetic 10,000 x 2,000, 154 phenotypes: comical --workers 2": [
+            sys.executable, "-m", "comical", "gwas", "--bfile", str(synth), *synth_files, "--no-plots",
+            "--workers", "2", "--out", str(out / "cs")],
+        "paper catalog, 1 IDP: plink2": [*plink, "--bfile", catalog, *one, "--out", out / "p1"],
+        "paper catalog, 1 IDP: comical --workers 1": [*comical, "--bfile", str(catalog), *one, "--out", str(out / "c1")],
+        "paper catalog, 1 IDP: comical --workers 2": [*comical, "--bfile", str(catalog), *one, "--workers", "2",
+                                                      "--out", str(out / "c1")],
+        "paper catalog, 154 IDPs: plink2": [*plink, "--bfile", catalog, "--out", out / "p154"],
+        "paper catalog, 154 IDPs: comical --workers 1": [*comical, "--bfile", str(catalog), "--out", str(out / "c")],
+        "paper catalog, 154 IDPs: comical --workers 2": [*comical, "--bfile", str(catalog), "--workers", "2",
+                                                         "--out", str(out / "c")],
     }
+    for fmt, flags in (("bed", ["--bfile", str(cohort / "genotypes")]), ("pgen", ["--pfile", str(pfile)]),
+                       ("bgen", ["--bgen", str(bgen.with_suffix(".bgen"))])):
+        commands[f"20,000 variants x 154 IDPs, {fmt}: comical --workers 2"] = [*comical, *flags, "--workers", "2",
+                                                                              "--out", str(out / "f")]
+    for fmt, flags in (("bed", ["--bfile", str(larger)]), ("pgen", ["--pfile", str(large_pfile)])):
+        for workers in ("1", "2"):
+            commands[f"{m:,} variants x 154 IDPs, {fmt}: comical --workers {workers}"] = [
+                *comical, *flags, "--workers", workers, "--out", str(out / "w")]
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.repeats):
-        for name, (command, command_env) in commands.items():
-            runs[name].append(timed(command, command_env))
+        for name, command in commands.items():
+            runs[name].append(timed([str(c) for c in command], env))
+            print(f"{name}: {runs[name][-1][0]:.1f} s, {runs[name][-1][1]:.2f} GiB", file=sys.stderr, flush=True)
             for path in out.iterdir():
                 path.unlink()
     rows = {name: (statistics.median(t for t, _ in r), max(g for _, g in r)) for name, r in runs.items()}
@@ -155,16 +220,10 @@ def main() -> None:
     print("| run | wall s | peak GiB |\n|---|---|---|")
     for name, (seconds, gib) in rows.items():
         print(f"| {name} | {seconds:.1f} | {gib:.2f} |")
-    plink_154 = rows[f"plink2, {args.plink2_phenotypes} IDPs"][0] / args.plink2_phenotypes * 154
-    print(f"| plink2, 154 IDPs (scaled from {args.plink2_phenotypes}) | {plink_154:.0f} | |")
-    w1, w2 = (rows[f"comical, {m:,} variants x 154 IDPs, --workers {w}"][0] for w in (1, 2))
-    plink_1 = rows["plink2, 1 IDP"][0]
-    print(f"1 IDP: plink2 / comical --workers 1 = {plink_1 / rows['comical, 1 IDP, --workers 1 (in-process)'][0]:.1f}x"
-          f", / --workers 2 = {plink_1 / rows['comical, 1 IDP, --workers 2 (own local Ray)'][0]:.1f}x; 154 IDPs: "
-          f"plink2 (scaled) / comical --workers 1 = "
-          f"{plink_154 / rows['comical, 154 IDPs, --workers 1 (with plots)'][0]:.1f}x, / --workers 2 = "
-          f"{plink_154 / rows['comical, 154 IDPs, --workers 2 (with plots)'][0]:.1f}x; "
-          f"{m:,} variants: --workers 2 / --workers 1 = {w1 / w2:.2f}x")
+    for setting in ("synthetic 10,000 x 2,000, 154 phenotypes", "paper catalog, 1 IDP", "paper catalog, 154 IDPs"):
+        theirs = rows[f"{setting}: plink2"][0]
+        print(f"{setting}: plink2 / comical --workers 1 = {theirs / rows[f'{setting}: comical --workers 1'][0]:.1f}x, "
+              f"/ --workers 2 = {theirs / rows[f'{setting}: comical --workers 2'][0]:.1f}x")
 
 
 if __name__ == "__main__":

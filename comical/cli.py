@@ -123,6 +123,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the Manhattan/QQ PNGs")
     p.add_argument("--out-format", choices=["tsv", "tsv.gz", "parquet"], default="tsv",
                    help="per-phenotype tables: TSV, bgzip-compatible TSV (GWAS-SSF), or Parquet")
+    p.add_argument("--no-clump", action="store_true", help="skip LD clumping of the hits")
     p.add_argument("--clump-p1", type=float, default=5e-8, help="index-variant p threshold (paper 001: 5e-8)")
     p.add_argument("--clump-p2", type=float, default=1e-2, help="p threshold for variants a clump may take")
     p.add_argument("--clump-r2", type=float, default=0.05, help="r^2 at which a variant joins a clump (paper 001)")
@@ -334,7 +335,8 @@ def _gwas(args) -> int:
                                 out=args.out, workers=args.workers, binary=args.binary, multi_trait=args.multi_trait,
                                 mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise,
                                 pheno_names=split(args.pheno_name), covar_names=split(args.covar_name))
-    clump = {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2, "window_kb": args.clump_kb}
+    clump = None if args.no_clump else {"p1": args.clump_p1, "p2": args.clump_p2, "r2": args.clump_r2,
+                                        "window_kb": args.clump_kb}
     summary = run_gwas(read_tables, args.out, workers=args.workers, block_size=args.block_size,
                        plots=not args.no_plots, clump=clump, out_format=args.out_format)
     for name, info in list(summary["phenotypes"].items())[:10]:

@@ -52,9 +52,13 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
         needed[_near_any(np.flatnonzero(values < p2), hits, chrom, pos, window)] = True
     rows: dict[str, list[tuple]] = {name: [] for name in p}
     for region in _regions(np.flatnonzero(needed), chrom, pos, window):
-        g = genotypes.read(samples=sample_index, variants=region, dtype=np.float64)
+        g = genotypes.read(samples=sample_index, variants=region, dtype=np.float32)
         called = ~np.isnan(g)
-        columns = (np.where(called, g, 0.0), called.astype(np.float64))  # calls (0 where missing), call mask
+        # calls (0 where missing), the call mask and squared calls, column-major (each index gathers the columns
+        # near it), once per region for every phenotype. float32: hard calls' sums are integers below 2^24 (for
+        # fewer than 4 million samples), so exact; dosages' r^2 is good to ~1e-6
+        x = np.where(called, g, np.float32(0))  # keeps the read's column-major order
+        columns = (x, called.astype(np.float32), x * x)
         for name, values in p.items():
             rows[name] += _clump_region(region, values[region], chrom[region], pos[region], columns, p1, p2, r2,
                                         window)
@@ -101,8 +105,7 @@ def _regions(index: np.ndarray, chrom: np.ndarray, pos: np.ndarray, window: floa
 
 def _clump_region(region, p, chrom, pos, columns, p1, p2, r2, window) -> list[tuple]:
     """plink's greedy walk over one region for one phenotype: (p, variant index, clumped variant indices)."""
-    x, called = columns
-    squares = x * x
+    x, called, squares = columns
     taken = np.zeros(len(region), bool)
     found = []
     for i in np.argsort(p, kind="stable"):
@@ -113,12 +116,14 @@ def _clump_region(region, p, chrom, pos, columns, p1, p2, r2, window) -> list[tu
         taken[i] = True
         near = np.flatnonzero((chrom == chrom[i]) & (np.abs(pos - pos[i]) <= window) & (p < p2) & ~taken)
         if near.size:
-            # sums over the samples called at both variants, as products of the index column with the others
-            n = called[:, i] @ called[:, near]
-            sx, sy = x[:, i] @ called[:, near], called[:, i] @ x[:, near]
-            sxx, syy = squares[:, i] @ called[:, near], called[:, i] @ squares[:, near]
+            # sums over the samples called at both variants: the index's (x, called, x^2) rows times the others'
+            # columns, three products
+            index = np.stack([x[:, i], called[:, i], squares[:, i]])
+            (sx, n, sxx), (sxy, sy) = index @ called[:, near], index[:2] @ x[:, near]
+            syy = called[:, i] @ squares[:, near]
+            sx, n, sxx, sxy, sy, syy = (v.astype(np.float64) for v in (sx, n, sxx, sxy, sy, syy))
             with np.errstate(invalid="ignore", divide="ignore"):
-                cov = x[:, i] @ x[:, near] - sx * sy / n
+                cov = sxy - sx * sy / n
                 near = near[np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n))) >= r2]
             taken[near] = True
         found.append((p[i], int(region[i]), region[near]))
