@@ -7,6 +7,8 @@ correlation) is at least `r2`.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import polars as pl
 
@@ -44,23 +46,24 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     variants = genotypes.variants
     chrom, pos = variants["chrom"].to_numpy(), variants["pos"].to_numpy()
     window = window_kb * 1000
-    p = {name: np.power(10.0, -np.nan_to_num(neg, nan=0.0)) for name, neg in neg_log10_p.items()}
+    # thresholds on -log10 p, so no p-value array per phenotype is held beside the caller's
+    neg1, neg2 = -np.log10(p1) - 1e-9, -np.log10(p2) - 1e-9  # a hair inclusive: the walk below decides
     needed = np.zeros(len(chrom), bool)
-    for values in p.values():
-        hits = np.flatnonzero(values < p1)
+    for neg in neg_log10_p.values():
+        hits = np.flatnonzero(neg > neg1)
         needed[hits] = True
-        needed[_near_any(np.flatnonzero(values < p2), hits, chrom, pos, window)] = True
-    rows: dict[str, list[tuple]] = {name: [] for name in p}
+        needed[_near_any(np.flatnonzero(neg > neg2), hits, chrom, pos, window)] = True
+
+    rows: dict[str, list[tuple]] = {name: [] for name in neg_log10_p}
     for region in _regions(np.flatnonzero(needed), chrom, pos, window):
-        g = genotypes.read(samples=sample_index, variants=region, dtype=np.float32)
-        called = ~np.isnan(g)
-        # calls (0 where missing), the call mask and squared calls, column-major (each index gathers the columns
-        # near it), once per region for every phenotype. float32: hard calls' sums are integers below 2^24 (for
-        # fewer than 4 million samples), so exact; dosages' r^2 is good to ~1e-6
-        x = np.where(called, g, np.float32(0))  # keeps the read's column-major order
-        columns = (x, called.astype(np.float32), x * x)
-        for name, values in p.items():
-            rows[name] += _clump_region(region, values[region], chrom[region], pos[region], columns, p1, p2, r2,
+        if 12 * len(sample_index) * region.size <= REGION_BYTES:  # the region's three float32 arrays, held once
+            columns = _columns(genotypes.read(samples=sample_index, variants=region, dtype=np.float32))
+            r2_of = functools.partial(_r2, columns)
+        else:  # a dense region: read each index variant with its neighbours (memory bounded by one window)
+            r2_of = functools.partial(_r2_read, genotypes, sample_index, region)
+        for name, neg in neg_log10_p.items():
+            p = np.power(10.0, -np.nan_to_num(neg[region], nan=0.0))
+            rows[name] += _clump_region(region, p, chrom[region], pos[region], r2_of, p1, p2, r2,
                                         window)
     out = {}
     for name, found in rows.items():
@@ -73,6 +76,7 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     return out
 
 
+REGION_BYTES = 256 << 20  # a region's arrays held at once; denser regions are read a window at a time
 _SCHEMA = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
            "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
 
@@ -103,9 +107,36 @@ def _regions(index: np.ndarray, chrom: np.ndarray, pos: np.ndarray, window: floa
         yield np.sort(part)
 
 
-def _clump_region(region, p, chrom, pos, columns, p1, p2, r2, window) -> list[tuple]:
-    """plink's greedy walk over one region for one phenotype: (p, variant index, clumped variant indices)."""
+def _columns(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calls (0 where missing), the call mask and squared calls, column-major like the read (each index gathers
+    the columns near it). float32: hard calls' sums are integers below 2^24 (for fewer than 4 million samples), so
+    exact; dosages' r^2 is good to ~1e-6."""
+    called = ~np.isnan(g)
+    x = np.where(called, g, np.float32(0))
+    return x, called.astype(np.float32), x * x
+
+
+def _r2(columns, i: int, near: np.ndarray) -> np.ndarray:
+    """Pairwise-complete r^2 of column i with the columns `near`: sums over the samples called at both variants,
+    as the index's (x, called, x^2) rows times the others' columns (three products)."""
     x, called, squares = columns
+    index = np.stack([x[:, i], called[:, i], squares[:, i]])
+    (sx, n, sxx), (sxy, sy) = index @ called[:, near], index[:2] @ x[:, near]
+    syy = called[:, i] @ squares[:, near]
+    sx, n, sxx, sxy, sy, syy = (v.astype(np.float64) for v in (sx, n, sxx, sxy, sy, syy))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sy / n
+        return np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n)))
+
+
+def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray, i: int,
+             near: np.ndarray) -> np.ndarray:
+    columns = _columns(genotypes.read(samples=sample_index, variants=region[np.r_[i, near]], dtype=np.float32))
+    return _r2(columns, 0, np.arange(1, near.size + 1))
+
+
+def _clump_region(region, p, chrom, pos, r2_of, p1, p2, r2, window) -> list[tuple]:
+    """plink's greedy walk over one region for one phenotype: (p, variant index, clumped variant indices)."""
     taken = np.zeros(len(region), bool)
     found = []
     for i in np.argsort(p, kind="stable"):
@@ -116,15 +147,7 @@ def _clump_region(region, p, chrom, pos, columns, p1, p2, r2, window) -> list[tu
         taken[i] = True
         near = np.flatnonzero((chrom == chrom[i]) & (np.abs(pos - pos[i]) <= window) & (p < p2) & ~taken)
         if near.size:
-            # sums over the samples called at both variants: the index's (x, called, x^2) rows times the others'
-            # columns, three products
-            index = np.stack([x[:, i], called[:, i], squares[:, i]])
-            (sx, n, sxx), (sxy, sy) = index @ called[:, near], index[:2] @ x[:, near]
-            syy = called[:, i] @ squares[:, near]
-            sx, n, sxx, sxy, sy, syy = (v.astype(np.float64) for v in (sx, n, sxx, sxy, sy, syy))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cov = sxy - sx * sy / n
-                near = near[np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n))) >= r2]
+            near = near[r2_of(i, near) >= r2]
             taken[near] = True
         found.append((p[i], int(region[i]), region[near]))
     return found

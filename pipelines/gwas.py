@@ -354,7 +354,8 @@ class _Writers:
         for group in self.inputs.groups:
             df = len(group.names) if group.kind == "multi_trait" else 1
             for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
-                neg = np.concatenate(self.log10_p[name])
+                # one array per phenotype from here on, the block list freed as it goes (no second copy)
+                neg = self.log10_p[name] = np.concatenate(self.log10_p[name])
                 summary["phenotypes"][name] = {"test": group.kind, "n": int(group.rows.size),
                                                "lambda_gc": lambda_gc(neg, df), "hits": int((neg > threshold).sum()),
                                                "min_p": float(10 ** -np.nanmax(neg)) if np.isfinite(neg).any() else None}
@@ -362,7 +363,7 @@ class _Writers:
             from comical.pipelines.clump import clump_phenotypes
 
             found = clump_phenotypes(self.inputs.genotypes, self.inputs.sample_index,
-                                     {name: np.concatenate(self.log10_p[name]) for name in summary["phenotypes"]},
+                                     {name: self.log10_p[name] for name in summary["phenotypes"]},
                                      **clump)
             for name, info in summary["phenotypes"].items():
                 found[name].write_csv(f"{self.prefix}.{name}.clumps.tsv", separator="\t")
@@ -370,7 +371,7 @@ class _Writers:
         if plots:
             from comical.pipelines.gwas_plots import plot_all
 
-            plot_all(self.variants, {n: np.concatenate(v) for n, v in self.log10_p.items()}, summary, self.prefix)
+            plot_all(self.variants, self.log10_p, summary, self.prefix)
         Path(f"{self.prefix}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 

@@ -246,7 +246,13 @@ def test_cohort_gwas_finds_the_planted_snp_idp_effects_and_clumps_them(mini_coho
             assert (r_squared(g[:, a], g[:, near]) < 0.05).all()
 
 
-def test_r_squared_and_clump_against_a_direct_computation(mini_cohort):
+@pytest.mark.parametrize("region_bytes", [256 << 20, 1], ids=["region-in-memory", "read-per-index"])
+def test_r_squared_and_clump_against_a_direct_computation(mini_cohort, region_bytes, monkeypatch):
+    """Clumps from r^2 computed in float32 products equal the float64 pairwise-complete reference, whether a
+    region is held in memory or (dense regions) read one index variant and its window at a time."""
+    from comical.pipelines import clump
+
+    monkeypatch.setattr(clump, "REGION_BYTES", region_bytes)
     genotypes = open_genotypes(mini_cohort / "genotypes")
     g = genotypes.read(variants=slice(0, 40), dtype=np.float64)
     ok = ~np.isnan(g[:, 0]) & ~np.isnan(g[:, 1])
