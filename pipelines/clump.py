@@ -76,7 +76,7 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     return out
 
 
-REGION_BYTES = 256 << 20  # a region's arrays held at once; denser regions are read a window at a time
+REGION_BYTES = 256 << 20  # a region's arrays held at once; denser regions are read in pieces of a quarter of it
 _SCHEMA = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
            "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
 
@@ -131,8 +131,14 @@ def _r2(columns, i: int, near: np.ndarray) -> np.ndarray:
 
 def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray, i: int,
              near: np.ndarray) -> np.ndarray:
-    columns = _columns(genotypes.read(samples=sample_index, variants=region[np.r_[i, near]], dtype=np.float32))
-    return _r2(columns, 0, np.arange(1, near.size + 1))
+    """As `_r2`, reading the index variant and its neighbours, a memory budget's worth of columns at a time."""
+    step = max(1, REGION_BYTES // 4 // (12 * len(sample_index)) - 1)
+    out = []
+    for start in range(0, near.size, step):
+        part = near[start:start + step]
+        columns = _columns(genotypes.read(samples=sample_index, variants=region[np.r_[i, part]], dtype=np.float32))
+        out.append(_r2(columns, 0, np.arange(1, part.size + 1)))
+    return np.concatenate(out)
 
 
 def _clump_region(region, p, chrom, pos, r2_of, p1, p2, r2, window) -> list[tuple]:
