@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from comical.data_io.errors import InputError
-from comical.data_io.plink import Genotypes
+from comical.data_io.plink import Genotypes, with_ext
 
 
 DOSAGE_UNITS = 16384  # plink2's dosage precision (.pgen stores dosages as multiples of 1/16384)
@@ -49,7 +49,7 @@ class PgenGenotypes(Genotypes):
         subset = rows[order].astype(np.uint32)
         variant_index = _index(variants, self.n_variants)
         out = np.empty((variant_index.size, subset.size), dtype=np.float64 if dtype == np.float64 else np.float32)
-        reader = pgenlib.PgenReader(bytes(self.prefix.with_suffix(".pgen")), raw_sample_ct=self.n_samples,
+        reader = pgenlib.PgenReader(bytes(with_ext(self.prefix, ".pgen")), raw_sample_ct=self.n_samples,
                                     sample_subset=None if samples is None else subset)
         try:
             if isinstance(variants, slice) and (variants.step in (None, 1)) and variant_index.size:
@@ -69,7 +69,7 @@ def open_pgen(prefix: str | Path) -> PgenGenotypes:
     prefix = Path(prefix)
     if prefix.suffix in (".pgen", ".pvar", ".psam"):
         prefix = prefix.with_suffix("")
-    pgen, pvar, psam = (prefix.with_suffix(s) for s in (".pgen", ".pvar", ".psam"))
+    pgen, pvar, psam = (with_ext(prefix, s) for s in (".pgen", ".pvar", ".psam"))
     for path in (pgen, pvar, psam):
         if not path.is_file():
             raise InputError(f"{path}: file not found")
@@ -125,8 +125,8 @@ def _read_header_table(path: Path, first: str, required: list[str]) -> pl.DataFr
 
 
 def _check_unique(genotypes: Genotypes, variant_file: Path, sample_file: Path) -> None:
-    for table, path, column in ((genotypes.variants, variant_file, "variant_id"),
-                                (genotypes.samples, sample_file, "iid")):
+    """Sample IDs must be unique; variant IDs may repeat (imputed files repeat rsIDs, and plink2 accepts them)."""
+    for table, path, column in ((genotypes.samples, sample_file, "iid"),):
         dup = table[column].is_duplicated() & (table[column] != ".")
         if dup.any():
             rows = dup.arg_true()

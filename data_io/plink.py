@@ -74,9 +74,14 @@ class Genotypes:
     def read(self, samples=None, variants=None, *, dtype=np.float32) -> np.ndarray:
         """Allele-1 counts, samples x variants, for index arrays or slices (None: all)."""
         index = (slice(None) if samples is None else samples, slice(None) if variants is None else variants)
-        with open_bed(self.prefix.with_suffix(".bed"), iid_count=self.n_samples, sid_count=self.n_variants,
+        with open_bed(with_ext(self.prefix, ".bed"), iid_count=self.n_samples, sid_count=self.n_variants,
                       num_threads=1) as bed:  # the counts spare bed-reader the .fam/.bim
             return bed.read(index=index, dtype=dtype)
+
+
+def with_ext(prefix: str | Path, ext: str) -> Path:
+    """A fileset's file: the prefix plus the extension (`ukb.chr1` -> `ukb.chr1.bed`; not Path.with_suffix)."""
+    return Path(f"{prefix}{ext}")
 
 
 def open_genotypes(prefix: str | Path) -> Genotypes:
@@ -84,7 +89,7 @@ def open_genotypes(prefix: str | Path) -> Genotypes:
     prefix = Path(prefix)
     if prefix.suffix in (".bed", ".bim", ".fam"):
         prefix = prefix.with_suffix("")
-    bed, bim, fam = (prefix.with_suffix(s) for s in (".bed", ".bim", ".fam"))
+    bed, bim, fam = (with_ext(prefix, s) for s in (".bed", ".bim", ".fam"))
     variants = _read_whitespace_table(bim, BIM_COLUMNS)
     samples = _read_whitespace_table(fam, FAM_COLUMNS)
     for column, kind in (("pos", pl.Int64), ("cm", pl.Float64)):

@@ -110,10 +110,12 @@ def _regions(index: np.ndarray, chrom: np.ndarray, pos: np.ndarray, window: floa
 def _columns(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calls (0 where missing), the call mask and squared calls, column-major like the read (each index gathers
     the columns near it). float32: hard calls' sums are integers below 2^24 (for fewer than 4 million samples), so
-    exact; dosages' r^2 is good to ~1e-6."""
+    exact; dosages are kept in float64."""
     called = ~np.isnan(g)
     x = np.where(called, g, np.float32(0))
-    return x, called.astype(np.float32), x * x
+    if (x != np.round(x)).any():  # dosages (multiples of 1/16384): their squares and sums need float64
+        x = x.astype(np.float64)
+    return x, called.astype(x.dtype), x * x
 
 
 def _r2(columns, i: int, near: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from scipy import special
 
 from comical.data_io.dosages import open_bgen, open_pgen
 from comical.data_io.errors import InputError
-from comical.data_io.plink import Genotypes, open_genotypes
+from comical.data_io.plink import Genotypes, open_genotypes, with_ext
 from comical.data_io.tables import read_table
 from comical.distributed.ray_session import init_ray, shutdown_ray
 from comical.pipelines import gwas_stats
@@ -194,7 +194,7 @@ def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], 
             # blocks); NaN becomes null, written NA as plink2 does
             table = {**ssf, **({"beta": _na(pick(result["beta"])), "standard_error": _na(pick(result["se"]))}
                                if group.kind != "multi_trait" else {"lrt": _na(result["lrt"]), "df": result["df"]}),
-                     "effect_allele_frequency": _na(result["freq"]), "p_value": _na(pick(result["p"])),
+                     "effect_allele_frequency": _na(np.where(result["n"] > 0, result["freq"], np.nan)), "p_value": _na(pick(result["p"])),
                      "variant_id": base["variant_id"], "n": result["n"], "neg_log10_p": _na(-pick(result["log10_p"]))}
             if group.kind == "logistic":
                 table.update(odds_ratio=_na(np.exp(result["beta"])), firth=result["firth"])
@@ -218,8 +218,10 @@ def _encode(table: pl.DataFrame, out_format: str, header: bool):
 
         packed = io.BytesIO()
         writer = bgzf.BgzfWriter(fileobj=packed)
-        writer.write(text.getvalue())
-        writer.flush()  # the block's data without the end-of-file marker, which the driver writes once
+        data = text.getvalue()
+        writer.write(data)
+        if len(data) % 65536:  # the rest as one block; flushing nothing would write an empty block, which is
+            writer.flush()  # the end-of-file marker the driver writes once at the end
         text = packed
     return np.frombuffer(text.getbuffer(), np.uint8)  # Ray hands arrays to the driver without a copy
 
@@ -400,9 +402,9 @@ def genotype_files(bfile: Path | None, pfile: Path | None, bgen: Path | None,
     if sample and not bgen:
         raise InputError("--sample goes with --bgen")
     if bfile:
-        return functools.partial(open_genotypes, bfile), [bfile.with_suffix(s) for s in (".bed", ".bim", ".fam")]
+        return functools.partial(open_genotypes, bfile), [with_ext(bfile, s) for s in (".bed", ".bim", ".fam")]
     if pfile:
-        return functools.partial(open_pgen, pfile), [pfile.with_suffix(s) for s in (".pgen", ".pvar", ".psam")]
+        return functools.partial(open_pgen, pfile), [with_ext(pfile, s) for s in (".pgen", ".pvar", ".psam")]
     if bgen:
         sample = sample or bgen.with_suffix(".sample")
         return functools.partial(open_bgen, bgen, sample), [bgen, sample]

@@ -20,6 +20,7 @@ from scipy import special  # not scipy.stats: its import costs every Ray worker 
 
 MONOMORPHIC = "monomorphic in the analysed samples"
 NO_CALLS = "no genotype calls in the analysed samples"
+FEW_CALLS = "fewer called samples than the covariates need"
 COLLINEAR = "collinear with the covariates"
 NO_CONVERGENCE = "logistic and Firth regression did not converge"
 
@@ -75,7 +76,9 @@ def _restricted(g: np.ndarray, q: np.ndarray, y: np.ndarray, yy: np.ndarray, *, 
     gpy = filled.T @ y
     m, p = gpy.shape
     ypy = np.broadcast_to(yy, (m, p, p) if cross else (m, p)).copy()
-    hit = np.flatnonzero(n_obs < len(g))  # variants with missing calls: corrections from their missing rows
+    # variants with missing calls: corrections from their missing rows (not those with too few calls for the
+    # covariates, whose system is singular; they get FEW_CALLS)
+    hit = np.flatnonzero((n_obs < len(g)) & (n_obs > q.shape[1]))
     if hit.size == 0:
         return gpg, gpy, ypy, n_obs, freq, constant
     k = q.shape[1]
@@ -112,8 +115,10 @@ def _call_note(constant: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
     return np.where(n_obs == 0, NO_CALLS, np.where(constant, MONOMORPHIC, ""))
 
 
-def _degenerate(note: np.ndarray, gpg: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
-    """Adds COLLINEAR where nothing of the variant is left after the covariates."""
+def _degenerate(note: np.ndarray, gpg: np.ndarray, n_obs: np.ndarray, k: int) -> np.ndarray:
+    """Adds FEW_CALLS where the variant has no residual degree of freedom beside the k covariate columns, and
+    COLLINEAR where nothing of the variant is left after the covariates."""
+    note = np.where((note == "") & (n_obs <= k + 1), FEW_CALLS, note)
     return np.where((note == "") & (gpg <= 1e-9 * np.maximum(n_obs, 1)), COLLINEAR, note)
 
 
@@ -125,7 +130,7 @@ def linear(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: bool = F
     """
     yy = (y * y).sum(0)
     gpg, gpy, ypy, n_obs, freq, constant = _restricted(g, q, y, yy, cross=False, overwrite=overwrite_g)
-    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs)
+    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs, q.shape[1])
     ok = (note == "")[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         beta = gpy / gpg[:, None]
@@ -147,7 +152,7 @@ def multi_trait(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: boo
     """
     yy = y.T @ y
     gpg, gpy, ypy, n_obs, freq, constant = _restricted(g, q, y, yy, cross=True, overwrite=overwrite_g)
-    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs)
+    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs, q.shape[1])
     ok = note == ""
     with np.errstate(divide="ignore", invalid="ignore"):
         explained = np.einsum("md,md->m", gpy, np.linalg.solve(ypy, gpy[..., None])[..., 0]) / gpg
@@ -196,7 +201,7 @@ def logistic(g: np.ndarray, c: np.ndarray, y: np.ndarray, *, max_iter: int = 25,
     # linear test, because Newton steps on a singular system drift instead of failing
     basis = np.linalg.qr(design)[0]
     gpg = _restricted(g, basis, y[:, None], np.array([y @ y]), cross=False, overwrite=False)[0]
-    note = _degenerate(_spread_note(g), gpg, n_obs).astype(object)
+    note = _degenerate(_spread_note(g), gpg, n_obs, basis.shape[1]).astype(object)
     se = np.sqrt(_variant_variance(info, note == ""))
     note[(note == "") & ~np.isfinite(se)] = COLLINEAR  # nothing of the variant is left beside the covariates
     beta = theta[:, k]

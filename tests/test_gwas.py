@@ -405,6 +405,14 @@ def test_dosage_inputs_match_plink2_glm(source, mini_cohort, plink2, ray_session
     own variant range."""
     names, n_missing = _dosage_files(mini_cohort, tmp_path, plink2)
     assert n_missing > 0
+    from comical.data_io.dosages import open_bgen, open_pgen
+
+    genotypes = open_pgen(tmp_path / "d") if source == "pgen" else open_bgen(tmp_path / "d.bgen")
+    every = genotypes.read(dtype=np.float64)
+    assert (every != np.round(every))[~np.isnan(every)].any()  # dosages, not hard calls
+    some = np.random.default_rng(1).permutation(genotypes.n_samples)[:500]  # unsorted subset, as a task asks
+    np.testing.assert_array_equal(genotypes.read(samples=some, variants=[7, 3, 250], dtype=np.float64),
+                                  every[np.ix_(some, [7, 3, 250])])
     ours_flags = ["--pfile", str(tmp_path / "d")] if source == "pgen" else ["--bgen", str(tmp_path / "d.bgen")]
     theirs_flags = ["--pfile", tmp_path / "d"] if source == "pgen" else \
         ["--bgen", tmp_path / "d.bgen", "ref-first", "--sample", tmp_path / "d.sample"]
@@ -474,6 +482,7 @@ def test_degenerate_variants_get_na_and_a_note_where_plink2_gives_na(plink2, tmp
         assert set(np.flatnonzero(na_theirs)) == set(expected)
         for j, why in expected.items():
             assert ours["note"][j] == why
+        assert ours["effect_allele_frequency"][1] is None  # no calls: no frequency
         finite = ~na_theirs
         assert _rel(ours["p_value"].to_numpy()[finite], theirs["P"].to_numpy()[finite]).max() < 1e-3
     assert pl.read_csv(tmp_path / "ours.case.tsv", separator="\t", null_values="NA")["firth"][2]
@@ -522,3 +531,21 @@ def test_qq_axes_fit_their_own_ranges():
     assert expected_top <= ax.get_xlim()[1] < 1.1 * expected_top
     assert 40 <= ax.get_ylim()[1] < 45
     plt.close(fig)
+
+
+def test_variants_with_too_few_calls_get_a_note_without_covariates():
+    """With an intercept only, an all-missing variant's corrected system is exactly singular: a note, not a
+    LinAlgError for the whole block; a variant called in only 2 samples has no residual degree of freedom."""
+    from comical.pipelines.gwas_stats import FEW_CALLS, NO_CALLS, covariate_basis, linear, logistic
+
+    rng = np.random.default_rng(0)
+    n = 200
+    g = rng.binomial(2, 0.4, (n, 4)).astype(float)
+    g[:, 1] = np.nan
+    g[2:, 2] = np.nan
+    y = rng.normal(size=n)
+    q = covariate_basis(np.empty((n, 0)), [])
+    result = linear(g, q, (y - y.mean())[:, None])
+    assert list(result["note"]) == ["", NO_CALLS, FEW_CALLS, ""] and np.isfinite(result["p"][[0, 3]]).all()
+    logit = logistic(g, np.empty((n, 0)), (y > 0).astype(float))
+    assert list(logit["note"][1:3]) == [NO_CALLS, FEW_CALLS] and np.isfinite(logit["p"][[0, 3]]).all()
