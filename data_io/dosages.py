@@ -145,6 +145,7 @@ class BgenGenotypes(Genotypes):
     def read(self, samples=None, variants=None, *, dtype=np.float32) -> np.ndarray:
         from bgen_reader import open_bgen
 
+        self.metadata.parent.mkdir(parents=True, exist_ok=True)  # a Ray task on another node indexes it there
         with open_bgen(self.prefix, samples_filepath=self.sample_file, metadata_filepath=self.metadata,
                        verbose=False) as bgen:
             probs = bgen.read(index=(samples, variants), dtype=np.float64, num_threads=1)
