@@ -72,6 +72,7 @@ def _restricted(g: np.ndarray, q: np.ndarray, y: np.ndarray, yy: np.ndarray, *, 
     a = q.T @ filled
     gg = np.einsum("ij,ij->j", filled, filled)
     constant = gg * n_obs == total * total  # integer sums, exact: n sum(g^2) = (sum g)^2 iff all calls equal
+    centred = gg - total * total / np.maximum(n_obs, 1)  # the variant's sum of squares about its mean
     gpg = gg - (a * a).sum(0)
     gpy = filled.T @ y
     m, p = gpy.shape
@@ -80,7 +81,7 @@ def _restricted(g: np.ndarray, q: np.ndarray, y: np.ndarray, yy: np.ndarray, *, 
     # covariates, whose system is singular; they get FEW_CALLS)
     hit = np.flatnonzero((n_obs < len(g)) & (n_obs > q.shape[1]))
     if hit.size == 0:
-        return gpg, gpy, ypy, n_obs, freq, constant
+        return gpg, gpy, ypy, n_obs, freq, constant, centred
     k = q.shape[1]
     variant, row = np.nonzero(missing[:, hit].T)  # variant-major: each variant's missing rows together
     qy = np.hstack([q, y])
@@ -101,7 +102,7 @@ def _restricted(g: np.ndarray, q: np.ndarray, y: np.ndarray, yy: np.ndarray, *, 
         ypy[hit] -= ym_y + np.einsum("hkp,hkq->hpq", b, gram_b)
     else:
         ypy[hit] -= ym_y + (b * gram_b).sum(1)
-    return gpg, gpy, ypy, n_obs, freq, constant
+    return gpg, gpy, ypy, n_obs, freq, constant, centred
 
 
 def _spread_note(g: np.ndarray) -> np.ndarray:
@@ -115,11 +116,12 @@ def _call_note(constant: np.ndarray, n_obs: np.ndarray) -> np.ndarray:
     return np.where(n_obs == 0, NO_CALLS, np.where(constant, MONOMORPHIC, ""))
 
 
-def _degenerate(note: np.ndarray, gpg: np.ndarray, n_obs: np.ndarray, k: int) -> np.ndarray:
+def _degenerate(note: np.ndarray, gpg: np.ndarray, centred: np.ndarray, n_obs: np.ndarray, k: int) -> np.ndarray:
     """Adds FEW_CALLS where the variant has no residual degree of freedom beside the k covariate columns, and
-    COLLINEAR where nothing of the variant is left after the covariates."""
+    COLLINEAR where nothing of the variant is left after the covariates: its residual sum of squares a 1e-9
+    fraction of its own (relative, so a rare dosage variant with a tiny spread is not mistaken for collinear)."""
     note = np.where((note == "") & (n_obs <= k + 1), FEW_CALLS, note)
-    return np.where((note == "") & (gpg <= 1e-9 * np.maximum(n_obs, 1)), COLLINEAR, note)
+    return np.where((note == "") & (gpg <= 1e-9 * centred), COLLINEAR, note)
 
 
 def linear(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: bool = False) -> dict[str, np.ndarray]:
@@ -129,8 +131,8 @@ def linear(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: bool = F
     used as scratch space (saves a copy of the block).
     """
     yy = (y * y).sum(0)
-    gpg, gpy, ypy, n_obs, freq, constant = _restricted(g, q, y, yy, cross=False, overwrite=overwrite_g)
-    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs, q.shape[1])
+    gpg, gpy, ypy, n_obs, freq, constant, centred = _restricted(g, q, y, yy, cross=False, overwrite=overwrite_g)
+    note = _degenerate(_call_note(constant, n_obs), gpg, centred, n_obs, q.shape[1])
     ok = (note == "")[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         beta = gpy / gpg[:, None]
@@ -151,8 +153,8 @@ def multi_trait(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: boo
     u = g'PY and S = Y'PY on the variant's observed samples; chi-square with D degrees of freedom.
     """
     yy = y.T @ y
-    gpg, gpy, ypy, n_obs, freq, constant = _restricted(g, q, y, yy, cross=True, overwrite=overwrite_g)
-    note = _degenerate(_call_note(constant, n_obs), gpg, n_obs, q.shape[1])
+    gpg, gpy, ypy, n_obs, freq, constant, centred = _restricted(g, q, y, yy, cross=True, overwrite=overwrite_g)
+    note = _degenerate(_call_note(constant, n_obs), gpg, centred, n_obs, q.shape[1])
     ok = note == ""
     with np.errstate(divide="ignore", invalid="ignore"):
         explained = np.einsum("md,md->m", gpy, np.linalg.solve(ypy, gpy[..., None])[..., 0]) / gpg
@@ -200,8 +202,8 @@ def logistic(g: np.ndarray, c: np.ndarray, y: np.ndarray, *, max_iter: int = 25,
     # Collinear with the covariates on its called samples (plink2: CORR_TOO_HIGH): found by projection, as in the
     # linear test, because Newton steps on a singular system drift instead of failing
     basis = np.linalg.qr(design)[0]
-    gpg = _restricted(g, basis, y[:, None], np.array([y @ y]), cross=False, overwrite=False)[0]
-    note = _degenerate(_spread_note(g), gpg, n_obs, basis.shape[1]).astype(object)
+    restricted = _restricted(g, basis, y[:, None], np.array([y @ y]), cross=False, overwrite=False)
+    note = _degenerate(_spread_note(g), restricted[0], restricted[-1], n_obs, basis.shape[1]).astype(object)
     se = np.sqrt(_variant_variance(info, note == ""))
     note[(note == "") & ~np.isfinite(se)] = COLLINEAR  # nothing of the variant is left beside the covariates
     beta = theta[:, k]

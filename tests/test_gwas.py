@@ -549,3 +549,20 @@ def test_variants_with_too_few_calls_get_a_note_without_covariates():
     assert list(result["note"]) == ["", NO_CALLS, FEW_CALLS, ""] and np.isfinite(result["p"][[0, 3]]).all()
     logit = logistic(g, np.empty((n, 0)), (y > 0).astype(float))
     assert list(logit["note"][1:3]) == [NO_CALLS, FEW_CALLS] and np.isfinite(logit["p"][[0, 3]]).all()
+
+
+def test_a_rare_dosage_variant_is_tested_not_called_collinear():
+    """One sample carries 1/16384 of an allele: a tiny spread, but nothing collinear about it (the collinearity
+    test is relative to the variant's own sum of squares), so it gets a result like any other variant."""
+    from comical.pipelines.gwas_stats import covariate_basis, linear
+
+    rng = np.random.default_rng(0)
+    n = 300
+    covariates = rng.normal(size=(n, 2))
+    g = rng.binomial(2, 0.3, (n, 2)).astype(float)
+    g[:, 1] = 0.0
+    g[7, 1] = 1 / 16384
+    y = rng.normal(size=n)
+    q = covariate_basis(covariates, ["a", "b"])
+    result = linear(g, q, (y - q @ (q.T @ y))[:, None])
+    assert list(result["note"]) == ["", ""] and np.isfinite(result["p"]).all()
