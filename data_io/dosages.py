@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from comical.data_io.errors import InputError
-from comical.data_io.plink import Genotypes, with_ext
+from comical.data_io.plink import Genotypes, _read_whitespace_table, with_ext
 
 
 DOSAGE_UNITS = 16384  # plink2's dosage precision (.pgen stores dosages as multiples of 1/16384)
@@ -204,7 +204,7 @@ def _read_sample_file(path: Path) -> pl.DataFrame:
     header = lines[0].split()
     if header[:2] != ["ID_1", "ID_2"] and header[:1] != ["ID"]:
         raise InputError(f"{path} line 1: expected ID_1 ID_2 missing ... (Oxford .sample format), got {lines[0]!r}")
-    table = _read_whitespace_table_lines(path, lines[2:], header)
+    table = _read_whitespace_table(path, header, skip=2)
     iid = table["ID_2"] if "ID_2" in table.columns else table["ID"]
     fid = table["ID_1"] if "ID_1" in table.columns else iid
     sex = table["sex"].cast(pl.Int8, strict=False).fill_null(0) if "sex" in table.columns else \
@@ -212,9 +212,3 @@ def _read_sample_file(path: Path) -> pl.DataFrame:
     return pl.DataFrame({"fid": fid, "iid": iid, "sex": sex})
 
 
-def _read_whitespace_table_lines(path: Path, lines: list[str], columns: list[str]) -> pl.DataFrame:
-    rows = [line.split() for line in lines if line.strip()]
-    for i, row in enumerate(rows):
-        if len(row) != len(columns):
-            raise InputError(f"{path} line {i + 3}: {len(row)} fields; expected {len(columns)} ({' '.join(columns)})")
-    return pl.DataFrame({c: [r[j] for r in rows] for j, c in enumerate(columns)}, schema={c: pl.String for c in columns})

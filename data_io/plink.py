@@ -21,18 +21,18 @@ BIM_COLUMNS = ["chrom", "variant_id", "cm", "pos", "allele1", "allele2"]
 FAM_COLUMNS = ["fid", "iid", "father", "mother", "sex", "pheno"]
 
 
-def _read_whitespace_table(path: Path, columns: list[str]) -> pl.DataFrame:
-    """A headerless whitespace-separated file with a fixed number of fields, as strings."""
+def _read_whitespace_table(path: Path, columns: list[str], skip: int = 0) -> pl.DataFrame:
+    """A whitespace-separated file with a fixed number of fields after `skip` header lines, as strings."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     lines = pl.read_csv(path, has_header=False, new_columns=["line"], separator="\x1f", quote_char=None,
-                        infer_schema=False)
+                        infer_schema=False, skip_rows=skip)
     fields = lines["line"].str.strip_chars().str.replace_all(r"\s+", " ").str.split(" ")
     counts = fields.list.len()
     bad = (counts != len(columns)).arg_true()
     if bad.len():
         row = int(bad[0])
-        raise InputError(f"{path} line {row + 1}: {counts[row]} fields; expected {len(columns)} ({' '.join(columns)})")
+        raise InputError(f"{path} line {skip + row + 1}: {counts[row]} fields; expected {len(columns)} ({' '.join(columns)})")
     return pl.DataFrame({c: fields.list.get(i) for i, c in enumerate(columns)})
 
 

@@ -35,7 +35,7 @@ from ray.train import UserCallback
 from comical.data_io.errors import InputError, RunFailed
 from comical.distributed.config import TrainConfig
 from comical.distributed.task import RESIDENT, Task, get_task
-from comical.distributed.watchdog import STALL_FILE, Watchdog, read_stall
+from comical.distributed.watchdog import STALL_FILE, Watchdog, cluster_free, read_stall
 
 RUN_NAME = "comical-train"
 WEIGHTS = "model.safetensors"
@@ -335,15 +335,10 @@ def _start_timeout(seconds: float):
 
 
 def _not_started(config: TrainConfig) -> str:
-    import ray
-
-    free, total = ray.available_resources(), ray.cluster_resources()
     each = f"{config.engine.cpus_per_worker:g} CPU" + (" and 1 GPU" if config.engine.use_gpu else "")
-    gpus = f" and {free.get('GPU', 0):g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
     return (f"no progress for {config.engine.stall_seconds:g} s (engine.stall_seconds): Ray Train's "
-            f"{config.engine.workers} workers ({each} each) waited to start; the cluster has "
-            f"{free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs{gpus} free (another job or a stopped run "
-            f"holds the rest)")
+            f"{config.engine.workers} workers ({each} each) waited to start; {cluster_free()} (another job or a "
+            f"stopped run holds the rest)")
 
 
 class EpochLog(UserCallback):

@@ -48,7 +48,8 @@ class Watchdog:
                               f"{self.rank} waited for {self.waiting_for}")
 
     def _give_up(self, line: str) -> None:
-        line += _free_resources()
+        free = cluster_free()
+        line += f"; {free}" if free else ""
         print(line, file=sys.stderr, flush=True)
         if self.stall_file:
             try:
@@ -68,9 +69,9 @@ def read_stall(folder: Path) -> str | None:
     return lines[0] if lines else None
 
 
-def _free_resources() -> str:
-    """'; the cluster has 0 of 4 CPUs free': what a starved read or worker waited for, in a few seconds at most
-    (asked from a thread, because a stall may be Ray's own)."""
+def cluster_free() -> str:
+    """'the cluster has 0 of 4 CPUs free': what a starved read or worker waited for, in a few seconds at most
+    (asked from a thread, because a stall may be Ray's own); '' when Ray does not answer."""
     found: list[str] = []
 
     def ask() -> None:
@@ -78,7 +79,7 @@ def _free_resources() -> str:
 
         free, total = ray.available_resources(), ray.cluster_resources()
         gpus = f" and {free.get('GPU', 0):g} of {total['GPU']:g} GPUs" if total.get("GPU") else ""
-        found.append(f"; the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs{gpus} free")
+        found.append(f"the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs{gpus} free")
 
     thread = threading.Thread(target=ask, daemon=True)
     thread.start()

@@ -190,17 +190,18 @@ def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], 
         columns = ["multi_trait"] if group.kind == "multi_trait" else group.names
         for j, name in enumerate(columns):
             pick = (lambda a: a[:, j]) if group.kind == "linear" else (lambda a: a)  # noqa: E731
+            neg = -pick(result["log10_p"])
             # one constructor from numpy columns (each `with_columns` costs a lazy query, ~1 ms, x phenotypes x
             # blocks); NaN becomes null, written NA as plink2 does
             table = {**ssf, **({"beta": _na(pick(result["beta"])), "standard_error": _na(pick(result["se"]))}
                                if group.kind != "multi_trait" else {"lrt": _na(result["lrt"]), "df": result["df"]}),
                      "effect_allele_frequency": _na(np.where(result["n"] > 0, result["freq"], np.nan)), "p_value": _na(pick(result["p"])),
-                     "variant_id": base["variant_id"], "n": result["n"], "neg_log10_p": _na(-pick(result["log10_p"]))}
+                     "variant_id": base["variant_id"], "n": result["n"], "neg_log10_p": _na(neg)}
             if group.kind == "logistic":
                 table.update(odds_ratio=_na(np.exp(result["beta"])), firth=result["firth"])
             table["note"] = pl.Series(result["note"], dtype=pl.String)
             texts[name] = _encode(pl.DataFrame(table), out_format, header)
-            neg_log10_p[name] = -pick(result["log10_p"])
+            neg_log10_p[name] = neg
     return texts, neg_log10_p
 
 
