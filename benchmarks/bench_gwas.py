@@ -1,6 +1,6 @@
 """Benchmark: `comical gwas` against plink2 `--glm`, whole processes, measured side by side in one run.
 
-    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--repeats 1] [--copies 10]
+    python benchmarks/bench_gwas.py --work /tmp/bench-gwas [--repeats 1] [--copies 10] [--only TEXT ...]
 
 Every plink2 row is plink2 itself on every phenotype named, in one process (`--glm --threads 2`); nothing is
 scaled. comical runs with clumping on (plink2 does not clump; one synthetic row without) and plots off (plink2 does
@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--copies", type=int, default=10, help="the workers rows' variant set: the cohort's x this")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the rows whose name contains this text (repeatable)")
     args = parser.parse_args()
     if shutil.which("plink2") is None:
         subprocess.run(["apt-get", "install", "-y", "plink2"], check=True)
@@ -207,6 +209,8 @@ def main() -> None:
         for workers in ("1", "2"):
             commands[f"{m:,} variants x 154 IDPs, {fmt}: comical --workers {workers}"] = [
                 *comical, *flags, "--workers", workers, "--out", str(out / "w")]
+    if args.only:
+        commands = {name: c for name, c in commands.items() if any(text in name for text in args.only)}
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.repeats):
         for name, command in commands.items():
@@ -221,6 +225,8 @@ def main() -> None:
     for name, (seconds, gib) in rows.items():
         print(f"| {name} | {seconds:.1f} | {gib:.2f} |")
     for setting in ("synthetic 10,000 x 2,000, 154 phenotypes", "paper catalog, 1 IDP", "paper catalog, 154 IDPs"):
+        if not all(f"{setting}: {who}" in rows for who in ("plink2", "comical --workers 1", "comical --workers 2")):
+            continue
         theirs = rows[f"{setting}: plink2"][0]
         print(f"{setting}: plink2 / comical --workers 1 = {theirs / rows[f'{setting}: comical --workers 1'][0]:.1f}x, "
               f"/ --workers 2 = {theirs / rows[f'{setting}: comical --workers 2'][0]:.1f}x")

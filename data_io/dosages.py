@@ -41,6 +41,8 @@ def _index(selection, count: int) -> np.ndarray:
 class PgenGenotypes(Genotypes):
     """A plink2 fileset: the .pvar and .psam in memory, dosages read on demand through pgenlib."""
 
+    hard_calls = False  # a .pgen may hold dosages
+
     def read(self, samples=None, variants=None, *, dtype=np.float32) -> np.ndarray:
         import pgenlib
 
@@ -138,6 +140,8 @@ def _check_unique(genotypes: Genotypes, variant_file: Path, sample_file: Path) -
 class BgenGenotypes(Genotypes):
     """A BGEN file with its .sample file; bgen-reader's index ('metadata') lives in a cache folder, so nothing is
     written beside the user's files."""
+
+    hard_calls = False
 
     sample_file: Path = Path()
     metadata: Path = Path()

@@ -62,6 +62,7 @@ class Genotypes:
     prefix: Path
     samples: pl.DataFrame  # fid, iid, sex (plink codes 1 male, 2 female, 0 unknown)
     variants: pl.DataFrame  # chrom, variant_id, cm, pos, allele1, allele2
+    hard_calls = True  # reads are whole counts (a .bed); dosage formats say False
 
     @property
     def n_samples(self) -> int:

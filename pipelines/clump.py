@@ -7,10 +7,12 @@ correlation) is at least `r2`.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from comical.data_io.plink import Genotypes
 
@@ -33,7 +35,7 @@ def clump_hits(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: np.n
     return clump_phenotypes(genotypes, sample_index, {"p": neg_log10_p}, **params)["p"]
 
 
-def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: dict[str, np.ndarray], *,
+def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p: Mapping[str, np.ndarray], *,
                      p1: float = 5e-8, p2: float = 1e-2, r2: float = 0.05,
                      window_kb: float = 5000.0) -> dict[str, pl.DataFrame]:
     """Every phenotype's clumps: one row per clump (index variant, its p, the variants it took and their count).
@@ -41,7 +43,8 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     The genotypes are read once for all phenotypes: the variants some phenotype's clumping can touch (its hits,
     and variants with p < p2 within a window of one) form regions separated by more than a window, so no clump
     spans two; each region is read once, and r^2 with an index variant comes from products over the region's
-    columns (pairwise-complete, as `r_squared`). The greedy walk is plink's, per phenotype.
+    calls (pairwise-complete, as `r_squared`). The greedy walk is plink's, per phenotype. `neg_log10_p` is read
+    twice, one phenotype at a time (it may load each from disk), and only the touched variants' values are kept.
     """
     variants = genotypes.variants
     chrom, pos = variants["chrom"].to_numpy(), variants["pos"].to_numpy()
@@ -53,25 +56,38 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
         hits = np.flatnonzero(neg > neg1)
         needed[hits] = True
         needed[_near_any(np.flatnonzero(neg > neg2), hits, chrom, pos, window)] = True
+    needed = np.flatnonzero(needed)
+    # per phenotype, only its variants with p < p2 among them (a few percent): the others take no part in its walk
+    below_p2 = {}
+    for name, neg in neg_log10_p.items():
+        at = np.flatnonzero(neg[needed] > neg2)
+        below_p2[name] = at, np.power(10.0, -neg[needed[at]])
 
     rows: dict[str, list[tuple]] = {name: [] for name in neg_log10_p}
-    for region in _regions(np.flatnonzero(needed), chrom, pos, window):
-        if 12 * len(sample_index) * region.size <= REGION_BYTES:  # the region's three float32 arrays, held once
-            columns = _columns(genotypes.read(samples=sample_index, variants=region, dtype=np.float32))
-            r2_of = functools.partial(_r2, columns)
+    bytes_per_call = 8 if genotypes.hard_calls else 12  # the float32 read, and the calls kept (float32 or 64)
+    for region in _regions(needed, chrom, pos, window):
+        if bytes_per_call * len(sample_index) * region.size <= REGION_BYTES:  # the region's calls, held once
+            r2_of = _Region.read(genotypes.read(samples=sample_index, variants=region, dtype=np.float32),
+                                 genotypes.hard_calls).r2
         else:  # a dense region: read each index variant with its neighbours (memory bounded by one window)
-            r2_of = functools.partial(_r2_read, genotypes, sample_index, region)
-        for name, neg in neg_log10_p.items():
-            p = np.power(10.0, -np.nan_to_num(neg[region], nan=0.0))
-            rows[name] += _clump_region(region, p, chrom[region], pos[region], r2_of, p1, p2, r2,
-                                        window)
+            def r2_of(i, near, region=region):
+                return _r2_read(genotypes, sample_index, region, i, near)
+        at = np.searchsorted(needed, region)
+        for name, (where, values) in below_p2.items():
+            p = np.ones(region.size)  # p >= p2: outside this phenotype's walk
+            lo, hi = np.searchsorted(where, [at[0], at[-1] + 1])
+            inside = np.searchsorted(at, where[lo:hi])
+            ours = at[inside.clip(max=at.size - 1)] == where[lo:hi]
+            p[inside[ours]] = values[lo:hi][ours]
+            rows[name] += _clump_region(region, p, chrom[region], pos[region], r2_of, p1, p2, r2, window)
+    ids = variants["variant_id"].to_numpy()
     out = {}
     for name, found in rows.items():
         found.sort(key=lambda row: (row[0], row[1]))  # by p, then file order: plink's walk order
         out[name] = pl.DataFrame(
-            [{"index_variant": variants["variant_id"][i], "chromosome": chrom[i], "base_pair_location": int(pos[i]),
+            [{"index_variant": ids[i], "chromosome": chrom[i], "base_pair_location": int(pos[i]),
               "p_value": float(pv), "n_clumped": len(members),
-              "clumped": ",".join(variants["variant_id"].gather(members).to_list())} for pv, i, members in found],
+              "clumped": ",".join(ids[members])} for pv, i, members in found],
             schema=_SCHEMA)
     return out
 
@@ -107,39 +123,59 @@ def _regions(index: np.ndarray, chrom: np.ndarray, pos: np.ndarray, window: floa
         yield np.sort(part)
 
 
-def _columns(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Calls (0 where missing), the call mask and squared calls, column-major like the read (each index gathers
-    the columns near it). float32: hard calls' sums are integers below 2^24 (for fewer than 4 million samples), so
-    exact; dosages are kept in float64."""
-    called = ~np.isnan(g)
-    x = np.where(called, g, np.float32(0))
-    if (x != np.round(x)).any():  # dosages (multiples of 1/16384): their squares and sums need float64
-        x = x.astype(np.float64)
-    return x, called.astype(x.dtype), x * x
+@dataclasses.dataclass
+class _Region:
+    """A region's genotypes for r^2: calls variant-major (0 where missing; an index variant's neighbours are
+    contiguous rows), which samples each variant misses (sparse: calls are mostly present), and per-variant sums.
 
+    Pairwise-complete sums over the samples called at both i and j come from the dense product x_j . x_i and
+    corrections over the few missing samples: sum x_i over j's called samples = S_i - (x_i over j's missing), and
+    so on. So only the calls are held and gathered, not a call mask and squares beside them. float32 for hard
+    calls (their sums are integers below 2^24 for fewer than 4 million samples, so exact); dosages in float64."""
 
-def _r2(columns, i: int, near: np.ndarray) -> np.ndarray:
-    """Pairwise-complete r^2 of column i with the columns `near`: sums over the samples called at both variants,
-    as the index's (x, called, x^2) rows times the others' columns (three products)."""
-    x, called, squares = columns
-    index = np.stack([x[:, i], called[:, i], squares[:, i]])
-    (sx, n, sxx), (sxy, sy) = index @ called[:, near], index[:2] @ x[:, near]
-    syy = called[:, i] @ squares[:, near]
-    sx, n, sxx, sxy, sy, syy = (v.astype(np.float64) for v in (sx, n, sxx, sxy, sy, syy))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cov = sxy - sx * sy / n
-        return np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n)))
+    x: np.ndarray
+    missing: sparse.csr_array
+    sums: np.ndarray  # sum of calls, of squared calls, count of calls (float64)
+
+    @classmethod
+    def read(cls, g: np.ndarray, hard_calls: bool) -> "_Region":
+        x = np.ascontiguousarray(g.T)  # bed-reader's reads are variant-major already: no copy
+        gaps = np.isnan(x)
+        missing = sparse.csr_array(gaps)
+        np.copyto(x, 0, where=gaps)
+        if not hard_calls:  # dosages (multiples of 1/16384): their squares and sums need float64
+            x = x.astype(np.float64)
+        sums = np.stack([x.sum(1, dtype=np.float64), np.einsum("ij,ij->i", x, x, dtype=np.float64),
+                         x.shape[1] - missing.sum(1)])
+        return cls(x, missing.astype(x.dtype), sums)
+
+    def r2(self, i: int, near: np.ndarray) -> np.ndarray:
+        """Pairwise-complete r^2 of variant i with each variant in `near`."""
+        xi, others = self.x[i], self.x[near]
+        gaps_i = self.missing.indices[self.missing.indptr[i]:self.missing.indptr[i + 1]]  # samples i misses
+        called_i = np.ones_like(xi)
+        called_i[gaps_i] = 0
+        # sums over samples called at both: i's calls, squares and count over j's calls; j's over i's calls
+        sx, sxx, n = self.sums[:, i, None] - (self.missing[near] @ np.stack([xi, xi * xi, called_i], 1)).T
+        at_gaps = others[:, gaps_i].astype(np.float64)
+        sy = self.sums[0, near] - at_gaps.sum(1)
+        syy = self.sums[1, near] - (at_gaps * at_gaps).sum(1)
+        sxy = (others @ xi).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov = sxy - sx * sy / n
+            return np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n)))
 
 
 def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray, i: int,
              near: np.ndarray) -> np.ndarray:
-    """As `_r2`, reading the index variant and its neighbours, a memory budget's worth of columns at a time."""
-    step = max(1, REGION_BYTES // 4 // (12 * len(sample_index)) - 1)
+    """As `_Region.r2`, reading the index variant and its neighbours, a memory budget's worth of columns at a time."""
+    step = max(1, REGION_BYTES // 4 // ((8 if genotypes.hard_calls else 12) * len(sample_index)) - 1)
     out = []
     for start in range(0, near.size, step):
         part = near[start:start + step]
-        columns = _columns(genotypes.read(samples=sample_index, variants=region[np.r_[i, part]], dtype=np.float32))
-        out.append(_r2(columns, 0, np.arange(1, part.size + 1)))
+        calls = _Region.read(genotypes.read(samples=sample_index, variants=region[np.r_[i, part]], dtype=np.float32),
+                             genotypes.hard_calls)
+        out.append(calls.r2(0, np.arange(1, part.size + 1)))
     return np.concatenate(out)
 
 

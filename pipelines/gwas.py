@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -316,18 +316,20 @@ def _write(inputs: GwasInputs, out: Path, blocks, *, plots: bool, clump: dict | 
 
 
 class _Writers:
-    """Per-phenotype tables written block by block; keeps p-values for the summary, plots and clumping."""
+    """Per-phenotype tables written block by block. Each phenotype's -log10 p goes to a scratch file beside them
+    (float64, in variant order) for the summary, clumping and plots, which read one phenotype at a time: memory
+    does not grow with the variant count (154 phenotypes x 10^7 variants would be 12 GB)."""
 
     def __init__(self, inputs: GwasInputs, prefix: Path, out_format: str):
         self.inputs, self.prefix, self.out_format = inputs, prefix, out_format
         self.variants = inputs.genotypes.variants
-        self.files = {}
-        self.log10_p: dict[str, list[np.ndarray]] = {}
+        self.scratch = Path(tempfile.mkdtemp(prefix=".neg-log10-p-", dir=prefix.parent))
+        self.files, self.log10_p = {}, {}
         for group in inputs.groups:
             for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
                 path = f"{prefix}.{name}.{out_format}"
                 self.files[name] = open(path, "wb") if out_format != "parquet" else path
-                self.log10_p[name] = []
+                self.log10_p[name] = open(self.scratch / f"{len(self.log10_p)}.f64", "wb")
 
     def append(self, block: tuple[dict, dict[str, np.ndarray]]) -> None:
         texts, neg_log10_p = block
@@ -340,8 +342,8 @@ class _Writers:
                 self.files[name].write_table(text)
             else:
                 self.files[name].write(text)
-            # a copy: Ray's zero-copy arrays would pin the block's whole result (its text too) in the object store
-            self.log10_p[name].append(neg_log10_p[name].copy())
+            # written out, nothing kept: a kept view of a Ray result would pin the whole block (its text too)
+            self.log10_p[name].write(np.ascontiguousarray(neg_log10_p[name], dtype=np.float64).data)
 
     def finish(self, *, plots: bool, clump: dict | None) -> dict:
         for f in self.files.values():
@@ -351,32 +353,54 @@ class _Writers:
                 bgzf.BgzfWriter(fileobj=f).close()  # BGZF's end-of-file marker block, once at the end; closes f
             else:
                 f.close()
+        for f in self.log10_p.values():
+            f.close()
+        try:
+            return self._summarise(_NegLog10P({name: f.name for name, f in self.log10_p.items()}), plots, clump)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _summarise(self, neg_log10_p: "_NegLog10P", plots: bool, clump: dict | None) -> dict:
         summary = {"n_samples": int(self.inputs.sample_index.size), "n_variants": self.variants.height,
                    "covariates": self.inputs.covariate_names, "phenotypes": {}}
         threshold = -math.log10(GENOME_WIDE)
         for group in self.inputs.groups:
             df = len(group.names) if group.kind == "multi_trait" else 1
             for name in (["multi_trait"] if group.kind == "multi_trait" else group.names):
-                # one array per phenotype from here on, the block list freed as it goes (no second copy)
-                neg = self.log10_p[name] = np.concatenate(self.log10_p[name])
+                neg = neg_log10_p[name]
                 summary["phenotypes"][name] = {"test": group.kind, "n": int(group.rows.size),
                                                "lambda_gc": lambda_gc(neg, df), "hits": int((neg > threshold).sum()),
                                                "min_p": float(10 ** -np.nanmax(neg)) if np.isfinite(neg).any() else None}
         if clump is not None:  # every phenotype's clumps from one read of the genotypes near hits
             from comical.pipelines.clump import clump_phenotypes
 
-            found = clump_phenotypes(self.inputs.genotypes, self.inputs.sample_index,
-                                     {name: self.log10_p[name] for name in summary["phenotypes"]},
-                                     **clump)
+            found = clump_phenotypes(self.inputs.genotypes, self.inputs.sample_index, neg_log10_p, **clump)
             for name, info in summary["phenotypes"].items():
                 found[name].write_csv(f"{self.prefix}.{name}.clumps.tsv", separator="\t")
                 info["clumps"] = found[name].height
         if plots:
             from comical.pipelines.gwas_plots import plot_all
 
-            plot_all(self.variants, self.log10_p, summary, self.prefix)
+            plot_all(self.variants, neg_log10_p, summary, self.prefix)
         Path(f"{self.prefix}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+class _NegLog10P(Mapping):
+    """Phenotype name -> its -log10 p over all variants, read from its scratch file on each access (one
+    phenotype in memory at a time)."""
+
+    def __init__(self, paths: dict[str, str]):
+        self.paths = paths
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.fromfile(self.paths[name], dtype=np.float64)
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 def lambda_gc(neg_log10_p: np.ndarray, df: int = 1) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,47 @@ def _manhattan(ax, x, neg, chrom, centres, labels, title):
 
 def _qq(ax, neg, title):
     neg = np.sort(neg[np.isfinite(neg)])[::-1]
-    expected = -np.log10((np.arange(1, neg.size + 1) - 0.5) / neg.size)
-    ax.scatter(expected, neg, s=3, rasterized=True)
+    _qq_points(ax, -np.log10((np.arange(1, neg.size + 1) - 0.5) / neg.size), neg, title)
+
+
+def _qq_points(ax, expected, observed, title):
+    ax.scatter(expected, observed, s=3, rasterized=True)
     # Each axis fits its own range: expected -log10 p ends near log10(n), observed can reach 40 or more, and a
     # square frame would squeeze the expected range into a sliver.
     right = expected.max(initial=1.0)
     ax.plot([0, right], [0, right], color="grey", lw=0.8)
     ax.set(title=title, xlabel="expected -log10 p", ylabel="observed -log10 p", xlim=(0, right * 1.05),
-           ylim=(0, max(right, neg.max(initial=1.0)) * 1.05))
+           ylim=(0, max(right, observed.max(initial=1.0)) * 1.05))
 
 
-def plot_all(variants: pl.DataFrame, neg_log10_p: dict[str, np.ndarray], summary: dict, prefix: Path) -> None:
+class _PooledQQ:
+    """The QQ points of many phenotypes pooled, gathered one phenotype at a time: values above TAIL kept
+    exactly, the bulk below counted in bins of 0.001 (one point per bin), so memory does not grow with the
+    variant count and the plot looks the same."""
+
+    TAIL = 3.0
+
+    def __init__(self):
+        self.tail, self.bins = [], np.zeros(int(self.TAIL * 1000) + 1, np.int64)
+
+    def add(self, neg: np.ndarray) -> None:
+        neg = neg[np.isfinite(neg)]
+        self.tail.append(neg[neg > self.TAIL])
+        self.bins += np.bincount(np.round(neg[neg <= self.TAIL].clip(min=0) * 1000).astype(np.int64),
+                                 minlength=self.bins.size)
+
+    def draw(self, ax, title):
+        tail = np.sort(np.concatenate(self.tail))[::-1]
+        counts = self.bins[::-1]  # from the largest bin value down, after the tail
+        filled = counts > 0
+        total = tail.size + counts.sum()
+        rank = np.r_[np.arange(1, tail.size + 1), tail.size + np.cumsum(counts)[filled] - counts[filled] / 2 + 0.5]
+        observed = np.r_[tail, (np.arange(self.bins.size)[::-1] / 1000)[filled]]
+        _qq_points(ax, -np.log10((rank - 0.5) / total), observed, title)
+
+
+def plot_all(variants: pl.DataFrame, neg_log10_p: Mapping[str, np.ndarray], summary: dict, prefix: Path) -> None:
+    """`neg_log10_p` is read one phenotype at a time (it may load each from disk)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,20 +89,25 @@ def plot_all(variants: pl.DataFrame, neg_log10_p: dict[str, np.ndarray], summary
     names = list(neg_log10_p)
     if len(names) <= PER_PHENOTYPE_LIMIT:
         for name in names:
+            neg = neg_log10_p[name]
             fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [3, 1]})
             lam = summary["phenotypes"][name]["lambda_gc"]
-            _manhattan(left, x, neg_log10_p[name], chrom, centres, labels, name)
-            _qq(right, neg_log10_p[name], f"QQ, lambda_GC {lam:.3f}" if lam else "QQ")
+            _manhattan(left, x, neg, chrom, centres, labels, name)
+            _qq(right, neg, f"QQ, lambda_GC {lam:.3f}" if lam else "QQ")
             fig.tight_layout()
             fig.savefig(f"{prefix}.{name}.png", dpi=100)
             plt.close(fig)
         return
     # Many phenotypes: the strongest per variant across phenotypes, the 8 phenotypes with most hits, one QQ.
-    ranked = sorted(names, key=lambda n: -np.nanmax(neg_log10_p[n], initial=0))[:8]
+    best, pooled = np.full(len(x), np.nan), _PooledQQ()
+    for name in names:
+        neg = neg_log10_p[name]
+        best = np.fmax(best, neg)
+        pooled.add(neg)
+    ranked = sorted(names, key=lambda n: summary["phenotypes"][n]["min_p"] or 1.0)[:8]
     fig, axes = plt.subplots(5, 2, figsize=(14, 14))
-    stacked = np.vstack([neg_log10_p[n] for n in names])
-    _manhattan(axes[0, 0], x, np.nanmax(stacked, 0), chrom, centres, labels, f"best of {len(names)} phenotypes")
-    _qq(axes[0, 1], stacked.ravel(), f"QQ, all {len(names)} phenotypes")
+    _manhattan(axes[0, 0], x, best, chrom, centres, labels, f"best of {len(names)} phenotypes")
+    pooled.draw(axes[0, 1], f"QQ, all {len(names)} phenotypes")
     for ax, name in zip(axes[1:].ravel(), ranked):
         _manhattan(ax, x, neg_log10_p[name], chrom, centres, labels, name[:60])
     fig.tight_layout()

@@ -270,17 +270,80 @@ def test_r_squared_and_clump_against_a_direct_computation(mini_cohort, region_by
 
 def test_written_blocks_keep_no_view_of_a_tasks_result(mini_cohort, tmp_path):
     """Ray hands a task's arrays to the driver as views of its result in the object store; a kept view pins the
-    whole result (its TSV text too), so a biobank run would hold all its output in memory."""
+    whole result (its TSV text too), so a biobank run would hold all its output in memory. The writers keep
+    nothing of a block: its -log10 p goes to a scratch file, read back one phenotype at a time."""
+    import weakref
+
     genotypes = open_genotypes(mini_cohort / "genotypes")
     pheno = pl.DataFrame({"eid": genotypes.samples["iid"], "y": np.arange(genotypes.n_samples, dtype=float)})
     inputs = build_inputs(GwasTables(genotypes, pheno, pl.DataFrame({"eid": pheno["eid"]}), source="tiny"))
     writers = _Writers(inputs, tmp_path / "w", "tsv")
-    result = np.arange(2 * genotypes.n_variants, dtype=float)  # one buffer, as a task's result arrives
-    writers.append(({"y": np.frombuffer(b"row\n", np.uint8)}, {"y": result[:genotypes.n_variants]}))
-    kept = writers.log10_p["y"][0]
-    assert kept.base is None and np.array_equal(kept, result[:genotypes.n_variants])
-    writers.finish(plots=False, clump=None)
+    m = genotypes.n_variants
+    result = np.linspace(0, 30, 2 * m)  # one buffer, as a task's result arrives
+    expected = result[:m].copy()
+    expected[5] = np.nan
+    result[5] = np.nan
+    alive = weakref.ref(result)
+    writers.append(({"y": np.frombuffer(b"row\n", np.uint8)}, {"y": result[:m]}))
+    del result
+    assert alive() is None
+    summary = writers.finish(plots=True, clump=None)
     assert (tmp_path / "w.y.tsv").read_bytes() == b"row\n"
+    assert summary["phenotypes"]["y"]["hits"] == int((expected > -np.log10(5e-8)).sum())
+    assert summary["phenotypes"]["y"]["min_p"] == pytest.approx(10 ** -np.nanmax(expected))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.summary.json", "w.y.png", "w.y.tsv"]  # scratch gone
+
+
+def test_pooled_qq_points_match_the_exact_qq_where_they_are_kept():
+    """The many-phenotype QQ keeps the tail exactly and the bulk in 0.001 bins: the tail's points are the exact
+    QQ's, and each bin's point lies on the exact curve within a bin."""
+    from comical.pipelines.gwas_plots import _PooledQQ
+
+    rng = np.random.default_rng(3)
+    values = [-np.log10(rng.uniform(size=5000)) for _ in range(4)]
+    values[0][:20] = np.linspace(4, 30, 20)
+    values[1][0] = np.nan
+    pooled = _PooledQQ()
+    for v in values:
+        pooled.add(v)
+    points = []
+
+    class Axes:
+        def scatter(self, x, y, **_):
+            points.append((x, y))
+
+        def plot(self, *_, **__):
+            pass
+
+        def set(self, **_):
+            pass
+
+    pooled.draw(Axes(), "")
+    expected, observed = points[0]
+    exact = np.sort(np.concatenate(values)[np.isfinite(np.concatenate(values))])[::-1]
+    exact_expected = -np.log10((np.arange(1, exact.size + 1) - 0.5) / exact.size)
+    tail = int((exact > _PooledQQ.TAIL).sum())
+    assert np.array_equal(observed[:tail], exact[:tail]) and np.allclose(expected[:tail], exact_expected[:tail])
+    curve = np.interp(expected[tail:], exact_expected[::-1], exact[::-1])  # the exact QQ at the bins' positions
+    assert np.abs(curve - observed[tail:]).max() < 0.01
+
+
+@pytest.mark.parametrize("dosages", [False, True], ids=["hard-calls", "dosages"])
+def test_region_r2_equals_the_pairwise_complete_reference(dosages):
+    """r^2 from the calls and sparse missingness corrections equals `r_squared` (float64, masks held densely)."""
+    from comical.pipelines.clump import _Region
+
+    rng = np.random.default_rng(5)
+    base = rng.binomial(2, 0.3, size=(500, 1)).astype(float)
+    g = np.where(rng.uniform(size=(500, 30)) < 0.7, base, rng.binomial(2, 0.3, size=(500, 30)))
+    if dosages:
+        g = np.round((g + rng.normal(0, 0.2, g.shape)).clip(0, 2) * 16384) / 16384
+    g[rng.uniform(size=g.shape) < 0.05] = np.nan
+    region = _Region.read(g.astype(np.float32), hard_calls=not dosages)
+    for i in (0, 7, 29):
+        near = np.delete(np.arange(30), i)
+        reference = r_squared(g[:, i], g[:, near])
+        assert np.allclose(region.r2(i, near), reference, rtol=1e-5 if dosages else 1e-10, atol=1e-9)
 
 
 def _ray_daemons() -> set[int]:
