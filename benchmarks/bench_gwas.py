@@ -60,10 +60,11 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
     thread = threading.Thread(target=watch)
     thread.start()
     _, err = process.communicate()
+    seconds = time.perf_counter() - start  # before joining the sampler, which may still sleep up to 0.5 s
     thread.join()
     if process.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed: {err.decode()[-2000:]}")
-    return time.perf_counter() - start, peak / 2**30
+    return seconds, peak / 2**30
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path, Path, list[str]]:

@@ -142,6 +142,7 @@ class BgenGenotypes(Genotypes):
     written beside the user's files."""
 
     hard_calls = False
+    read_bytes_per_call = 48  # bgen-reader's three float64 probabilities, and the dosage's temporaries
 
     sample_file: Path = Path()
     metadata: Path = Path()

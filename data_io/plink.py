@@ -63,6 +63,7 @@ class Genotypes:
     samples: pl.DataFrame  # fid, iid, sex (plink codes 1 male, 2 female, 0 unknown)
     variants: pl.DataFrame  # chrom, variant_id, cm, pos, allele1, allele2
     hard_calls = True  # reads are whole counts (a .bed); dosage formats say False
+    read_bytes_per_call = 8  # memory a float64 read holds per sample and variant while it decodes
 
     @property
     def n_samples(self) -> int:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import polars as pl
-from scipy import sparse
 
 from comical.data_io.plink import Genotypes
 
@@ -64,7 +63,7 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
         below_p2[name] = at, np.power(10.0, -neg[needed[at]])
 
     rows: dict[str, list[tuple]] = {name: [] for name in neg_log10_p}
-    bytes_per_call = 8 if genotypes.hard_calls else 12  # the float32 read, and the calls kept (float32 or 64)
+    bytes_per_call = _bytes_per_call(genotypes)
     for region in _regions(needed, chrom, pos, window):
         if bytes_per_call * len(sample_index) * region.size <= REGION_BYTES:  # the region's calls, held once
             r2_of = _Region.read(genotypes.read(samples=sample_index, variants=region, dtype=np.float32),
@@ -84,11 +83,12 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     out = {}
     for name, found in rows.items():
         found.sort(key=lambda row: (row[0], row[1]))  # by p, then file order: plink's walk order
-        out[name] = pl.DataFrame(
-            [{"index_variant": ids[i], "chromosome": chrom[i], "base_pair_location": int(pos[i]),
-              "p_value": float(pv), "n_clumped": len(members),
-              "clumped": ",".join(ids[members])} for pv, i, members in found],
-            schema=_SCHEMA)
+        index = np.array([i for _, i, _ in found], dtype=np.int64)
+        out[name] = pl.DataFrame({
+            "index_variant": ids[index], "chromosome": chrom[index].astype(str), "base_pair_location": pos[index],
+            "p_value": np.array([pv for pv, _, _ in found], dtype=np.float64),
+            "n_clumped": np.array([len(m) for _, _, m in found], dtype=np.int64),
+            "clumped": [",".join(ids[m]) for _, _, m in found]}, schema=_SCHEMA)
     return out
 
 
@@ -134,29 +134,37 @@ class _Region:
     calls (their sums are integers below 2^24 for fewer than 4 million samples, so exact); dosages in float64."""
 
     x: np.ndarray
-    missing: sparse.csr_array
+    gap_start: np.ndarray  # variant v misses the samples gap_sample[gap_start[v]:gap_start[v + 1]]
+    gap_sample: np.ndarray
     sums: np.ndarray  # sum of calls, of squared calls, count of calls (float64)
 
     @classmethod
     def read(cls, g: np.ndarray, hard_calls: bool) -> "_Region":
         x = np.ascontiguousarray(g.T)  # bed-reader's reads are variant-major already: no copy
         gaps = np.isnan(x)
-        missing = sparse.csr_array(gaps)
+        variant, sample = np.nonzero(gaps)  # row-major: grouped by variant
         np.copyto(x, 0, where=gaps)
         if not hard_calls:  # dosages (multiples of 1/16384): their squares and sums need float64
             x = x.astype(np.float64)
+        gap_start = np.searchsorted(variant, np.arange(len(x) + 1))
         sums = np.stack([x.sum(1, dtype=np.float64), np.einsum("ij,ij->i", x, x, dtype=np.float64),
-                         x.shape[1] - missing.sum(1)])
-        return cls(x, missing.astype(x.dtype), sums)
+                         x.shape[1] - np.diff(gap_start)])
+        return cls(x, gap_start, sample, sums)
 
     def r2(self, i: int, near: np.ndarray) -> np.ndarray:
         """Pairwise-complete r^2 of variant i with each variant in `near`."""
         xi, others = self.x[i], self.x[near]
-        gaps_i = self.missing.indices[self.missing.indptr[i]:self.missing.indptr[i + 1]]  # samples i misses
+        gaps_i = self.gap_sample[self.gap_start[i]:self.gap_start[i + 1]]  # samples i misses
         called_i = np.ones_like(xi)
         called_i[gaps_i] = 0
-        # sums over samples called at both: i's calls, squares and count over j's calls; j's over i's calls
-        sx, sxx, n = self.sums[:, i, None] - (self.missing[near] @ np.stack([xi, xi * xi, called_i], 1)).T
+        # sums over samples called at both: i's calls, squares and count over j's calls (i's values at the
+        # samples each j misses, summed per j); j's over i's calls
+        counts = self.gap_start[near + 1] - self.gap_start[near]
+        owner = np.repeat(np.arange(near.size), counts)
+        at = self.gap_sample[np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts - self.gap_start[near],
+                                                                 counts)]
+        sx, sxx, n = (self.sums[k, i] - np.bincount(owner, weights=v[at], minlength=near.size)
+                      for k, v in enumerate((xi, xi * xi, called_i)))
         at_gaps = others[:, gaps_i].astype(np.float64)
         sy = self.sums[0, near] - at_gaps.sum(1)
         syy = self.sums[1, near] - (at_gaps * at_gaps).sum(1)
@@ -166,10 +174,16 @@ class _Region:
             return np.nan_to_num(cov * cov / ((sxx - sx * sx / n) * (syy - sy * sy / n)))
 
 
+def _bytes_per_call(genotypes: Genotypes) -> int:
+    """Memory per sample and variant of a region: the float32 read, the calls kept (float32, or float64 for
+    dosages), and what the format's decoder holds beyond a plain read (BGEN's probabilities)."""
+    return (8 if genotypes.hard_calls else 12) + genotypes.read_bytes_per_call - 8
+
+
 def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray, i: int,
              near: np.ndarray) -> np.ndarray:
     """As `_Region.r2`, reading the index variant and its neighbours, a memory budget's worth of columns at a time."""
-    step = max(1, REGION_BYTES // 4 // ((8 if genotypes.hard_calls else 12) * len(sample_index)) - 1)
+    step = max(1, REGION_BYTES // 4 // (_bytes_per_call(genotypes) * len(sample_index)) - 1)
     out = []
     for start in range(0, near.size, step):
         part = near[start:start + step]

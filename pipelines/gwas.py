@@ -155,7 +155,7 @@ def _block(genotypes: Genotypes, sample_index: np.ndarray, lo: int, hi: int, gro
     The block is read and tested a chunk of variants at a time (~64 MB of float64 genotypes), so a task's memory
     stays small and is reused: first-touch page faults on fresh memory cost more than the statistics here."""
     every = sample_index.size == genotypes.n_samples  # sorted, unique: all samples, read without an index
-    chunk = max(16, CHUNK_BYTES // (8 * sample_index.size))
+    chunk = max(16, CHUNK_BYTES // (genotypes.read_bytes_per_call * sample_index.size))
     parts: list[list[dict]] = [[] for _ in groups]
     for start in range(lo, hi, chunk):
         g = genotypes.read(samples=None if every else sample_index, variants=slice(start, min(start + chunk, hi)),
@@ -245,10 +245,13 @@ def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers:
 
         inputs = build_inputs(read_tables())
         bounds = _bounds(inputs.genotypes.n_variants, workers, block_size)
-        blocks = _progress((_block(inputs.genotypes, inputs.sample_index, lo, hi, inputs.groups, out_format)
-                            for lo, hi in bounds), len(bounds))
-        with threadpool_limits(1):  # one worker is one CPU, as in a Ray task
-            return _write(inputs, out, blocks, plots=plots, clump=clump, out_format=out_format)
+
+        def blocks():
+            with threadpool_limits(1):  # one worker is one CPU, as in a Ray task; clumping after it is the driver's
+                for lo, hi in bounds:
+                    yield _block(inputs.genotypes, inputs.sample_index, lo, hi, inputs.groups, out_format)
+
+        return _write(inputs, out, _progress(blocks(), len(bounds)), plots=plots, clump=clump, out_format=out_format)
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(read_tables)
         started = init_ray(num_cpus=workers, log_to_driver=False)  # a local Ray without dashboard
