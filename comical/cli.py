@@ -41,6 +41,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.add_argument("--images", type=_modalities, default=(),
+                   help="also write 3-D brain volumes of these modalities, comma-separated: t1,t2")
+    p.add_argument("--voxel-mm", type=float, default=4.0, help="voxel size of the volumes (mm; default 4)")
     p.set_defaults(handler=_simulate)
 
     p = sub.add_parser("qc", help="sample/variant QC, LD pruning and genetic PCs of a cohort")
@@ -222,17 +225,34 @@ def _config_from_args(config_class, args, source: str, **values):
     return config_class.from_dict(merged, source=source)
 
 
+def _modalities(text: str) -> tuple[str, ...]:
+    from comical.data_io.simulate_images import MODALITIES
+
+    names = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    unknown = [m for m in names if m not in MODALITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected modalities from {','.join(MODALITIES)}")
+    return names
+
+
 def _simulate(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.data_io.simulate import write_cohort
 
     run = {"command": "simulate", "preset": args.preset, "seed": args.seed}
+    if args.images:
+        run["images"], run["voxel_mm"] = list(args.images), args.voxel_mm
     out = check_output_dir(args.out, run, force=args.force)
     start = time.perf_counter()
     with staged_output_dir(out, run) as stage:
-        manifest = write_cohort(stage, preset=args.preset, seed=args.seed)
+        manifest = write_cohort(stage, preset=args.preset, seed=args.seed, images=args.images,
+                                voxel_mm=args.voxel_mm)
+    images = ""
+    if args.images:
+        image_bytes = sum(f.stat().st_size for f in (out / "images").iterdir())
+        images = f", {'+'.join(args.images)} volumes at {args.voxel_mm:g} mm ({image_bytes / 2**20:,.0f} MiB)"
     print(f"simulate: wrote the {args.preset} cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
-          f"variants, {manifest['n_idps']} IDPs) to {out} in {time.perf_counter() - start:.1f} s")
+          f"variants, {manifest['n_idps']} IDPs{images}) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

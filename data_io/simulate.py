@@ -95,14 +95,17 @@ PRESETS = {
                     {"catalog": {"maf": 10, "hwe": 10, "geno": 9}, "background": {"hwe": 30, "geno": 60},
                      "samples": {"mind": 60, "het": 50}}, (12, 20, 30), fst=0.006),
 }
+IMAGE_DISEASE = "AD"  # the image latent is this disease's planted liability from its causal catalog variants
 _COMPONENTS = ["samples", "variants", "genotypes", "missing", "diseases", "idps", "catalog", "pcs"]
 
 
-def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0) -> dict:
+def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images: tuple[str, ...] = (),
+                 voxel_mm: float = 4.0) -> dict:
     """Write the cohort directory of DESIGN.md into the existing folder `out`; return its manifest.
 
     Files: genotypes.bed/.bim/.fam, idps.csv, covariates.csv, diagnoses.csv, eprs.csv, gwas_catalog.tsv,
-    truth/*.parquet, manifest.json (seed, preset, sizes, version, notes, sha256 of every file).
+    truth/*.parquet, manifest.json (seed, preset, sizes, version, notes, sha256 of every file); with `images`
+    (modalities, e.g. ("t1", "t2")), images/ at `voxel_mm` and the planted image latent (data_io.simulate_images).
     """
     from comical import __version__
 
@@ -140,10 +143,20 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0) -> dic
     idp_disease.write_parquet(truth / "idp_disease_effects.parquet")
     snp_idp.write_parquet(truth / "snp_idp_effects.parquet")
     catalog_truth.write_parquet(truth / "catalog_rows.parquet")
+    if images:
+        from comical.data_io.simulate_images import write_images
+
+        ad = disease_effects.filter((pl.col("disease") == IMAGE_DISEASE) & pl.col("causal") & pl.col("in_catalog"))
+        index = {v: i for i, v in enumerate(variants["variant_id"].to_list())}
+        write_images(out, eid=eid.to_numpy(), idps=idps, age=samples["age"].to_numpy().astype(float),
+                     genotypes=genotypes, causal=np.array([index[v] for v in ad["variant_id"]]),
+                     weights=ad["beta"].to_numpy(), disease=IMAGE_DISEASE, variant_ids=variants["variant_id"].to_list(),
+                     freq=variants["ancestral_freq"].to_numpy(), modalities=images, voxel_mm=voxel_mm, seed=seed)
 
     cases = {d: int(diseases[d].sum()) for d in DISEASES}
     manifest = {
         "preset": preset, "seed": seed, "package_version": __version__,
+        "images": {"modalities": list(images), "voxel_mm": voxel_mm} if images else None,
         "n_subjects": p.n_subjects, "n_variants": variants.height, "n_catalog_variants": p.n_catalog,
         "n_idps": len(IDPS), "cases": cases,
         "notes": ([f"mini preset: diseases rarer than {p.min_prevalence:.0%} raised to {p.min_prevalence:.0%} "
