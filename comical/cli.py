@@ -78,8 +78,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=_pairs)
 
     p = sub.add_parser("train", help="train a model (COMICAL by default) with Ray Train (+ DeepSpeed)")
-    p.add_argument("--pairs", "--data", dest="data", type=Path, required=True,
+    p.add_argument("--pairs", "--data", dest="data", type=Path,
                    help="the task's input: for COMICAL a pair store (`comical pairs`)")
+    p.add_argument("--cohort", type=Path, help="GEMCONT: a cohort with images; its inputs are made into OUT/inputs")
+    p.add_argument("--disease", default="AD", help="GEMCONT: the disease whose variant panel the genotypes use")
     p.add_argument("--out", type=Path, required=True, help="the run folder")
     p.add_argument("--config", type=Path, help="YAML of a TrainConfig (nested model/optim/engine); flags override")
     if command == "train":
@@ -322,8 +324,26 @@ def _train(args) -> int:
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.task import get_task
 
-    config = _config_from_args(_train_config_class(), args, "comical train", data=str(args.data.resolve()))
-    metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force, verbose=args.verbose)
+    prepare = prepared_from = None
+    if args.cohort is not None:  # inputs made from a cohort (GEMCONT) into the run folder
+        import functools
+
+        from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+
+        if args.data is not None:
+            raise InputError("give --cohort (GEMCONT makes its inputs from it) or --data, not both")
+        data = args.out.resolve() / "inputs"
+        config = _config_from_args(_train_config_class(), args, "comical train", data=str(data))
+        if config.task != "gemcont":
+            raise InputError(f"--cohort makes GEMCONT's inputs; --task {config.task} reads --data")
+        prepare = functools.partial(prepare_gemcont_inputs, args.cohort, disease=args.disease, seed=config.seed)
+        prepared_from = {"cohort": str(args.cohort.resolve()), "disease": args.disease}
+    elif args.data is None:
+        raise InputError("--data (or --pairs) is required: the task's input folder")
+    else:
+        config = _config_from_args(_train_config_class(), args, "comical train", data=str(args.data.resolve()))
+    metrics = train_and_evaluate(config, args.out, resume=args.resume, force=args.force, verbose=args.verbose,
+                                 prepare=prepare, prepared_from=prepared_from)
     print(f"train: best epoch {metrics['best_epoch']} (lowest validation loss); "
           f"{get_task(config.task).summary(metrics)} -> {args.out}")
     return 0

@@ -34,12 +34,15 @@ from comical.distributed.train import RUN_NAME, WEIGHTS, EpochLog, check_cluster
 
 
 def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-                       verbose: bool = False) -> dict:
-    """Train (or resume) into `out`, keep the best epoch, evaluate it on the test split; returns test metrics."""
+                       verbose: bool = False, prepare=None, prepared_from: dict | None = None) -> dict:
+    """Train (or resume) into `out`, keep the best epoch, evaluate it on the test split; returns test metrics.
+
+    `prepare(folder)` makes the task's inputs first, into `out/inputs` (which `config.data` names), from what
+    `prepared_from` describes (GEMCONT: a cohort and a disease); a bad input leaves no run folder behind."""
     out = Path(out).resolve()
-    info = check_train_inputs(config)
+    info = check_train_inputs(config) if prepare is None else None
     storage = Path(config.storage_path) if config.storage_path else out / "checkpoints"
-    run = {"command": "train", "config": config.to_dict()}
+    run = {"command": "train", "config": config.to_dict(), **({"inputs_from": prepared_from} if prepare else {})}
     if resume:
         previous = out / RUN_FILE
         if not previous.is_file() or not list((storage / RUN_NAME).glob("checkpoint_*")):
@@ -47,10 +50,19 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
         if json.loads(previous.read_text()).get("config") != json.loads(json.dumps(run["config"])):
             raise InputError(f"--resume: {out} holds a run with another config; resume with the same settings")
     else:
-        check_output_dir(out, run, force=force, inputs=(Path(config.data),))
+        check_output_dir(out, run, force=force, inputs=() if prepare else (Path(config.data),))
         if out.exists():  # same run again or --force: start afresh, or Ray would resume the old checkpoints
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    if prepare is not None:
+        try:
+            if not (resume and (out / "inputs" / "manifest.json").is_file()):
+                prepare(out / "inputs")
+            info = check_train_inputs(config)
+        except BaseException:
+            if not resume:
+                shutil.rmtree(out)
+            raise
     mark_run(out, run, "running")
     write_atomic(out / "config.yaml", config.to_yaml())
     try:

@@ -20,6 +20,16 @@ def mini_cohort(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def image_cohort(tmp_path_factory):
+    """The mini cohort with T1 and T2 volumes at 12 mm (about 16^3 voxels): small enough for every test."""
+    from comical.data_io.simulate import write_cohort
+
+    out = tmp_path_factory.mktemp("mini_images")
+    write_cohort(out, preset="mini", seed=0, images=("t1", "t2"), voxel_mm=12)
+    return out
+
+
 @pytest.fixture
 def cohort_copy(mini_cohort, tmp_path) -> Path:
     copy = tmp_path / "cohort"

@@ -15,16 +15,6 @@ from comical.data_io.errors import InputError
 from comical.data_io.images import open_image_store
 
 
-@pytest.fixture(scope="session")
-def image_cohort(tmp_path_factory):
-    """The mini cohort with T1 and T2 volumes at 12 mm (about 16^3 voxels): small enough for every test."""
-    from comical.data_io.simulate import write_cohort
-
-    out = tmp_path_factory.mktemp("mini_images")
-    write_cohort(out, preset="mini", seed=0, images=("t1", "t2"), voxel_mm=12)
-    return out
-
-
 def test_simulated_volumes_follow_the_cohort(image_cohort, mini_cohort):
     """The store holds every subject's T1 and T2; the tables are those of the cohort without images; the planted
     latent drives grey matter at its region and not far from it; older subjects have larger ventricles."""

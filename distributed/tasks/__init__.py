@@ -2,5 +2,6 @@
 
 TASKS = {
     "comical": ("comical.distributed.tasks.comical", "ComicalTask"),  # paper 000: SNP-IDP pairs, resident
+    "gemcont": ("comical.distributed.tasks.gemcont", "GemcontTask"),  # paper 001: genotypes vs images, streamed
     "toy": ("comical.distributed.tasks.toy", "ToyTask"),  # two noisy views of a Gaussian latent, streamed
 }

@@ -1,0 +1,244 @@
+"""GEMCONT (paper 001): a linear genotype projector over a disease's variant panel against a 3-D image encoder,
+trained with the CLIP loss on (subject genotype, subject image) pairs; images stream through Ray Data.
+
+Inputs: the folder `pipelines.gemcont_inputs` writes (panel, PC-regressed genotype features, subject splits; the
+cohort's image store it names). Each worker keeps the small genotype table and streams its shard of the image rows
+(uint8 volumes and their scale), looks up each row's genotypes by eid, and feeds the model.
+
+The model, as paper 001 section 3.5 reads here:
+- genotype side: per-variant weights initialised to the panel's effect sizes (log odds ratios of the counted
+  allele), then a linear projector to the shared space; SCARF corruption in training (each genotype feature, with
+  probability `scarf_p`, replaced by the same feature of a random subject of the batch);
+- image side: a small 3-D CNN (strided conv, instance norm, GELU; global average pool) to `image_features` = D
+  (256), then a linear projector to D/2. The paper projects the image to D/2; the two sides must meet in one space
+  for the CLIP loss, so the genotype projector goes to D/2 as well (`embed_dim` = 128);
+- augmentation of the volumes in training (random affine, crop, noise, blur: MONAI, `distributed.augment`);
+- a learnable temperature initialised at 0.07.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from comical.data_io.configs import Config
+from comical.data_io.errors import InputError
+from comical.distributed.losses import LOSSES
+from comical.distributed.task import STREAMED, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class GemcontConfig(Config):
+    embed_dim: int = 128  # D/2: both sides' projection (paper: D = 256, the image projected to D/2)
+    image_features: int = 256  # D: the image encoder's output
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # the CNN's stages (stride 2 each)
+    scarf_p: float = 0.1  # SCARF: fraction of genotype features replaced in training
+    augment: bool = True  # random affine, crop, noise, blur of the volumes in training
+    init_temperature: float = 0.07
+
+
+def scarf(g: torch.Tensor, p: float) -> torch.Tensor:
+    """SCARF corruption: each entry, with probability p, replaced by the same column of a random row."""
+    if p <= 0:
+        return g
+    mask = torch.rand(g.shape, device=g.device) < p
+    donors = torch.randint(0, g.shape[0], g.shape, device=g.device)
+    return torch.where(mask, torch.gather(g, 0, donors), g)
+
+
+class ImageEncoder(nn.Module):
+    """A small 3-D CNN: strided conv stages with instance norm and GELU, global average pool, linear to D."""
+
+    def __init__(self, channels: tuple[int, ...], features: int):
+        super().__init__()
+        layers, previous = [], 1
+        for width in channels:
+            layers += [nn.Conv3d(previous, width, 3, stride=2, padding=1), nn.InstanceNorm3d(width, affine=True),
+                       nn.GELU()]
+            previous = width
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Linear(previous, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(x).mean(dim=(2, 3, 4)))
+
+
+class GemcontModel(nn.Module):
+    def __init__(self, config: GemcontConfig, effects: list[float], image_shape: tuple[int, int, int],
+                 seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.variant_weights = nn.Parameter(torch.tensor(effects, dtype=torch.float32))
+        self.genotype_projector = nn.Linear(len(effects), config.embed_dim)
+        self.image_encoder = ImageEncoder(tuple(config.channels), config.image_features)
+        self.image_projector = nn.Linear(config.image_features, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / config.init_temperature)))  # [1]: DeepSpeed
+        self.image_shape = tuple(image_shape)
+        self.seed = seed
+        self._augment = None
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        if self._augment is None:  # built on the worker, seeded by its rank: MONAI is imported there only
+            from comical.distributed.augment import VolumeAugment
+
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            self._augment = VolumeAugment(self.image_shape, seed=self.seed * 1000 + rank)
+        return self._augment(images)
+
+    def encode_genotypes(self, g: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.genotype_projector(g * self.variant_weights), dim=-1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_projector(self.image_encoder(images)), dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        g, images = batch["g"], batch["image"]
+        if self.training:
+            g = scarf(g, self.config.scarf_p)
+            if self.config.augment:
+                images = self.augment(images)
+        return (self.encode_images(images), self.encode_genotypes(g),
+                self.logit_scale.clamp(max=math.log(100)).exp())
+
+
+def read_inputs(folder: str | Path) -> tuple[dict, "pq.Table"]:
+    """The inputs folder's manifest and its genotype table (eid, split, g)."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("task") != "gemcont":
+        raise InputError(f"{folder}: not GEMCONT inputs (no manifest.json of task gemcont; make them with "
+                         "`comical train --task gemcont --cohort DIR --disease D`)")
+    return manifest, pq.read_table(folder / "genotypes.parquet")
+
+
+class GemcontTask(Task):
+    name = "gemcont"
+    model_config = GemcontConfig
+    input_path = STREAMED
+    selection_metric = "loss"
+
+    def check_inputs(self, config) -> dict:
+        import polars as pl
+
+        from comical.data_io.images import open_image_store
+
+        manifest, table = read_inputs(config.data)
+        store = open_image_store(manifest["images"], table.column("eid").to_numpy())
+        if config.worker_batch_size > manifest["splits"]["train"] // config.engine.workers:
+            raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the "
+                             f"{manifest['splits']['train']} training subjects")
+        panel = pl.read_csv(Path(config.data) / "panel.tsv", separator="\t")
+        return {"data": str(Path(config.data).resolve()), "images": str(store.folder.resolve()),
+                "modality": manifest["modality"], "image_shape": list(store.shape),
+                "variants": panel["variant_id"].to_list(), "effects": panel["effect"].to_list(),
+                "disease": manifest["disease"], "seed": config.seed}
+
+    def _eids(self, split: str) -> np.ndarray:
+        _, table = read_inputs(self.info["data"])
+        return table.column("eid").to_numpy()[table.column("split").to_numpy(zero_copy_only=False) == split]
+
+    def datasets(self, config) -> dict:
+        from comical.data_io.images import open_image_store
+
+        store = open_image_store(self.info["images"])
+        return {split: store.dataset([self.info["modality"]], self._eids(split)) for split in ("train", "val")}
+
+    def build_model(self, model_config: GemcontConfig, info: dict) -> nn.Module:
+        return GemcontModel(model_config, info["effects"], tuple(info["image_shape"]), seed=info.get("seed", 0))
+
+    def _genotypes(self) -> tuple[np.ndarray, torch.Tensor]:
+        """Every subject's genotype features, sorted by eid (loaded once per worker)."""
+        if getattr(self, "_table", None) is None:
+            _, table = read_inputs(self.info["data"])
+            eids = table.column("eid").to_numpy()
+            g = np.stack(table.column("g").to_numpy(zero_copy_only=False)).astype(np.float32)
+            order = np.argsort(eids)
+            self._table = eids[order], torch.from_numpy(g[order])
+        return self._table
+
+    def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
+        eids, g = self._genotypes()
+        m = self.info["modality"]
+        rows = np.searchsorted(eids, batch["eid"].cpu().numpy())
+        device = batch[m].device
+        image = (batch[m].to(torch.float32) * batch[f"{m}_scale"].to(torch.float32)[:, None])
+        image = image.reshape(-1, 1, *self.info["image_shape"])
+        return {"image": image.to(dtype), "g": g[rows].to(device=device, dtype=dtype)}
+
+    def loss(self, outputs, batch: dict, config, *, rank: int, world_size: int) -> torch.Tensor:
+        images, genotypes, scale = (x.float() for x in outputs)
+        return LOSSES["onehot"](images, genotypes, scale, rank=rank, world_size=world_size)
+
+    def batch_metrics(self, outputs, batch: dict):
+        """Top-1 retrieval of a subject's genotypes from its image and back, within the batch; chance 1/B."""
+        images, genotypes, _ = (x.float() for x in outputs)
+        sim = images @ genotypes.T
+        own = torch.arange(len(images), device=images.device)
+        hits = ((sim.argmax(dim=1) == own).float() + (sim.argmax(dim=0) == own).float()) / 2
+        return {"top1_accuracy": hits.sum(), "top1_accuracy_chance": torch.ones((), device=images.device)}, {}
+
+    def epoch_line(self, m: dict) -> str:
+        return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, val top-1 "
+                f"{m['val_top1_accuracy']:.3f} (chance {m['val_top1_accuracy_chance']:.4f}), "
+                f"{m['samples_per_s']:,.0f} subjects/s")
+
+    @torch.no_grad()
+    def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
+        """On the test subjects: image<->genotype top-1 retrieval among all of them (chance 1/n); and, where the
+        cohort has the planted image latent, its ridge R^2 (5-fold) from the image embeddings beside an untrained
+        encoder's and the raw voxels'. Writes test_embeddings.parquet (eid, image_*, genotype_*)."""
+        import polars as pl
+
+        from comical.data_io.images import open_image_store
+        from comical.distributed.tasks.toy import ridge_r2
+
+        self.bind(info)
+        eids = np.sort(self._eids("test"))
+        images, stored = open_image_store(info["images"]).read(info["modality"], eids)
+        all_eids, g_all = self._genotypes()
+        g = g_all[np.searchsorted(all_eids, stored)]
+        device = next(model.parameters()).device
+        model.eval()
+        x = torch.from_numpy(images[:, None])
+
+        def embed(m):
+            parts = [m.encode_images(x[i:i + 64].to(device)).float().cpu() for i in range(0, len(x), 64)]
+            return torch.cat(parts).numpy()
+
+        image_embeddings = embed(model)
+        genotype_embeddings = model.encode_genotypes(g.to(device)).float().cpu().numpy()
+        sim = image_embeddings @ genotype_embeddings.T
+        own = np.arange(len(sim))
+        metrics = {"n_test": int(len(sim)), "top1_accuracy": float(((sim.argmax(1) == own).mean()
+                                                                     + (sim.argmax(0) == own).mean()) / 2),
+                   "top1_accuracy_chance": 1 / len(sim)}
+        pl.DataFrame({"eid": stored, **{f"image_{k}": image_embeddings[:, k] for k in range(image_embeddings.shape[1])},
+                      **{f"genotype_{k}": genotype_embeddings[:, k] for k in range(genotype_embeddings.shape[1])}}
+                     ).write_parquet(out / "test_embeddings.parquet")
+        truth = Path(info["images"]).parent / "truth" / "image_latent.parquet"
+        if truth.is_file():
+            latent = pl.read_parquet(truth)
+            z = latent["latent"].to_numpy()[np.searchsorted(latent["eid"].to_numpy(), stored)]
+            torch.manual_seed(config.seed)
+            untrained = self.build_model(config.model, info).to(device).eval()
+            metrics |= {"latent_r2": ridge_r2(image_embeddings, z),
+                        "latent_r2_untrained_encoder": ridge_r2(embed(untrained), z),
+                        "latent_r2_raw_voxels": ridge_r2(images.reshape(len(images), -1), z)}
+        return metrics
+
+    def summary(self, m: dict) -> str:
+        line = (f"test top-1 image<->genotype {m['top1_accuracy']:.3f} (chance {m['top1_accuracy_chance']:.4f}) "
+                f"over {m['n_test']} subjects")
+        if "latent_r2" in m:
+            line += (f"; planted image latent R^2 {m['latent_r2']:.3f} (untrained encoder "
+                     f"{m['latent_r2_untrained_encoder']:.3f}, raw voxels {m['latent_r2_raw_voxels']:.3f})")
+        return line

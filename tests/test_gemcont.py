@@ -1,0 +1,94 @@
+"""GEMCONT (paper 001): its inputs from a cohort with images, the model's pieces, and a run through the engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from comical.cli import main
+from comical.data_io.plink import open_genotypes
+from comical.distributed.tasks.gemcont import GemcontConfig, GemcontModel, scarf
+from comical.pipelines.clump import r_squared
+
+
+@pytest.fixture(scope="session")
+def gemcont_inputs(image_cohort, tmp_path_factory):
+    from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+
+    out = tmp_path_factory.mktemp("gemcont") / "inputs"
+    prepare_gemcont_inputs(image_cohort, out, disease="AD")
+    return out
+
+
+def test_inputs_panel_splits_and_genotype_features(gemcont_inputs, image_cohort):
+    manifest = json.loads((gemcont_inputs / "manifest.json").read_text())
+    panel = pl.read_csv(gemcont_inputs / "panel.tsv", separator="\t")
+    table = pl.read_parquet(gemcont_inputs / "genotypes.parquet")
+    assert manifest["splits"] == {"train": 1400, "val": 300, "test": 300}
+    assert table["eid"].n_unique() == 2000 and table.group_by("split").len().sort("split")["len"].to_list() == [300, 1400, 300]
+    # effects: the catalog's log odds ratio, signed for the counted allele
+    catalog = pl.read_csv(image_cohort / "gwas_catalog.tsv", separator="\t", infer_schema=False)
+    row = catalog.filter(pl.col("SNPS") == panel["variant_id"][0]).row(0, named=True)
+    risk = row["STRONGEST SNP-RISK ALLELE"].split("-")[-1]
+    sign = 1 if risk == panel["effect_allele"][0] else -1 if risk == panel["other_allele"][0] else 0
+    assert panel["effect"][0] == pytest.approx(sign * np.log(float(row["OR or BETA"])))
+    # clumped on the training subjects: no two panel variants within 5 Mb at r^2 >= 0.05
+    genotypes = open_genotypes(image_cohort / "genotypes")
+    index = {v: i for i, v in enumerate(genotypes.variants["variant_id"])}
+    train = np.isin(genotypes.samples["iid"].cast(pl.Int64).to_numpy(),
+                    table.filter(pl.col("split") == "train")["eid"].to_numpy())
+    g = genotypes.read(samples=np.flatnonzero(train), variants=[index[v] for v in panel["variant_id"]],
+                       dtype=np.float64)
+    chrom, pos = panel["chromosome"].to_numpy(), panel["base_pair_location"].to_numpy()
+    for a in range(panel.height):
+        near = np.flatnonzero((chrom == chrom[a]) & (np.abs(pos - pos[a]) <= 5_000_000) & (np.arange(panel.height) != a))
+        assert (r_squared(g[:, a], g[:, near]) < 0.05).all()
+    # the top 20 PCs are regressed out on the training subjects, and each feature standardised there
+    features = np.stack(table["g"].to_numpy())
+    pcs = pl.read_csv(image_cohort / "covariates.csv").select("eid", *[f"PC{i}" for i in range(1, 21)])
+    pcs = table.select("eid").join(pcs, on="eid", how="left").drop("eid").to_numpy()
+    fit = (table["split"] == "train").to_numpy()
+    assert np.abs(pcs[fit].T @ features[fit]).max() < 1e-2 * fit.sum()
+    assert np.allclose(features[fit].std(0), 1, atol=1e-4)
+
+
+def test_projector_starts_at_the_effects_and_scarf_corrupts_its_fraction():
+    effects = [0.3, -0.1, 0.0, 0.2]
+    model = GemcontModel(GemcontConfig(), effects, (16, 16, 16))
+    assert torch.equal(model.variant_weights.detach(), torch.tensor(effects))
+    torch.manual_seed(0)
+    g = torch.randn(2000, 50)
+    corrupted = scarf(g, 0.1)
+    changed = corrupted != g
+    assert 0.09 < changed.float().mean() < 0.11
+    for column in (0, 17, 49):  # replacements come from the same feature of other subjects
+        assert torch.isin(corrupted[changed[:, column], column], g[:, column]).all()
+    assert torch.equal(scarf(g, 0.0), g)
+
+
+def test_gemcont_trains_through_the_engine_with_two_workers(image_cohort, tmp_path, capsys):
+    """Two Ray Train workers with DeepSpeed stream the volumes; the run writes its model, test metrics beside
+    their baselines, and the test subjects' embeddings."""
+    out = tmp_path / "run"
+    assert main(["train", "--task", "gemcont", "--cohort", str(image_cohort), "--disease", "AD", "--out", str(out),
+                 "--workers", "2", "--epochs", "1", "--batch-size", "128"]) == 0
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["n_test"] == 300 and metrics["top1_accuracy_chance"] == pytest.approx(1 / 300)
+    for key in ("latent_r2", "latent_r2_untrained_encoder", "latent_r2_raw_voxels"):
+        assert np.isfinite(metrics[key])
+    embeddings = pl.read_parquet(out / "test_embeddings.parquet")
+    assert embeddings.height == 300 and "image_127" in embeddings.columns and "genotype_127" in embeddings.columns
+    assert (out / "model" / "model.safetensors").is_file() and (out / "inputs" / "panel.tsv").is_file()
+    assert "planted image latent R^2" in capsys.readouterr().out
+
+
+def test_a_cohort_without_images_fails_before_training(mini_cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--task", "gemcont", "--cohort", str(mini_cohort), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "images/manifest.json: file not found" in err[0]
+    assert not out.exists()
