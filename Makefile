@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/comical demo --out demo-output --force
+	$(BIN)/comical demo --images --out demo-output --force
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

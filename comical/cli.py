@@ -169,6 +169,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.add_argument("--verbose", action="store_true", help="show Ray's logs and warnings (always in demo.log)")
+    p.add_argument("--images", action="store_true", help="also simulate T1/T2 volumes and train GEMCONT on them")
     p.set_defaults(handler=_demo)
     return parser
 
@@ -461,5 +462,5 @@ def _embed(args) -> int:
 def _demo(args) -> int:
     from comical.pipelines.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, force=args.force, verbose=args.verbose)
+    run_demo(args.out, seed=args.seed, force=args.force, verbose=args.verbose, images=args.images)
     return 0

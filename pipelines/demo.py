@@ -7,10 +7,14 @@ from functools import partial
 from pathlib import Path
 
 
-def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = False) -> None:
+IMAGE_VOXEL_MM = 8.0  # the demo's volumes: 19 x 24 x 20 voxels, so GEMCONT trains in a minute or two on 2 cores
+
+
+def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = False, images: bool = False) -> None:
     """Every step on the simulated mini cohort, into `out` (staged, renamed into place when all succeed).
 
-    The console shows a line per step (and per training epoch); everything else goes to `out/demo.log`.
+    The console shows a line per step (and per training epoch); everything else goes to `out/demo.log`. With
+    `images`, the cohort gets T1/T2 volumes and GEMCONT trains on them after the COMICAL steps.
     """
     from comical.data_io.console import logged_console
     from comical.data_io.cohort import load_cohort
@@ -26,14 +30,16 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
     from comical.pipelines.pair_chain import write_pair_store
     from comical.pipelines.pairs import PairsConfig
 
-    run = {"command": "demo", "seed": seed}
+    run = {"command": "demo", "seed": seed, **({"images": True} if images else {})}
     out = check_output_dir(out, run, force=force)
     with staged_output_dir(out, run) as stage, logged_console(stage / "demo.log", verbose=verbose) as say:
         started = init_ray()  # one local Ray for training and the GWAS, stopped while its logs still go to demo.log
         (stage / "cohort").mkdir()
-        manifest = write_cohort(stage / "cohort", preset="mini", seed=seed)
+        manifest = write_cohort(stage / "cohort", preset="mini", seed=seed, images=("t1", "t2") if images else (),
+                                voxel_mm=IMAGE_VOXEL_MM)
+        with_images = f", T1 and T2 volumes at {IMAGE_VOXEL_MM:g} mm" if images else ""
         say(f"demo: simulated the mini cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
-              f"variants) -> {out / 'cohort'}")
+              f"variants{with_images}) -> {out / 'cohort'}")
         cohort = load_cohort(stage / "cohort")
         (stage / "pairs").mkdir()
         manifest = write_pair_store(cohort, PairsConfig(top_n_perc=5, seed=seed), load_trait_map(),
@@ -56,6 +62,15 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
         say(f"demo: GWAS of {len(lambdas)} IDPs x {summary['n_variants']} variants (Ray tasks): median lambda_GC "
               f"{sorted(lambdas)[len(lambdas) // 2]:.3f}, {sum(hits.values())} hits at 5e-8 in {len(hits)} IDPs "
               f"-> {out / 'gwas'} (idps.manhattan.png)")
+        if images:
+            from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+
+            config = TrainConfig.from_dict({"task": "gemcont", "data": str(stage / "gemcont" / "inputs"), "seed": seed,
+                                            "epochs": 3, "batch_size": 128, "engine": {"workers": 2}})
+            test = train_and_evaluate(config, stage / "gemcont", verbose=verbose, prepared_from={"disease": "AD"},
+                                      prepare=partial(prepare_gemcont_inputs, stage / "cohort", disease="AD", seed=seed))
+            say(f"demo: trained GEMCONT on T1 volumes streamed by Ray Data (2 workers, DeepSpeed): "
+                f"{get_task('gemcont').summary(test)} -> {out / 'gemcont'}")
         if started:
             shutdown_ray()
     print(f"demo: done; outputs in {out} (everything else the steps printed: {out / 'demo.log'})")
