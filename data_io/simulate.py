@@ -118,6 +118,12 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
     diseases, disease_effects, genetic = _simulate_diseases(rngs["diseases"], p, samples, variants, genotypes)
     idps, idp_disease, snp_idp = _simulate_idps(rngs["idps"], p, samples, variants, genotypes, diseases,
                                                 disease_effects)
+    if images:  # the image latent comes from the true genotypes, before calls go missing (as the liabilities do)
+        ad = disease_effects.filter((pl.col("disease") == IMAGE_DISEASE) & pl.col("causal") & pl.col("in_catalog"))
+        columns = variants.with_row_index("column").join(ad, on="variant_id", how="inner", maintain_order="right")
+        latent_genotypes = genotypes[:, columns["column"].to_numpy()].copy()
+        latent_spec = {"variant_ids": columns["variant_id"].to_list(), "weights": columns["beta"].to_numpy(),
+                       "freq": columns["ancestral_freq"].to_numpy()}
     failed_samples = _plant_missingness_and_failures(rngs["missing"], p, variants, samples, genotypes)
     pcs = _covariate_pcs(variants, genotypes, seed)
     catalog, catalog_truth = _simulate_catalog(rngs["catalog"], variants, disease_effects)
@@ -146,12 +152,9 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
     if images:
         from comical.data_io.simulate_images import write_images
 
-        ad = disease_effects.filter((pl.col("disease") == IMAGE_DISEASE) & pl.col("causal") & pl.col("in_catalog"))
-        index = {v: i for i, v in enumerate(variants["variant_id"].to_list())}
         write_images(out, eid=eid.to_numpy(), idps=idps, age=samples["age"].to_numpy().astype(float),
-                     genotypes=genotypes, causal=np.array([index[v] for v in ad["variant_id"]]),
-                     weights=ad["beta"].to_numpy(), disease=IMAGE_DISEASE, variant_ids=variants["variant_id"].to_list(),
-                     freq=variants["ancestral_freq"].to_numpy(), modalities=images, voxel_mm=voxel_mm, seed=seed)
+                     latent_genotypes=latent_genotypes, **latent_spec, disease=IMAGE_DISEASE,
+                     modalities=images, voxel_mm=voxel_mm, seed=seed)
 
     cases = {d: int(diseases[d].sum()) for d in DISEASES}
     manifest = {

@@ -125,18 +125,19 @@ def _parcellate(gm: np.ndarray, xyz: np.ndarray, centre: np.ndarray, seed: int) 
     return labels
 
 
-def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarray, genotypes: np.ndarray,
-                 causal: np.ndarray, weights: np.ndarray, disease: str, variant_ids: list[str], freq: np.ndarray,
+def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarray, latent_genotypes: np.ndarray,
+                 variant_ids: list[str], weights: np.ndarray, freq: np.ndarray, disease: str,
                  modalities=MODALITIES, voxel_mm: float = 4.0, seed: int = 0) -> dict:
     """`out/images/` (shards + manifest, data_io.images, and the parcels) and the latent's truth in `out/truth/`;
     returns the image manifest. `idps`: subjects x IDPS volumes; the latent is the weighted sum (`weights`) of the
-    standardised genotype columns `causal`: the planted genetic liability of `disease` they carry, so a model
-    guided by that disease's variant panel has an image pattern to find."""
+    standardised true genotypes `latent_genotypes` (subjects x variants `variant_ids`, allele frequencies `freq`):
+    the planted genetic liability of `disease` they carry, so a model guided by that disease's variant panel has an
+    image pattern to find."""
     from comical.data_io.images import write_image_store
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
     template = load_template(voxel_mm, seed)
-    g = (genotypes[:, causal] - 2 * freq[causal]) / np.sqrt(2 * freq[causal] * (1 - freq[causal]))
+    g = (latent_genotypes - 2 * freq) / np.sqrt(2 * freq * (1 - freq))
     latent = g @ weights
     latent = (latent - latent.mean()) / latent.std()
     blob = _blob(template, IDPS.index(_LATENT_REGION))
@@ -159,13 +160,13 @@ def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarra
     truth = out / "truth"
     truth.mkdir(exist_ok=True)
     pl.DataFrame({"eid": eid, "latent": latent}).write_parquet(truth / "image_latent.parquet")
-    pl.DataFrame({"variant_id": [variant_ids[j] for j in causal], "weight": weights}).write_parquet(
+    pl.DataFrame({"variant_id": variant_ids, "weight": weights}).write_parquet(
         truth / "image_latent_variants.parquet")
     (truth / "image_latent.json").write_text(json.dumps({
         "region": _LATENT_REGION, "effect": f"grey matter x (1 + {LATENT_EFFECT} x latent) under a Gaussian blob "
         "of sd 8 mm at the region's centre", "latent": "standardised weighted sum of the standardised genotypes of "
         "image_latent_variants.parquet: the planted liability of the disease its causal catalog variants carry",
-        "disease": disease, "n_variants": int(len(causal))}, indent=2) + "\n")
+        "disease": disease, "n_variants": len(variant_ids)}, indent=2) + "\n")
     return manifest
 
 

@@ -118,6 +118,8 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
             stage / "genotypes.parquet")
         manifest = {
             "task": "gemcont", "cohort": str(Path(cohort_dir).resolve()), "images": str(store.folder.resolve()),
+            # also relative to this folder: a run folder moved with its cohort (the demo's staging) still finds them
+            "images_relative": os.path.relpath(store.folder.resolve(), out.resolve()),
             "modality": modality, "image_shape": list(store.shape), "disease": disease, "seed": seed,
             "splits": {name: int((split == name).sum()) for name in SPLITS},
             "panel": {"catalog_variants": n_catalog, "after_clumping": panel_out.height,

@@ -54,6 +54,11 @@ def test_inputs_panel_splits_and_genotype_features(gemcont_inputs, image_cohort)
     fit = (table["split"] == "train").to_numpy()
     assert np.abs(pcs[fit].T @ features[fit]).max() < 1e-2 * fit.sum()
     assert np.allclose(features[fit].std(0), 1, atol=1e-4)
+    # the planted image latent is a linear function of the panel's genotypes: what the projector can learn
+    from comical.distributed.tasks.toy import ridge_r2
+
+    latent = table.select("eid").join(pl.read_parquet(image_cohort / "truth" / "image_latent.parquet"), on="eid")
+    assert ridge_r2(features, latent["latent"].to_numpy()) > 0.8
 
 
 def test_projector_starts_at_the_effects_and_scarf_corrupts_its_fraction():

@@ -31,6 +31,10 @@ def test_simulated_volumes_follow_the_cohort(image_cohort, mini_cohort):
     effects = pl.read_parquet(image_cohort / "truth" / "disease_snp_effects.parquet").filter(
         (pl.col("disease") == "AD") & pl.col("causal") & pl.col("in_catalog"))
     assert set(variants["variant_id"]) == set(effects["variant_id"])
+    # AD's causal variants are all in its catalog rows: the latent is AD's planted genetic liability, from the
+    # true genotypes (not the calls with missing values planted later)
+    liability = pl.read_parquet(image_cohort / "truth" / "samples.parquet")["liability_AD"].to_numpy()
+    assert np.corrcoef(latent["latent"].to_numpy(), liability)[0, 1] > 0.999
     info = json.loads((image_cohort / "truth" / "image_latent.json").read_text())
 
     import nibabel

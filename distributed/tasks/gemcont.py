@@ -9,7 +9,7 @@ The model, as paper 001 section 3.5 reads here:
 - genotype side: per-variant weights initialised to the panel's effect sizes (log odds ratios of the counted
   allele), then a linear projector to the shared space; SCARF corruption in training (each genotype feature, with
   probability `scarf_p`, replaced by the same feature of a random subject of the batch);
-- image side: a small 3-D CNN (strided conv, instance norm, GELU; global average pool) to `image_features` = D
+- image side: a small 3-D CNN (strided conv, batch norm, GELU; global average pool) to `image_features` = D
   (256), then a linear projector to D/2. The paper projects the image to D/2; the two sides must meet in one space
   for the CLIP loss, so the genotype projector goes to D/2 as well (`embed_dim` = 128);
 - augmentation of the volumes in training (random affine, crop, noise, blur: MONAI, `distributed.augment`);
@@ -55,13 +55,17 @@ def scarf(g: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """A small 3-D CNN: strided conv stages with instance norm and GELU, global average pool, linear to D."""
+    """A small 3-D CNN: strided conv stages with batch norm and GELU, global average pool, linear to D.
+
+    Batch norm, not instance norm: a per-volume normalisation followed by global pooling leaves every subject with
+    nearly the same features (each channel's mean is the norm's bias), erasing the differences between subjects
+    that the model is to align with their genotypes."""
 
     def __init__(self, channels: tuple[int, ...], features: int):
         super().__init__()
         layers, previous = [], 1
         for width in channels:
-            layers += [nn.Conv3d(previous, width, 3, stride=2, padding=1), nn.InstanceNorm3d(width, affine=True),
+            layers += [nn.Conv3d(previous, width, 3, stride=2, padding=1), nn.BatchNorm3d(width),
                        nn.GELU()]
             previous = width
         self.stages = nn.Sequential(*layers)
@@ -132,7 +136,10 @@ class GemcontTask(Task):
         from comical.data_io.images import open_image_store
 
         manifest, table = read_inputs(config.data)
-        store = open_image_store(manifest["images"], table.column("eid").to_numpy())
+        images = Path(manifest["images"])
+        if not images.is_dir() and "images_relative" in manifest:  # moved together with the inputs folder
+            images = Path(config.data) / manifest["images_relative"]
+        store = open_image_store(images, table.column("eid").to_numpy())
         if config.worker_batch_size > manifest["splits"]["train"] // config.engine.workers:
             raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the "
                              f"{manifest['splits']['train']} training subjects")
