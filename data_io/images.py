@@ -131,7 +131,7 @@ class ImageStore:
         self._check([modality])
         filters = None if eids is None else [("eid", "in", [int(e) for e in eids])]
         table = pq.read_table(self.files, columns=["eid", modality, f"{modality}_scale"], filters=filters)
-        return decode(table.column(modality).combine_chunks(), table.column(f"{modality}_scale").to_numpy(),
+        return decode(table.column(modality), table.column(f"{modality}_scale").to_numpy(),
                       self.shape), table.column("eid").to_numpy()
 
     def _check(self, modalities: Iterable[str]) -> list[str]:
@@ -144,8 +144,10 @@ class ImageStore:
 
 def decode(values, scale: np.ndarray, shape) -> np.ndarray:
     """uint8 rows (a FixedSizeList array or an (n, prod(shape)) array) -> float32 volumes (n, *shape)."""
-    if isinstance(values, (pa.FixedSizeListArray, pa.ChunkedArray)):
-        values = np.asarray(values.flatten()).reshape(len(values), -1)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.FixedSizeListArray):
+        values = np.asarray(values.flatten()).reshape(len(values), math.prod(shape))
     return (np.asarray(values, np.float32) * np.asarray(scale, np.float32)[:, None]).reshape(-1, *shape)
 
 
@@ -165,6 +167,9 @@ def open_image_store(folder: str | Path, cohort_eids: Iterable | None = None, *,
         raise InputError(f"{path}: not JSON ({e})") from None
     if manifest.get("format") != FORMAT:
         raise InputError(f"{path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
+    absent = [k for k in ("shape", "modalities", "shards", "voxel_mm", "affine") if k not in manifest]
+    if absent:
+        raise InputError(f"{path}: no {absent[0]!r} key; an image store manifest names {FORMAT!r}'s keys")
     size = math.prod(manifest["shape"])
     eids = []
     for shard in manifest["shards"]:
@@ -181,6 +186,8 @@ def open_image_store(folder: str | Path, cohort_eids: Iterable | None = None, *,
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"{file}: not a readable Parquet file ({e})") from None
         schema = parquet.schema_arrow
+        if "eid" not in schema.names or schema.field("eid").type != pa.int64():
+            raise InputError(f"{file}: no int64 column 'eid' (the subject of each volume)")
         for m in manifest["modalities"]:
             for column, kind in ((m, pa.list_(pa.uint8(), size)), (f"{m}_scale", pa.float32())):
                 if column not in schema.names:

@@ -47,10 +47,12 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
         previous = out / RUN_FILE
         if not previous.is_file() or not list((storage / RUN_NAME).glob("checkpoint_*")):
             raise InputError(f"--resume: no checkpoint of a run in {out} ({storage / RUN_NAME}); start without --resume")
-        if json.loads(previous.read_text()).get("config") != json.loads(json.dumps(run["config"])):
+        before = json.loads(previous.read_text())
+        if (before.get("config"), before.get("inputs_from")) != json.loads(json.dumps((run["config"], run.get("inputs_from")))):
             raise InputError(f"--resume: {out} holds a run with another config; resume with the same settings")
     else:
-        check_output_dir(out, run, force=force, inputs=() if prepare else (Path(config.data),))
+        sources = (Path(prepared_from["cohort"]),) if prepare else (Path(config.data),)  # never inside --out
+        check_output_dir(out, run, force=force, inputs=sources)
         if out.exists():  # same run again or --force: start afresh, or Ray would resume the old checkpoints
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     below_p2 = {}
     for name, neg in neg_log10_p.items():
         at = np.flatnonzero(neg[needed] > neg2)
-        below_p2[name] = at, np.power(10.0, -neg[needed[at]])
+        below_p2[name] = at, neg[needed[at]]
 
     rows: dict[str, list[tuple]] = {name: [] for name in neg_log10_p}
     bytes_per_call = _bytes_per_call(genotypes)
@@ -73,20 +73,22 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
                 return _r2_read(genotypes, sample_index, region, i, near)
         at = np.searchsorted(needed, region)
         for name, (where, values) in below_p2.items():
-            p = np.ones(region.size)  # p >= p2: outside this phenotype's walk
+            neg = np.full(region.size, -np.inf)  # p >= p2 for this phenotype: outside its walk
             lo, hi = np.searchsorted(where, [at[0], at[-1] + 1])
             inside = np.searchsorted(at, where[lo:hi])
             ours = at[inside.clip(max=at.size - 1)] == where[lo:hi]
-            p[inside[ours]] = values[lo:hi][ours]
-            rows[name] += _clump_region(region, p, chrom[region], pos[region], r2_of, p1, p2, r2, window)
+            neg[inside[ours]] = values[lo:hi][ours]
+            rows[name] += _clump_region(region, neg, chrom[region], pos[region], r2_of, -np.log10(p1),
+                                        -np.log10(p2), r2, window)
     ids = variants["variant_id"].to_numpy()
     out = {}
     for name, found in rows.items():
-        found.sort(key=lambda row: (row[0], row[1]))  # by p, then file order: plink's walk order
+        found.sort(key=lambda row: (-row[0], row[1]))  # by p, then file order: plink's walk order
         index = np.array([i for _, i, _ in found], dtype=np.int64)
         out[name] = pl.DataFrame({
             "index_variant": ids[index], "chromosome": chrom[index].astype(str), "base_pair_location": pos[index],
-            "p_value": np.array([pv for pv, _, _ in found], dtype=np.float64),
+            "p_value": np.power(10.0, -np.array([neg for neg, _, _ in found], dtype=np.float64)),
+            "neg_log10_p": np.array([neg for neg, _, _ in found], dtype=np.float64),
             "n_clumped": np.array([len(m) for _, _, m in found], dtype=np.int64),
             "clumped": [",".join(ids[m]) for _, _, m in found]}, schema=_SCHEMA)
     return out
@@ -94,7 +96,7 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
 
 REGION_BYTES = 256 << 20  # a region's arrays held at once; denser regions are read in pieces of a quarter of it
 _SCHEMA = {"index_variant": pl.String, "chromosome": pl.String, "base_pair_location": pl.Int64,
-           "p_value": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
+           "p_value": pl.Float64, "neg_log10_p": pl.Float64, "n_clumped": pl.Int64, "clumped": pl.String}
 
 
 def _near_any(candidates: np.ndarray, hits: np.ndarray, chrom: np.ndarray, pos: np.ndarray,
@@ -193,19 +195,20 @@ def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray,
     return np.concatenate(out)
 
 
-def _clump_region(region, p, chrom, pos, r2_of, p1, p2, r2, window) -> list[tuple]:
-    """plink's greedy walk over one region for one phenotype: (p, variant index, clumped variant indices)."""
+def _clump_region(region, neg, chrom, pos, r2_of, neg1, neg2, r2, window) -> list[tuple]:
+    """plink's greedy walk over one region for one phenotype, on -log10 p (p-values below 1e-308 underflow to 0
+    and would tie): (-log10 p, variant index, clumped variant indices). p < p1 is -log10 p > neg1."""
     taken = np.zeros(len(region), bool)
     found = []
-    for i in np.argsort(p, kind="stable"):
-        if p[i] >= p1:
+    for i in np.argsort(-neg, kind="stable"):
+        if not neg[i] > neg1:
             break
         if taken[i]:
             continue
         taken[i] = True
-        near = np.flatnonzero((chrom == chrom[i]) & (np.abs(pos - pos[i]) <= window) & (p < p2) & ~taken)
+        near = np.flatnonzero((chrom == chrom[i]) & (np.abs(pos - pos[i]) <= window) & (neg > neg2) & ~taken)
         if near.size:
             near = near[r2_of(i, near) >= r2]
             taken[near] = True
-        found.append((p[i], int(region[i]), region[near]))
+        found.append((neg[i], int(region[i]), region[near]))
     return found

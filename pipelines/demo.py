@@ -67,7 +67,7 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
 
             config = TrainConfig.from_dict({"task": "gemcont", "data": str(stage / "gemcont" / "inputs"), "seed": seed,
                                             "epochs": 3, "batch_size": 128, "engine": {"workers": 2}})
-            test = train_and_evaluate(config, stage / "gemcont", verbose=verbose, prepared_from={"disease": "AD"},
+            test = train_and_evaluate(config, stage / "gemcont", verbose=verbose, prepared_from={"cohort": str(stage / "cohort"), "disease": "AD"},
                                       prepare=partial(prepare_gemcont_inputs, stage / "cohort", disease="AD", seed=seed))
             say(f"demo: trained GEMCONT on T1 volumes streamed by Ray Data (2 workers, DeepSpeed): "
                 f"{get_task('gemcont').summary(test)} -> {out / 'gemcont'}")

@@ -9,7 +9,7 @@ and the genotype features, written to a folder the GEMCONT task reads (`comical 
                          subjects, standardised), one fixed-size float32 list per subject
 
 The panel is the disease's GWAS Catalog variants found in the genotypes (the catalog's risk allele harmonised to
-the counted allele as pair-making does), clumped at r^2 < 0.05 within 5 Mb on the training subjects (plink's greedy
+the counted allele as pair-making does) with >= 90% calls and MAF >= 1% on the training subjects, clumped at r^2 < 0.05 within 5 Mb on the training subjects (plink's greedy
 walk from the smallest catalog p-value). Splits are by subject among those with images (70/15/15, seeded).
 """
 
@@ -76,15 +76,28 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
              .join(variants.select("variant_id", "chrom", "pos", "allele1", "allele2"), on="variant_id", how="left"))
     if panel.is_empty():
         raise InputError(f"{cohort.path / 'gwas_catalog.tsv'}: no {disease} variant is in the genotypes")
-    # log OR of the counted allele (allele1); a risk allele the catalog does not name, or no OR: 0 (no prior)
-    log_or = panel["odds_ratio"].fill_null(1.0).clip(lower_bound=1e-6).log()
+    # log OR of the counted allele (allele1); a risk allele the catalog does not name, or no usable OR (missing,
+    # not positive: a beta in the OR column): 0, no prior
+    odds_ratio = panel["odds_ratio"]
+    log_or = pl.Series(np.log(np.where(odds_ratio.fill_null(0.0).to_numpy() > 0, odds_ratio.fill_null(1.0).to_numpy(),
+                                       1.0)))
     sign = pl.when(pl.col("risk_allele") == pl.col("allele1")).then(1.0).when(
         pl.col("risk_allele") == pl.col("allele2")).then(-1.0).otherwise(0.0)
     panel = panel.with_columns((log_or * panel.select(sign.alias("s"))["s"]).alias("effect"))
 
     n_catalog = panel.height
-    # clump at r^2 < clump_r2 within the window on the training subjects, from the smallest catalog p
+    # the variants' calls on the training subjects: a panel variant needs calls (>= 90%) and variation (MAF >= 1%)
     index = {v: i for i, v in enumerate(variants["variant_id"].to_list())}
+    calls = cohort.genotypes.read(samples=cohort.sample_index[train],
+                                  variants=[index[v] for v in panel["variant_id"]], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        frequency = np.nanmean(calls, axis=0) / 2
+    usable = (np.mean(~np.isnan(calls), axis=0) >= 0.9) & (np.minimum(frequency, 1 - frequency) >= 0.01)
+    panel = panel.filter(pl.Series(usable))
+    if panel.is_empty():
+        raise InputError(f"{cohort.path}: none of the {n_catalog} {disease} catalog variants in the genotypes has "
+                         "90% calls and MAF >= 1% on the training subjects")
+    # clump at r^2 < clump_r2 within the window on the training subjects, from the smallest catalog p
     columns = np.array([index[v] for v in panel["variant_id"]])
     neg = np.full(variants.height, -np.inf)
     neg[columns] = -np.log10(panel["p_value"].clip(lower_bound=1e-300).to_numpy())
@@ -122,7 +135,8 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
             "images_relative": os.path.relpath(store.folder.resolve(), out.resolve()),
             "modality": modality, "image_shape": list(store.shape), "disease": disease, "seed": seed,
             "splits": {name: int((split == name).sum()) for name in SPLITS},
-            "panel": {"catalog_variants": n_catalog, "after_clumping": panel_out.height,
+            "panel": {"catalog_variants": n_catalog, "after_call_rate_and_maf": int(usable.sum()),
+                      "after_clumping": panel_out.height,
                       "clump_r2": clump_r2, "window_kb": window_kb},
             "n_pcs_regressed": n_pcs,
             "notes": ["panel: the disease's GWAS Catalog variants in the genotypes, clumped on the training subjects",

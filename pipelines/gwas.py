@@ -373,7 +373,10 @@ class _Writers:
                 neg = neg_log10_p[name]
                 summary["phenotypes"][name] = {"test": group.kind, "n": int(group.rows.size),
                                                "lambda_gc": lambda_gc(neg, df), "hits": int((neg > threshold).sum()),
-                                               "min_p": float(10 ** -np.nanmax(neg)) if np.isfinite(neg).any() else None}
+                                               "min_p": float(10 ** -np.nanmax(neg)) if np.isfinite(neg).any() else None,
+                                               # the ranking key: min_p underflows to 0 below 1e-308
+                                               "max_neg_log10_p": float(np.nan_to_num(np.nanmax(neg, initial=0.0),
+                                                                                      posinf=np.finfo(float).max))}
         if clump is not None:  # every phenotype's clumps from one read of the genotypes near hits
             from comical.pipelines.clump import clump_phenotypes
 

@@ -27,7 +27,15 @@ def _positions(variants: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str
     return x, np.array(centres), labels
 
 
+def _plottable(neg: np.ndarray) -> np.ndarray:
+    """+inf (a p-value below float64's range: the statistic's tail underflowed) drawn at the top of the finite
+    values, not dropped: those are the strongest hits."""
+    top = np.nanmax(np.where(np.isinf(neg), np.nan, neg), initial=0.0) if neg.size else 0.0
+    return np.where(np.isposinf(neg), max(top, 320.0), neg)
+
+
 def _manhattan(ax, x, neg, chrom, centres, labels, title):
+    neg = _plottable(neg)
     colours = np.where(np.unique(chrom, return_inverse=True)[1] % 2 == 0, "#1f4e79", "#7fa7d0")
     ok = np.isfinite(neg)
     ax.scatter(x[ok], neg[ok], s=3, c=colours[ok], rasterized=True)
@@ -37,6 +45,7 @@ def _manhattan(ax, x, neg, chrom, centres, labels, title):
 
 
 def _qq(ax, neg, title):
+    neg = _plottable(neg)
     neg = np.sort(neg[np.isfinite(neg)])[::-1]
     _qq_points(ax, -np.log10((np.arange(1, neg.size + 1) - 0.5) / neg.size), neg, title)
 
@@ -62,7 +71,7 @@ class _PooledQQ:
         self.tail, self.bins = [], np.zeros(int(self.TAIL * 1000) + 1, np.int64)
 
     def add(self, neg: np.ndarray) -> None:
-        neg = neg[np.isfinite(neg)]
+        neg = _plottable(neg[~np.isnan(neg)])
         self.tail.append(neg[neg > self.TAIL])
         self.bins += np.bincount(np.round(neg[neg <= self.TAIL].clip(min=0) * 1000).astype(np.int64),
                                  minlength=self.bins.size)
@@ -104,7 +113,7 @@ def plot_all(variants: pl.DataFrame, neg_log10_p: Mapping[str, np.ndarray], summ
         neg = neg_log10_p[name]
         best = np.fmax(best, neg)
         pooled.add(neg)
-    ranked = sorted(names, key=lambda n: summary["phenotypes"][n]["min_p"] or 1.0)[:8]
+    ranked = sorted(names, key=lambda n: -summary["phenotypes"][n]["max_neg_log10_p"])[:8]
     fig, axes = plt.subplots(5, 2, figsize=(14, 14))
     _manhattan(axes[0, 0], x, best, chrom, centres, labels, f"best of {len(names)} phenotypes")
     pooled.draw(axes[0, 1], f"QQ, all {len(names)} phenotypes")

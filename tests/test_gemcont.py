@@ -47,18 +47,46 @@ def test_inputs_panel_splits_and_genotype_features(gemcont_inputs, image_cohort)
     for a in range(panel.height):
         near = np.flatnonzero((chrom == chrom[a]) & (np.abs(pos - pos[a]) <= 5_000_000) & (np.arange(panel.height) != a))
         assert (r_squared(g[:, a], g[:, near]) < 0.05).all()
-    # the top 20 PCs are regressed out on the training subjects, and each feature standardised there
+    # the features, rebuilt here: training-subject means fill missing calls, the top 20 PCs (with an intercept) are
+    # regressed out with coefficients fitted on the training subjects, and each feature is standardised there
     features = np.stack(table["g"].to_numpy())
-    pcs = pl.read_csv(image_cohort / "covariates.csv").select("eid", *[f"PC{i}" for i in range(1, 21)])
-    pcs = table.select("eid").join(pcs, on="eid", how="left").drop("eid").to_numpy()
+    covariates = table.select("eid").join(pl.read_csv(image_cohort / "covariates.csv"), on="eid", how="left")
+    pcs = covariates.select(*[f"PC{i}" for i in range(1, 21)]).to_numpy()
     fit = (table["split"] == "train").to_numpy()
-    assert np.abs(pcs[fit].T @ features[fit]).max() < 1e-2 * fit.sum()
-    assert np.allclose(features[fit].std(0), 1, atol=1e-4)
+    rows = [int(np.flatnonzero(genotypes.samples["iid"].cast(pl.Int64).to_numpy() == e)[0]) for e in table["eid"]]
+    raw = genotypes.read(samples=rows, variants=[index[v] for v in panel["variant_id"]], dtype=np.float64)
+    raw = np.where(np.isnan(raw), np.nanmean(raw[fit], axis=0), raw)
+    design = np.column_stack([np.ones(len(raw)), pcs])
+    residual = raw - design @ np.linalg.lstsq(design[fit], raw[fit], rcond=None)[0]
+    expected = residual / residual[fit].std(0)
+    np.testing.assert_allclose(features, expected, atol=1e-4)
+    everyone = raw - design @ np.linalg.lstsq(design, raw, rcond=None)[0]  # a fit that saw the test subjects
+    assert not np.allclose(features, everyone / everyone[fit].std(0), atol=1e-3)
     # the planted image latent is a linear function of the panel's genotypes: what the projector can learn
     from comical.distributed.tasks.toy import ridge_r2
 
     latent = table.select("eid").join(pl.read_parquet(image_cohort / "truth" / "image_latent.parquet"), on="eid")
     assert ridge_r2(features, latent["latent"].to_numpy()) > 0.8
+
+
+def test_prepare_looks_up_each_image_rows_genotypes(gemcont_inputs):
+    """A worker's batch of image rows gets the genotype features of the same subjects, whatever their order."""
+    from comical.data_io.errors import InputError
+    from comical.distributed.tasks.gemcont import GemcontTask
+
+    manifest = json.loads((gemcont_inputs / "manifest.json").read_text())
+    table = pl.read_parquet(gemcont_inputs / "genotypes.parquet")
+    task = GemcontTask().bind({"data": str(gemcont_inputs), "modality": "t1", "image_shape": manifest["image_shape"]})
+    pick = [17, 3, 1999, 0]
+    size = int(np.prod(manifest["image_shape"]))
+    batch = {"eid": torch.tensor(table["eid"].to_numpy()[pick]), "t1": torch.full((4, size), 10, dtype=torch.uint8),
+             "t1_scale": torch.tensor([0.5, 1.0, 1.0, 2.0])}
+    prepared = task.prepare(batch, torch.float32)
+    assert torch.equal(prepared["g"], torch.from_numpy(np.stack(table["g"].to_numpy()[pick]).astype(np.float32)))
+    assert prepared["image"].shape == (4, 1, *manifest["image_shape"]) and prepared["image"][3].max() == 20
+    batch["eid"][1] = 1  # no such subject
+    with pytest.raises(InputError, match="eid 1"):
+        task.prepare(batch, torch.float32)
 
 
 def test_projector_starts_at_the_effects_and_scarf_corrupts_its_fraction():

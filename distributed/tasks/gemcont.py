@@ -113,6 +113,15 @@ class GemcontModel(nn.Module):
                 self.logit_scale.clamp(max=math.log(100)).exp())
 
 
+def _rows(sorted_eids: np.ndarray, eids: np.ndarray) -> np.ndarray:
+    """Rows of `eids` in the sorted table; every eid must be there (an image without genotypes is a broken input)."""
+    rows = np.searchsorted(sorted_eids, eids).clip(max=len(sorted_eids) - 1)
+    absent = sorted_eids[rows] != eids
+    if absent.any():
+        raise InputError(f"image rows of subjects without GEMCONT genotype features (eid {eids[absent][0]})")
+    return rows
+
+
 def read_inputs(folder: str | Path) -> tuple[dict, "pq.Table"]:
     """The inputs folder's manifest and its genotype table (eid, split, g)."""
     folder = Path(folder)
@@ -136,9 +145,9 @@ class GemcontTask(Task):
         from comical.data_io.images import open_image_store
 
         manifest, table = read_inputs(config.data)
-        images = Path(manifest["images"])
-        if not images.is_dir() and "images_relative" in manifest:  # moved together with the inputs folder
-            images = Path(config.data) / manifest["images_relative"]
+        images = Path(config.data) / manifest.get("images_relative", manifest["images"])
+        if not images.is_dir():  # the relative path holds when the inputs moved with their cohort (the demo's rename)
+            images = Path(manifest["images"])
         store = open_image_store(images, table.column("eid").to_numpy())
         if config.worker_batch_size > manifest["splits"]["train"] // config.engine.workers:
             raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the "
@@ -175,7 +184,7 @@ class GemcontTask(Task):
     def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
         eids, g = self._genotypes()
         m = self.info["modality"]
-        rows = np.searchsorted(eids, batch["eid"].cpu().numpy())
+        rows = _rows(eids, batch["eid"].cpu().numpy())
         device = batch[m].device
         image = (batch[m].to(torch.float32) * batch[f"{m}_scale"].to(torch.float32)[:, None])
         image = image.reshape(-1, 1, *self.info["image_shape"])
@@ -212,7 +221,7 @@ class GemcontTask(Task):
         eids = np.sort(self._eids("test"))
         images, stored = open_image_store(info["images"]).read(info["modality"], eids)
         all_eids, g_all = self._genotypes()
-        g = g_all[np.searchsorted(all_eids, stored)]
+        g = g_all[_rows(all_eids, stored)]
         device = next(model.parameters()).device
         model.eval()
         x = torch.from_numpy(images[:, None])
