@@ -66,3 +66,18 @@ def retrieval_metrics(logits: torch.Tensor, disease: torch.Tensor, snp_key: torc
         "top1_accuracy_chance": same_idp.float().mean(dim=1).sum() + same_snp.float().mean(dim=1).sum(),
     }
     return sums, rows
+
+
+def paired_top1(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Tasks of paired views (one row, two views: toy, GEMCONT): top-1 retrieval of each row's other view among the
+    batch's rows, both ways, summed over rows; its chance is 1/B per row (summed: 1)."""
+    sim = a @ b.T
+    own = torch.arange(len(a), device=a.device)
+    hits = ((sim.argmax(dim=1) == own).float() + (sim.argmax(dim=0) == own).float()) / 2
+    return {"top1_accuracy": hits.sum(), "top1_accuracy_chance": torch.ones((), device=a.device)}
+
+
+def paired_epoch_line(m: dict, unit: str = "samples") -> str:
+    return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, val top-1 "
+            f"{m['val_top1_accuracy']:.3f} (chance {m['val_top1_accuracy_chance']:.4f}), "
+            f"{m['samples_per_s']:,.0f} {unit}/s")

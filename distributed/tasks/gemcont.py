@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
 from comical.distributed.losses import LOSSES
+from comical.distributed.metrics import paired_epoch_line, paired_top1
 from comical.distributed.task import STREAMED, Task
 
 
@@ -197,15 +198,10 @@ class GemcontTask(Task):
     def batch_metrics(self, outputs, batch: dict):
         """Top-1 retrieval of a subject's genotypes from its image and back, within the batch; chance 1/B."""
         images, genotypes, _ = (x.float() for x in outputs)
-        sim = images @ genotypes.T
-        own = torch.arange(len(images), device=images.device)
-        hits = ((sim.argmax(dim=1) == own).float() + (sim.argmax(dim=0) == own).float()) / 2
-        return {"top1_accuracy": hits.sum(), "top1_accuracy_chance": torch.ones((), device=images.device)}, {}
+        return paired_top1(images, genotypes), {}
 
     def epoch_line(self, m: dict) -> str:
-        return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, val top-1 "
-                f"{m['val_top1_accuracy']:.3f} (chance {m['val_top1_accuracy_chance']:.4f}), "
-                f"{m['samples_per_s']:,.0f} subjects/s")
+        return paired_epoch_line(m, "subjects")
 
     @torch.no_grad()
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:

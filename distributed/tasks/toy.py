@@ -26,6 +26,7 @@ from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
 from comical.distributed.losses import LOSSES
+from comical.distributed.metrics import paired_epoch_line, paired_top1
 from comical.distributed.task import STREAMED, Task
 
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -109,15 +110,10 @@ class ToyTask(Task):
     def batch_metrics(self, outputs, batch: dict):
         """Top-1 retrieval of a row's other view among the batch's rows (both ways), and its chance (1/B)."""
         a, b, _ = (x.float() for x in outputs)
-        sim = a @ b.T
-        own = torch.arange(len(a), device=a.device)
-        hits = ((sim.argmax(dim=1) == own).float() + (sim.argmax(dim=0) == own).float()) / 2
-        return {"top1_accuracy": hits.sum(), "top1_accuracy_chance": torch.ones((), device=a.device)}, {}
+        return paired_top1(a, b), {}
 
     def epoch_line(self, m: dict) -> str:
-        return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, val top-1 "
-                f"{m['val_top1_accuracy']:.3f} (chance {m['val_top1_accuracy_chance']:.4f}), "
-                f"{m['samples_per_s']:,.0f} samples/s")
+        return paired_epoch_line(m)
 
     @torch.no_grad()
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
