@@ -48,7 +48,8 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
         if not previous.is_file() or not list((storage / RUN_NAME).glob("checkpoint_*")):
             raise InputError(f"--resume: no checkpoint of a run in {out} ({storage / RUN_NAME}); start without --resume")
         before = json.loads(previous.read_text())
-        if (before.get("config"), before.get("inputs_from")) != json.loads(json.dumps((run["config"], run.get("inputs_from")))):
+        now = json.loads(json.dumps(run))  # as run.json holds it (tuples as lists)
+        if (before.get("config"), before.get("inputs_from")) != (now["config"], now.get("inputs_from")):
             raise InputError(f"--resume: {out} holds a run with another config; resume with the same settings")
     else:
         sources = (Path(prepared_from["cohort"]),) if prepare else (Path(config.data),)  # never inside --out
