@@ -49,8 +49,9 @@ def main() -> None:
     from comical.distributed.tasks.gemcont import GemcontConfig, GemcontTask
 
     task = GemcontTask()
-    config = type("C", (), {"data": str(inputs), "worker_batch_size": args.batch_size, "batch_size": args.batch_size,
-                            "engine": type("E", (), {"workers": 1})(), "seed": 0})()
+    from comical.distributed.config import TrainConfig
+
+    config = TrainConfig.from_dict({"task": "gemcont", "data": str(inputs), "batch_size": args.batch_size})
     task.bind(task.check_inputs(config))
     store = open_image_store(task.info["images"])
     data = store.dataset(["t1"], task._eids("train"))

@@ -78,40 +78,36 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
         raise InputError(f"{cohort.path / 'gwas_catalog.tsv'}: no {disease} variant is in the genotypes")
     # log OR of the counted allele (allele1); a risk allele the catalog does not name, or no usable OR (missing,
     # not positive: a beta in the OR column): 0, no prior
-    odds_ratio = panel["odds_ratio"]
-    log_or = pl.Series(np.log(np.where(odds_ratio.fill_null(0.0).to_numpy() > 0, odds_ratio.fill_null(1.0).to_numpy(),
-                                       1.0)))
     sign = pl.when(pl.col("risk_allele") == pl.col("allele1")).then(1.0).when(
         pl.col("risk_allele") == pl.col("allele2")).then(-1.0).otherwise(0.0)
-    panel = panel.with_columns((log_or * panel.select(sign.alias("s"))["s"]).alias("effect"))
+    log_or = pl.when(pl.col("odds_ratio") > 0).then(pl.col("odds_ratio").log()).otherwise(0.0)
+    panel = panel.with_columns((log_or * sign + 0.0).alias("effect"))  # + 0.0: no -0.0 in the table
 
     n_catalog = panel.height
-    # the variants' calls on the training subjects: a panel variant needs calls (>= 90%) and variation (MAF >= 1%)
+    # every panel variant's calls, read once: training subjects decide the QC and the clumps
     index = {v: i for i, v in enumerate(variants["variant_id"].to_list())}
-    calls = cohort.genotypes.read(samples=cohort.sample_index[train],
-                                  variants=[index[v] for v in panel["variant_id"]], dtype=np.float64)
+    g = cohort.genotypes.read(samples=cohort.sample_index[rows], variants=[index[v] for v in panel["variant_id"]],
+                              dtype=np.float64)
+    fit = split == "train"
+    # a panel variant needs calls (>= 90%) and variation (MAF >= 1%) on the training subjects
     with np.errstate(invalid="ignore"):
-        frequency = np.nanmean(calls, axis=0) / 2
-    usable = (np.mean(~np.isnan(calls), axis=0) >= 0.9) & (np.minimum(frequency, 1 - frequency) >= 0.01)
-    panel = panel.filter(pl.Series(usable))
+        frequency = np.nanmean(g[fit], axis=0) / 2
+    usable = (np.mean(~np.isnan(g[fit]), axis=0) >= 0.9) & (np.minimum(frequency, 1 - frequency) >= 0.01)
+    panel, g = panel.filter(pl.Series(usable)), g[:, usable]
     if panel.is_empty():
         raise InputError(f"{cohort.path}: none of the {n_catalog} {disease} catalog variants in the genotypes has "
                          "90% calls and MAF >= 1% on the training subjects")
     # clump at r^2 < clump_r2 within the window on the training subjects, from the smallest catalog p
-    columns = np.array([index[v] for v in panel["variant_id"]])
     neg = np.full(variants.height, -np.inf)
-    neg[columns] = -np.log10(panel["p_value"].clip(lower_bound=1e-300).to_numpy())
+    neg[[index[v] for v in panel["variant_id"]]] = -np.log10(panel["p_value"].clip(lower_bound=1e-300).to_numpy())
     clumps = clump_hits(cohort.genotypes, cohort.sample_index[train], neg, p1=1.0, p2=1.0 + 1e-9, r2=clump_r2,
                         window_kb=window_kb)
-    panel = panel.filter(pl.col("variant_id").is_in(clumps["index_variant"].implode()))
-    columns = np.array([index[v] for v in panel["variant_id"]])
+    kept = panel["variant_id"].is_in(clumps["index_variant"].implode())
+    panel, g = panel.filter(kept), g[:, kept.to_numpy()]
 
     # dosages: mean-imputed, the top PCs regressed out (fitted on the training subjects), standardised
-    g = cohort.genotypes.read(samples=cohort.sample_index[rows], variants=columns, dtype=np.float64)
-    means = np.nanmean(g[split == "train"], axis=0)
-    g = np.where(np.isnan(g), means, g)
+    g = np.where(np.isnan(g), np.nanmean(g[fit], axis=0), g)
     c = np.column_stack([np.ones(rows.size), cohort.covariates.select(pcs).to_numpy()[rows].astype(float)])
-    fit = split == "train"
     coef, *_ = np.linalg.lstsq(c[fit], g[fit], rcond=None)
     g = g - c @ coef
     sd = g[fit].std(0)
