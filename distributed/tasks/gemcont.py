@@ -177,7 +177,7 @@ class GemcontTask(Task):
         if getattr(self, "_table", None) is None:
             _, table = read_inputs(self.info["data"])
             eids = table.column("eid").to_numpy()
-            g = np.stack(table.column("g").to_numpy(zero_copy_only=False)).astype(np.float32)
+            g = table.column("g").combine_chunks().flatten().to_numpy().reshape(len(eids), -1)  # one copy
             order = np.argsort(eids)
             self._table = eids[order], torch.from_numpy(g[order])
         return self._table
