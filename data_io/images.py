@@ -121,7 +121,8 @@ class ImageStore:
         from ray.data.expressions import col
 
         columns = ["eid"] + [c for m in self._check(modalities) for c in (m, f"{m}_scale")]
-        # a column selection and an Arrow predicate, which Ray Data pushes into the Parquet read
+        # a column selection and an Arrow predicate (Ray Data's optimiser may push both into the Parquet read; not
+        # measured here)
         data = ray.data.read_parquet(self.files, num_cpus=num_cpus).select_columns(columns)
         return data if eids is None else data.filter(expr=col("eid").is_in([int(e) for e in eids]))
 
