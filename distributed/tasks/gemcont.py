@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
@@ -141,7 +142,7 @@ class GemcontTask(Task):
     selection_metric = "loss"
 
     def check_inputs(self, config) -> dict:
-        import polars as pl
+        from pyarrow import csv
 
         from comical.data_io.images import open_image_store
 
@@ -153,10 +154,10 @@ class GemcontTask(Task):
         if config.worker_batch_size > manifest["splits"]["train"] // config.engine.workers:
             raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the "
                              f"{manifest['splits']['train']} training subjects")
-        panel = pl.read_csv(Path(config.data) / "panel.tsv", separator="\t")
+        panel = csv.read_csv(Path(config.data) / "panel.tsv", parse_options=csv.ParseOptions(delimiter="\t"))
         return {"data": str(Path(config.data).resolve()), "images": str(store.folder.resolve()),
                 "modality": manifest["modality"], "image_shape": list(store.shape),
-                "variants": panel["variant_id"].to_list(), "effects": panel["effect"].to_list(),
+                "variants": panel["variant_id"].to_pylist(), "effects": panel["effect"].to_pylist(),
                 "disease": manifest["disease"], "seed": config.seed}
 
     def _eids(self, split: str) -> np.ndarray:
@@ -208,8 +209,6 @@ class GemcontTask(Task):
         """On the test subjects: image<->genotype top-1 retrieval among all of them (chance 1/n); and, where the
         cohort has the planted image latent, its ridge R^2 (5-fold) from the image embeddings beside an untrained
         encoder's and the raw voxels'. Writes test_embeddings.parquet (eid, image_*, genotype_*)."""
-        import polars as pl
-
         from comical.data_io.images import open_image_store
         from comical.distributed.tasks.toy import ridge_r2
 
@@ -233,12 +232,14 @@ class GemcontTask(Task):
         metrics = {"n_test": int(len(sim)), "top1_accuracy": float(((sim.argmax(1) == own).mean()
                                                                      + (sim.argmax(0) == own).mean()) / 2),
                    "top1_accuracy_chance": 1 / len(sim)}
-        pl.DataFrame({"eid": stored, **{f"image_{k}": image_embeddings[:, k] for k in range(image_embeddings.shape[1])},
-                      **{f"genotype_{k}": genotype_embeddings[:, k] for k in range(genotype_embeddings.shape[1])}}
-                     ).write_parquet(out / "test_embeddings.parquet")
+        pq.write_table(pa.table({"eid": stored,
+                                 **{f"image_{k}": image_embeddings[:, k] for k in range(image_embeddings.shape[1])},
+                                 **{f"genotype_{k}": genotype_embeddings[:, k]
+                                    for k in range(genotype_embeddings.shape[1])}}),
+                       out / "test_embeddings.parquet")
         truth = Path(info["images"]).parent / "truth" / "image_latent.parquet"
         if truth.is_file():
-            latent = pl.read_parquet(truth)
+            latent = pq.read_table(truth, columns=["eid", "latent"])
             z = latent["latent"].to_numpy()[np.searchsorted(latent["eid"].to_numpy(), stored)]
             torch.manual_seed(config.seed)
             untrained = self.build_model(config.model, info).to(device).eval()
