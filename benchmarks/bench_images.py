@@ -163,7 +163,8 @@ def replicate(shard: Path, source_inputs: Path, n: int, work: Path) -> Path:
     pq.write_table(pa.table({"eid": eids, "split": split, "g": g.take(list((eids - 1) % k))}),
                    inputs / "genotypes.parquet")
     (inputs / "panel.tsv").write_bytes((source_inputs / "panel.tsv").read_bytes())
-    manifest |= {"cohort": str(cohort), "images": str((cohort / "images").resolve()), "images_relative": f"../replicated_{n}/images",
+    manifest |= {"cohort": str(cohort), "images": str((cohort / "images").resolve()),
+                 "images_relative": f"../replicated_{n}/images", "images_sha256": None,
                  "splits": {s: int((split == s).sum()) for s in ("train", "val", "test")}}
     (inputs / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return inputs

@@ -164,6 +164,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=_embed)
 
+    p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
+    p.add_argument("task", choices=["gemcont"])
+    p.add_argument("--run", type=Path, required=True, help="a `comical train --task gemcont` run folder")
+    p.add_argument("--cohort", type=Path, required=True, help="the cohort the run was trained on (with images)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=1, help="Ray workers for the embedding GWAS")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.set_defaults(handler=_evaluate)
+
     p = sub.add_parser("demo", help="simulate the mini cohort, then run every step on it")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--seed", type=int, default=0)
@@ -218,14 +227,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class, keys: dict 
 
 
 def _config_from_args(config_class, args, source: str, **values):
-    """The config of `--config` (or the defaults), then `values`, then the flags: the one override order."""
-    merged = config_class.from_yaml(args.config).to_dict() if args.config else {}  # {}: the defaults
+    """The config of `--config` (or the defaults), then `values`, then the flags: the one override order. Checked
+    once, merged: a YAML's `model:` keys are typed by the task a flag may name (`--task gemcont`)."""
+    from comical.data_io.configs import read_yaml
+
+    merged = read_yaml(args.config) if args.config else {}  # {}: the defaults
     flags = {k[4:].replace("__", "."): v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     for key, value in {**values, **flags}.items():
         section, _, leaf = key.rpartition(".")
         holder = merged.setdefault(section, {}) if section else merged
         holder[leaf] = list(value) if isinstance(value, tuple) else value
-    return config_class.from_dict(merged, source=source)
+    return config_class.from_dict(merged, source=str(args.config) if args.config else source)
 
 
 def _modalities(text: str) -> tuple[str, ...]:
@@ -438,6 +450,8 @@ def _associate(args) -> int:
 def _embed(args) -> int:
     import io
 
+    import pyarrow.parquet as pq
+
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import write_atomic
     from comical.distributed.export import load_model
@@ -448,6 +462,16 @@ def _embed(args) -> int:
     if args.out.suffix != ".parquet":
         raise InputError(f"--out {args.out}: expected a .parquet file name")
     model, spec = load_model(args.run / "model")
+    if spec["task"] == "gemcont":
+        from comical.distributed.tasks.gemcont import embed_cohort
+
+        table = embed_cohort(model, spec["input"], args.run, args.cohort)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        write_atomic(args.out, buffer.getvalue())
+        dims = sum(c.startswith("image_") for c in table.column_names)
+        print(f"embed: {table.num_rows} subjects x (image {dims} + genotype {dims}) GEMCONT embeddings -> {args.out}")
+        return 0
     cohort = load_cohort(args.cohort)
     table = subject_embeddings(model, spec["input"], cohort)
     buffer = io.BytesIO()
@@ -456,6 +480,18 @@ def _embed(args) -> int:
     dim = spec["model"]["embed_dim"]
     print(f"embed: {table.height} subjects x ({len(spec['input']['snps'])} SNP + "
           f"{len(table['idp_embedding'][0]) // dim} IDP embeddings of {dim}) -> {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.pipelines.gemcont_eval import evaluate_gemcont, summary_line
+
+    run = {"command": "evaluate gemcont", "run": str(args.run.resolve()), "cohort": str(args.cohort.resolve())}
+    out = check_output_dir(args.out, run, force=args.force, inputs=(args.run, args.cohort))
+    with staged_output_dir(out, run) as stage:
+        summary = evaluate_gemcont(args.run, args.cohort, stage, workers=args.workers)
+    print(f"evaluate: {summary_line(summary)} -> {out}")
     return 0
 
 

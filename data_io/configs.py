@@ -62,15 +62,20 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Self:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise InputError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_yaml(path), source=str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file's mapping, unchecked beyond being one (`Config.from_dict` checks its keys)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
 
 
 class _WrongType(Exception):

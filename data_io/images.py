@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from comical.data_io.errors import InputError
@@ -127,13 +128,26 @@ class ImageStore:
         return data if eids is None else data.filter(expr=col("eid").is_in([int(e) for e in eids]))
 
     def read(self, modality: str, eids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Volumes as float32 (subjects x shape) and their eids, in store order: for evaluation on one machine;
-        training streams (`dataset`)."""
+        """Volumes as float32 (subjects x shape) and their eids, in store order: for small sets on one machine;
+        training streams (`dataset`), evaluation goes `batches` at a time."""
+        parts = list(self.batches(modality, eids))
+        if not parts:
+            return np.zeros((0, *self.shape), np.float32), np.zeros(0, np.int64)
+        return np.concatenate([v for v, _ in parts]), np.concatenate([e for _, e in parts])
+
+    def batches(self, modality: str, eids: np.ndarray | None = None, batch_size: int = 256):
+        """(float32 volumes, eids) of the subjects `eids` (all if None), in store order, one row group's worth or
+        less at a time: memory stays that of a batch however large the store."""
         self._check([modality])
-        filters = None if eids is None else [("eid", "in", [int(e) for e in eids])]
-        table = pq.read_table(self.files, columns=["eid", modality, f"{modality}_scale"], filters=filters)
-        return decode(table.column(modality), table.column(f"{modality}_scale").to_numpy(),
-                      self.shape), table.column("eid").to_numpy()
+        wanted = None if eids is None else pa.array(np.asarray(eids, np.int64))
+        for file in self.files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size, columns=["eid", modality, f"{modality}_scale"]):
+                keep = (np.ones(batch.num_rows, bool) if wanted is None
+                        else pc.is_in(batch.column("eid"), value_set=wanted).to_numpy(zero_copy_only=False))
+                if keep.any():
+                    batch = batch.filter(pa.array(keep))
+                    yield (decode(batch.column(modality), batch.column(f"{modality}_scale").to_numpy(), self.shape),
+                           batch.column("eid").to_numpy())
 
     def _check(self, modalities: Iterable[str]) -> list[str]:
         modalities = list(modalities)
@@ -141,6 +155,12 @@ class ImageStore:
         if absent:
             raise InputError(f"{self.folder}: no {absent} images; the store holds {self.modalities}")
         return modalities
+
+
+def store_identity(folder: str | Path) -> str:
+    """sha256 of the store's manifest, which lists every shard's sha256: two stores with one identity hold the same
+    volumes."""
+    return hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
 
 
 def decode(values, scale: np.ndarray, shape) -> np.ndarray:

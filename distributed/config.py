@@ -18,6 +18,11 @@ class OptimConfig(Config):
     warmup_steps: int = 50  # linear warm-up from 0 (paper Table 1: 236-343 at 15 M pairs; fewer for mini)
     betas: tuple[float, float] = (0.9, 0.98)  # CLIP's Adam betas
     grad_clip: float = 1.0
+    schedule: str = "constant"  # after the warm-up: constant, or cosine (to 0 at the last step)
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"optim.schedule {self.schedule!r}: expected constant or cosine")
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -82,9 +87,11 @@ class TrainConfig(Config):
         model = values.get("model", {})
         if not isinstance(model, (dict, Config)):
             raise InputError(f"{source}: key {path}model: expected a mapping of model keys, got {model!r}")
+        task = get_task(values.get("task", "comical") if isinstance(values.get("task"), str) else "comical")
         if isinstance(model, dict):
-            task = get_task(values.get("task", "comical") if isinstance(values.get("task"), str) else "comical")
             values = {**values, "model": task.model_config._from_mapping(model, source, f"{path}model.")}
+        if isinstance(values.get("optim", {}), dict):  # the task's paper settings, under what the config gives
+            values = {**values, "optim": {**task.optim_defaults, **values.get("optim", {})}}
         return super()._from_mapping(values, source, path)
 
     def __post_init__(self):

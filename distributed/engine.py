@@ -7,6 +7,8 @@ torch optimizer is passed in instead of naming one in the config (which would bu
 
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 
 import torch
@@ -32,25 +34,42 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
     }
 
 
-def adamw_with_warmup(model: nn.Module, config: TrainConfig):
-    """AdamW with weight decay on matrices only (not biases, norms, embeddings' scale) and linear warm-up."""
+def adamw_with_warmup(model: nn.Module, config: TrainConfig, total_steps: int | None = None):
+    """AdamW with weight decay on matrices only (not biases, norms, embeddings' scale), linear warm-up, then the
+    configured schedule: constant, or cosine to 0 at `total_steps` (the run's steps, needed for cosine)."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.optim.learning_rate, betas=tuple(config.optim.betas))
-    warmup = max(1, config.optim.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    factor = functools.partial(lr_factor, warmup=max(1, config.optim.warmup_steps), total=total_steps,
+                               cosine=config.optim.schedule == "cosine")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return optimizer, scheduler
 
 
+def lr_factor(step: int, *, warmup: int, total: int | None, cosine: bool) -> float:
+    """The learning rate's multiplier at `step` (0-based): (step + 1) / warmup, then 1 or a cosine from 1 to 0.
+    With the cosine the warm-up is at most a tenth of the run (paper 001: 10 of 150 epochs), so a short run still
+    reaches its learning rate."""
+    if not cosine:
+        return min(1.0, (step + 1) / warmup)
+    if total is None:
+        raise ValueError("a cosine schedule needs the run's total steps")
+    warmup = max(1, min(warmup, total // 10))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
 class DeepSpeedEngine:
-    def __init__(self, model: nn.Module, config: TrainConfig, world_size: int, device: torch.device):
+    def __init__(self, model: nn.Module, config: TrainConfig, world_size: int, device: torch.device,
+                 total_steps: int | None = None):
         import deepspeed
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-        optimizer, scheduler = adamw_with_warmup(model, config)
+        optimizer, scheduler = adamw_with_warmup(model, config, total_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=deepspeed_config(config, world_size))
         self.zero_stage = config.engine.zero_stage
@@ -93,13 +112,14 @@ class DeepSpeedEngine:
 
 
 class DDPEngine:
-    def __init__(self, model: nn.Module, config: TrainConfig, world_size: int, device: torch.device):
+    def __init__(self, model: nn.Module, config: TrainConfig, world_size: int, device: torch.device,
+                 total_steps: int | None = None):
         from torch.nn.parallel import DistributedDataParallel
 
         model = model.to(device)
         self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if world_size > 1 else model
-        self.optimizer, self.scheduler = adamw_with_warmup(model, config)
+        self.optimizer, self.scheduler = adamw_with_warmup(model, config, total_steps)
         self.grad_clip = config.optim.grad_clip
         self.dtype = torch.float32  # bf16 runs under autocast; parameters stay fp32
         self.autocast = config.engine.precision == "bf16"
@@ -143,12 +163,13 @@ class DDPEngine:
         return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def make_engine(model: nn.Module, config: TrainConfig, world_size: int, device: torch.device):
+def make_engine(model: nn.Module, config: TrainConfig, world_size: int, device: torch.device,
+                total_steps: int | None = None):
     if config.engine.compile != "off":
         # the forward only, not the module's call: DeepSpeed's hooks around it stay eager (they read clocks);
         # parameter names (checkpoints, exports) stay the eager model's; fullgraph: a host synchronisation that
         # creeps into the forward fails loudly instead of silently splitting the graph
         model.forward = torch.compile(model.forward, mode=config.engine.compile, fullgraph=True)
     engine = DeepSpeedEngine if config.engine.engine == "deepspeed" else DDPEngine
-    return engine(model, config, world_size, device)
+    return engine(model, config, world_size, device, total_steps)
 

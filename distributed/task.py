@@ -42,6 +42,7 @@ class Task:
     columns: tuple[str, ...] = ()  # the dataset columns a worker reads
     row_order: tuple[str, ...] = ()  # resident shards are sorted by these (default: all columns) before shuffling
     selection_metric: str = "loss"  # minimised on the validation split
+    optim_defaults: dict = {}  # the task's own optimiser settings (its paper's), under what a config gives
     info: dict = {}
 
     def bind(self, info: dict) -> Task:

@@ -65,7 +65,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     from comical.distributed.engine import make_engine
 
-    engine = make_engine(task.build_model(config.model, task.info), config, world, device)
+    # the run's optimizer steps (a cosine schedule ends at the last): streamed tasks say how many training rows
+    rows = len(next(iter(train.values()))) * world if task.input_path == RESIDENT else task.info.get("n_train")
+    total_steps = rows // config.batch_size * config.epochs if rows else None
+    engine = make_engine(task.build_model(config.model, task.info), config, world, device, total_steps)
     start_epoch, best = 0, None
     checkpoint = ray.train.get_checkpoint()  # Ray: set when this run restarts after a failure or --resume
     if checkpoint is not None:

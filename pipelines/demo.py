@@ -71,6 +71,12 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
                                       prepare=partial(prepare_gemcont_inputs, stage / "cohort", disease="AD", seed=seed))
             say(f"demo: trained GEMCONT on T1 volumes streamed by Ray Data (2 workers, DeepSpeed): "
                 f"{get_task('gemcont').summary(test)} -> {out / 'gemcont'}")
+            from comical.pipelines.gemcont_eval import evaluate_gemcont, summary_line
+
+            (stage / "gemcont_eval").mkdir()
+            evaluation = evaluate_gemcont(stage / "gemcont", stage / "cohort", stage / "gemcont_eval", workers=2)
+            say(f"demo: evaluated GEMCONT (embedding GWAS, latent, AD AUC; each beside a random encoder): "
+                f"{summary_line(evaluation)} -> {out / 'gemcont_eval'}")
         if started:
             shutdown_ray()
     print(f"demo: done; outputs in {out} (everything else the steps printed: {out / 'demo.log'})")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from comical.data_io.cohort import load_cohort
 from comical.data_io.errors import InputError
-from comical.data_io.images import open_image_store
+from comical.data_io.images import open_image_store, store_identity
 from comical.data_io.traits import load_trait_map
 from comical.data_io.ukb_fields import DISEASES
 
@@ -129,6 +129,7 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
             "task": "gemcont", "cohort": str(Path(cohort_dir).resolve()), "images": str(store.folder.resolve()),
             # also relative to this folder: a run folder moved with its cohort (the demo's staging) still finds them
             "images_relative": os.path.relpath(store.folder.resolve(), out.resolve()),
+            "images_sha256": store_identity(store.folder),  # which store these features belong to (`comical embed`)
             "modality": modality, "image_shape": list(store.shape), "disease": disease, "seed": seed,
             "splits": {name: int((split == name).sum()) for name in SPLITS},
             "panel": {"catalog_variants": n_catalog, "after_call_rate_and_maf": int(usable.sum()),

@@ -147,20 +147,29 @@ def linear(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: bool = F
 
 
 def multi_trait(g: np.ndarray, q: np.ndarray, y: np.ndarray, *, overwrite_g: bool = False) -> dict[str, np.ndarray]:
-    """Likelihood-ratio test of all D traits (columns of y, residualised on q) jointly (paper 001, eq. 3).
+    """Test of all D traits (columns of y, residualised on q) jointly (paper 001, eq. 3).
 
-    Multivariate normal residuals with a free D x D covariance: -2 log LR = -n log(1 - u'S^-1 u / g'Pg), with
-    u = g'PY and S = Y'PY on the variant's observed samples; chi-square with D degrees of freedom.
+    Multivariate normal residuals with a free D x D covariance: Wilks' lambda = 1 - u'S^-1 u / g'Pg, with u = g'PY
+    and S = Y'PY on the variant's observed samples; -2 log LR = -n log(lambda) is reported as `lrt`. The p-value is
+    the exact one for a single predictor, F = (1 - lambda) / lambda x (v - D + 1) / D on (D, v - D + 1) degrees of
+    freedom, v = n - covariates - 1 (Hotelling's T^2): the chi-square(D) approximation of the LRT is anti-
+    conservative when D is not small beside n (lambda_GC 1.5 for D = 128 on 300 subjects), the case of an embedding
+    GWAS on a held-out set. With fewer than D + 1 residual degrees of freedom the variant is NA with a note.
     """
     yy = y.T @ y
     gpg, gpy, ypy, n_obs, freq, constant, centred = _restricted(g, q, y, yy, cross=True, overwrite=overwrite_g)
     note = _degenerate(_call_note(constant, n_obs), gpg, centred, n_obs, q.shape[1])
     ok = note == ""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        explained = np.einsum("md,md->m", gpy, np.linalg.solve(ypy, gpy[..., None])[..., 0]) / gpg
-        lrt = -n_obs * np.log1p(-np.clip(explained, 0.0, 1 - 1e-16))
     d = y.shape[1]
-    log_p = np.log(special.chdtrc(d, lrt)) / np.log(10)
+    dfd = n_obs - q.shape[1] - 1 - d + 1  # v - D + 1
+    note = np.where(ok & (dfd < 1), f"fewer observed samples than {d} traits + covariates + 2", note)
+    ok = note == ""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        explained = np.clip(np.einsum("md,md->m", gpy, np.linalg.solve(ypy, gpy[..., None])[..., 0]) / gpg,
+                            0.0, 1 - 1e-16)
+        lrt = -n_obs * np.log1p(-explained)
+        f = explained / (1 - explained) * dfd / d
+        log_p = np.log(special.fdtrc(d, np.maximum(dfd, 1), f)) / np.log(10)
     return {"lrt": np.where(ok, lrt, np.nan), "df": np.full(len(lrt), d), "p": np.where(ok, 10 ** log_p, np.nan),
             "log10_p": np.where(ok, log_p, np.nan), "n": n_obs, "freq": freq, "note": note}
 

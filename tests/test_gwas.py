@@ -17,6 +17,7 @@ import polars as pl
 import psutil
 import pytest
 import statsmodels.api as sm
+from statsmodels.multivariate.multivariate_ols import _MultivariateOLS
 from scipy import stats
 
 from comical.cli import main
@@ -64,6 +65,20 @@ def test_logistic_equals_statsmodels_and_firth_rescues_separation():
     assert result["firth"][-1] and np.isfinite(result["beta"][-1]) and result["beta"][-1] > 0
 
 
+def test_multi_trait_p_values_are_uniform_with_many_traits_beside_few_samples():
+    # an embedding GWAS on a held-out set: D = 100 traits on 300 subjects, where chi-square(D) of the LRT is far off
+    rng = np.random.default_rng(11)
+    n, d = 300, 100
+    g = rng.binomial(2, rng.uniform(0.05, 0.5, 3000), size=(n, 3000)).astype(float)
+    c = rng.normal(size=(n, 2))
+    q = gwas_stats.covariate_basis(c, ["a", "b"])
+    y = rng.normal(size=(n, d))
+    result = gwas_stats.multi_trait(g, q, y - q @ (q.T @ y))
+    assert stats.kstest(result["p"], "uniform").pvalue > 1e-3
+    assert 0.04 < (result["p"] < 0.05).mean() < 0.06
+    assert (stats.chi2.sf(result["lrt"], d) < 0.05).mean() > 0.3  # what the asymptotic p-value would have said
+
+
 def test_multi_trait_equals_the_direct_likelihood_ratio():
     g, c, y = _tiny(seed=3, p=4)
     q = gwas_stats.covariate_basis(c, ["age", "sex", "x"])
@@ -75,7 +90,10 @@ def test_multi_trait_equals_the_direct_likelihood_ratio():
         sigma = [np.cov((y[ok] - x @ np.linalg.lstsq(x, y[ok], rcond=None)[0]).T, bias=True) for x in (null, full)]
         lrt = ok.sum() * (np.linalg.slogdet(sigma[0])[1] - np.linalg.slogdet(sigma[1])[1])
         assert result["lrt"][j] == pytest.approx(lrt, rel=1e-8)
-        assert result["p"][j] == pytest.approx(stats.chi2.sf(lrt, 4), rel=1e-6)
+        # the p-value: Wilks' lambda's exact F, as statsmodels' multivariate OLS gives it
+        test = _MultivariateOLS(y[ok], full).fit().mv_test([("g", np.eye(full.shape[1])[-1:])])
+        wilks = test.results["g"]["stat"].loc["Wilks' lambda"]
+        assert result["p"][j] == pytest.approx(float(wilks["Pr > F"]), rel=1e-6)
 
 
 def test_monomorphic_and_collinear_variants_get_na_with_a_reason():

@@ -101,10 +101,15 @@ def test_augmentation_keeps_shape_is_seeded_and_changes_the_volume(image_cohort)
     store = open_image_store(image_cohort / "images")
     t1, _ = store.read("t1")
     batch = torch.from_numpy(t1[:4, None])
-    first, again = (VolumeAugment(store.shape, seed=1)(batch) for _ in range(2))
-    other = VolumeAugment(store.shape, seed=2)(batch)
-    assert first.shape == batch.shape and first.dtype == batch.dtype
-    assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, batch)
+    for level in ("intensity", "spatial"):
+        first, again = (VolumeAugment(store.shape, seed=1, level=level)(batch) for _ in range(2))
+        other = VolumeAugment(store.shape, seed=2, level=level)(batch)
+        assert first.shape == batch.shape and first.dtype == batch.dtype
+        assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, batch)
+    # intensity: noise only, voxels stay in place (small changes everywhere, none moved)
+    noisy = VolumeAugment(store.shape, seed=3, level="intensity")(batch)
+    changed = [i for i in range(4) if not torch.equal(noisy[i], batch[i])]
+    assert changed and all((noisy[i] - batch[i]).std() < 0.03 * batch[i].max() for i in changed)
 
 
 def test_a_store_larger_than_the_object_store_streams_through_ray_data(tmp_path):

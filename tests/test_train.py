@@ -293,3 +293,45 @@ def test_the_step_compiles_as_one_graph_with_the_same_numbers(task_name, small_p
     assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 2
     for name, grad in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_cosine_schedule_equals_torchs_linear_warmup_then_cosine_annealing():
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.engine import adamw_with_warmup
+
+    config = TrainConfig.from_dict({"optim": {"schedule": "cosine", "warmup_steps": 5, "learning_rate": 0.01}})
+    model = torch.nn.Linear(3, 2)
+    optimizer, ours = adamw_with_warmup(model, config, total_steps=60)
+    reference_opt = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.01)
+    reference = torch.optim.lr_scheduler.SequentialLR(reference_opt, [
+        torch.optim.lr_scheduler.LinearLR(reference_opt, start_factor=1 / 5, end_factor=1.0, total_iters=4),
+        torch.optim.lr_scheduler.CosineAnnealingLR(reference_opt, T_max=55, eta_min=0.0)], milestones=[5])
+    for _ in range(60):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(reference_opt.param_groups[0]["lr"], abs=1e-12)
+        optimizer.step()
+        ours.step()
+        reference_opt.step()
+        reference.step()
+    # a run shorter than ten warm-ups: the warm-up shrinks to a tenth of it
+    optimizer, short = adamw_with_warmup(model, config, total_steps=20)
+    optimizer.step()
+    short.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    constant = TrainConfig.from_dict({"optim": {"warmup_steps": 5, "learning_rate": 0.01}})
+    optimizer, flat = adamw_with_warmup(model, constant, total_steps=40)
+    for _ in range(10):
+        optimizer.step()
+        flat.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_a_task_brings_its_papers_optimiser_settings_under_what_the_config_says():
+    from comical.data_io.errors import InputError
+    from comical.distributed.config import TrainConfig
+
+    gemcont = TrainConfig.from_dict({"task": "gemcont"}).optim
+    assert (gemcont.learning_rate, gemcont.weight_decay, gemcont.schedule) == (3e-4, 1e-4, "cosine")
+    assert TrainConfig.from_dict({"task": "gemcont", "optim": {"learning_rate": 1e-3}}).optim.learning_rate == 1e-3
+    assert TrainConfig.from_dict({}).optim.schedule == "constant"
+    with pytest.raises(InputError, match="schedule"):
+        TrainConfig.from_dict({"optim": {"schedule": "linear"}})

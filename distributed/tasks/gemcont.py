@@ -12,7 +12,7 @@ The model, as paper 001 section 3.5 reads here:
 - image side: a small 3-D CNN (strided conv, batch norm, GELU; global average pool) to `image_features` = D
   (256), then a linear projector to D/2. The paper projects the image to D/2; the two sides must meet in one space
   for the CLIP loss, so the genotype projector goes to D/2 as well (`embed_dim` = 128);
-- augmentation of the volumes in training (random affine, crop, noise, blur: MONAI, `distributed.augment`);
+- augmentation of the volumes in training (intensity noise by default; affine, crop, blur on request: MONAI);
 - a learnable temperature initialised at 0.07.
 """
 
@@ -43,8 +43,17 @@ class GemcontConfig(Config):
     image_features: int = 256  # D: the image encoder's output
     channels: tuple[int, ...] = (16, 32, 64, 128)  # the CNN's stages (stride 2 each)
     scarf_p: float = 0.1  # SCARF: fraction of genotype features replaced in training
-    augment: bool = True  # random affine, crop, noise, blur of the volumes in training
+    augment: str = "intensity"  # off | intensity (noise) | spatial (also affine, crop, blur): `distributed.augment`
     init_temperature: float = 0.07
+    # panel: the linear projector over the panel's variants (GEMCONT); prs: paper 001's PRS baseline, one weighted
+    # score (the panel's effects, fixed) through the projector
+    genotype_input: str = "panel"
+
+    def __post_init__(self):
+        if self.augment not in ("off", "intensity", "spatial"):
+            raise InputError(f"model.augment {self.augment!r}: expected off, intensity or spatial")
+        if self.genotype_input not in ("panel", "prs"):
+            raise InputError(f"model.genotype_input {self.genotype_input!r}: expected panel or prs")
 
 
 def scarf(g: torch.Tensor, p: float) -> torch.Tensor:
@@ -82,8 +91,12 @@ class GemcontModel(nn.Module):
                  seed: int = 0):
         super().__init__()
         self.config = config
-        self.variant_weights = nn.Parameter(torch.tensor(effects, dtype=torch.float32))
-        self.genotype_projector = nn.Linear(len(effects), config.embed_dim)
+        weights = torch.tensor(effects, dtype=torch.float32)
+        if config.genotype_input == "prs":  # fixed: the score is the PRS
+            self.register_buffer("variant_weights", weights)
+        else:
+            self.variant_weights = nn.Parameter(weights)
+        self.genotype_projector = nn.Linear(1 if config.genotype_input == "prs" else len(effects), config.embed_dim)
         self.image_encoder = ImageEncoder(tuple(config.channels), config.image_features)
         self.image_projector = nn.Linear(config.image_features, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / config.init_temperature)))  # [1]: DeepSpeed
@@ -96,11 +109,14 @@ class GemcontModel(nn.Module):
             from comical.distributed.augment import VolumeAugment
 
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            self._augment = VolumeAugment(self.image_shape, seed=self.seed * 1000 + rank)
+            self._augment = VolumeAugment(self.image_shape, seed=self.seed * 1000 + rank, level=self.config.augment)
         return self._augment(images)
 
     def encode_genotypes(self, g: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.genotype_projector(g * self.variant_weights), dim=-1)
+        weighted = g * self.variant_weights
+        if self.config.genotype_input == "prs":
+            weighted = weighted.sum(-1, keepdim=True)
+        return F.normalize(self.genotype_projector(weighted), dim=-1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_projector(self.image_encoder(images)), dim=-1)
@@ -109,7 +125,7 @@ class GemcontModel(nn.Module):
         g, images = batch["g"], batch["image"]
         if self.training:
             g = scarf(g, self.config.scarf_p)
-            if self.config.augment:
+            if self.config.augment != "off":
                 images = self.augment(images)
         return (self.encode_images(images), self.encode_genotypes(g),
                 self.logit_scale.clamp(max=math.log(100)).exp())
@@ -135,11 +151,44 @@ def read_inputs(folder: str | Path) -> tuple[dict, "pq.Table"]:
     return manifest, pq.read_table(folder / "genotypes.parquet")
 
 
+def embedding_table(eids: np.ndarray, image: np.ndarray, genotype: np.ndarray, split: np.ndarray | None = None):
+    """eid[, split], image_0.., genotype_0..: one row per subject, one column per embedding dimension."""
+    return pa.table({"eid": eids, **({} if split is None else {"split": split}),
+                     **{f"image_{k}": image[:, k] for k in range(image.shape[1])},
+                     **{f"genotype_{k}": genotype[:, k] for k in range(genotype.shape[1])}})
+
+
+def embed_cohort(model: nn.Module, info: dict, run: Path, cohort: Path, *, split: str | None = None) -> pa.Table:
+    """`comical embed` of a GEMCONT run: every subject of its inputs, or those of one `split` (eid, split, image_*,
+    genotype_*). The genotype
+    features were fitted on the run's cohort (PCs, scaling on its training split), so --cohort must be that cohort:
+    its image store must be the one the inputs were made from."""
+    from comical.data_io.images import open_image_store, store_identity
+
+    inputs = Path(run) / "inputs"  # a run trained with --cohort holds its inputs; else the --data folder it named
+    info = dict(info) | {"data": str(inputs if (inputs / "manifest.json").is_file() else info["data"])}
+    manifest, table = read_inputs(info["data"])
+    images = Path(cohort) / "images"
+    open_image_store(images, table.column("eid").to_numpy())
+    if manifest.get("images_sha256") not in (None, store_identity(images)):
+        raise InputError(f"--cohort {cohort}: its image store is not the one run {run} was trained on (its inputs "
+                         f"came from {manifest['cohort']}); embed the cohort the run was trained on")
+    task = GemcontTask()
+    task.bind(info)
+    splits = table.column("split").to_numpy(zero_copy_only=False)
+    chosen = table.column("eid").to_numpy()[splits == split] if split else None
+    eids, image, genotype = task.embed(model, chosen, images=images)
+    order = np.argsort(table.column("eid").to_numpy())
+    return embedding_table(eids, image, genotype, splits[order][_rows(table.column("eid").to_numpy()[order], eids)])
+
+
 class GemcontTask(Task):
     name = "gemcont"
     model_config = GemcontConfig
     input_path = STREAMED
     selection_metric = "loss"
+    # paper 001 section 3.5: AdamW 3e-4, weight decay 1e-4, cosine schedule after a warm-up
+    optim_defaults = {"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 100}
 
     def check_inputs(self, config) -> dict:
         from pyarrow import csv
@@ -158,7 +207,7 @@ class GemcontTask(Task):
         return {"data": str(Path(config.data).resolve()), "images": str(store.folder.resolve()),
                 "modality": manifest["modality"], "image_shape": list(store.shape),
                 "variants": panel["variant_id"].to_pylist(), "effects": panel["effect"].to_pylist(),
-                "disease": manifest["disease"], "seed": config.seed}
+                "disease": manifest["disease"], "seed": config.seed, "n_train": manifest["splits"]["train"]}
 
     def _eids(self, split: str) -> np.ndarray:
         _, table = read_inputs(self.info["data"])
@@ -205,6 +254,25 @@ class GemcontTask(Task):
         return paired_epoch_line(m, "subjects")
 
     @torch.no_grad()
+    def embed(self, model: nn.Module, eids: np.ndarray | None = None, *, images: str | Path | None = None,
+              batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(eids in store order, image embeddings, genotype embeddings) of the bound inputs' subjects `eids` (all
+        if None) from the frozen `model`, the volumes read `batch_size` at a time."""
+        from comical.data_io.images import open_image_store
+
+        all_eids, g_all = self._genotypes()
+        eids = all_eids if eids is None else eids
+        device = next(model.parameters()).device
+        model.eval()
+        done, image_parts, genotype_parts = [], [], []
+        store = open_image_store(images or self.info["images"])
+        for volumes, stored in store.batches(self.info["modality"], eids, batch_size):
+            image_parts.append(model.encode_images(torch.from_numpy(volumes[:, None]).to(device)).float().cpu())
+            genotype_parts.append(model.encode_genotypes(g_all[_rows(all_eids, stored)].to(device)).float().cpu())
+            done.append(stored)
+        return np.concatenate(done), torch.cat(image_parts).numpy(), torch.cat(genotype_parts).numpy()
+
+    @torch.no_grad()
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
         """On the test subjects: image<->genotype top-1 retrieval among all of them (chance 1/n); and, where the
         cohort has the planted image latent, its ridge R^2 (5-fold) from the image embeddings beside an untrained
@@ -213,38 +281,22 @@ class GemcontTask(Task):
         from comical.distributed.tasks.toy import ridge_r2
 
         self.bind(info)
-        eids = np.sort(self._eids("test"))
-        images, stored = open_image_store(info["images"]).read(info["modality"], eids)
-        all_eids, g_all = self._genotypes()
-        g = g_all[_rows(all_eids, stored)]
-        device = next(model.parameters()).device
-        model.eval()
-        x = torch.from_numpy(images[:, None])
-
-        def embed(m):
-            parts = [m.encode_images(x[i:i + 64].to(device)).float().cpu() for i in range(0, len(x), 64)]
-            return torch.cat(parts).numpy()
-
-        image_embeddings = embed(model)
-        genotype_embeddings = model.encode_genotypes(g.to(device)).float().cpu().numpy()
+        stored, image_embeddings, genotype_embeddings = self.embed(model, self._eids("test"))
         sim = image_embeddings @ genotype_embeddings.T
         own = np.arange(len(sim))
         metrics = {"n_test": int(len(sim)), "top1_accuracy": float(((sim.argmax(1) == own).mean()
                                                                      + (sim.argmax(0) == own).mean()) / 2),
                    "top1_accuracy_chance": 1 / len(sim)}
-        pq.write_table(pa.table({"eid": stored,
-                                 **{f"image_{k}": image_embeddings[:, k] for k in range(image_embeddings.shape[1])},
-                                 **{f"genotype_{k}": genotype_embeddings[:, k]
-                                    for k in range(genotype_embeddings.shape[1])}}),
-                       out / "test_embeddings.parquet")
+        pq.write_table(embedding_table(stored, image_embeddings, genotype_embeddings), out / "test_embeddings.parquet")
         truth = Path(info["images"]).parent / "truth" / "image_latent.parquet"
         if truth.is_file():
             latent = pq.read_table(truth, columns=["eid", "latent"])
             z = latent["latent"].to_numpy()[np.searchsorted(latent["eid"].to_numpy(), stored)]
             torch.manual_seed(config.seed)
-            untrained = self.build_model(config.model, info).to(device).eval()
+            untrained = self.build_model(config.model, info).to(next(model.parameters()).device)
+            images, _ = open_image_store(info["images"]).read(info["modality"], stored)
             metrics |= {"latent_r2": ridge_r2(image_embeddings, z),
-                        "latent_r2_untrained_encoder": ridge_r2(embed(untrained), z),
+                        "latent_r2_untrained_encoder": ridge_r2(self.embed(untrained, stored)[1], z),
                         "latent_r2_raw_voxels": ridge_r2(images.reshape(len(images), -1), z)}
         return metrics
 

@@ -1,0 +1,229 @@
+"""Paper 001's evaluation of a GEMCONT run on its held-out (test) subjects, each metric beside a trivial model's.
+
+    comical evaluate gemcont --run RUN/ --cohort COHORT/ --out DIR/
+
+1. Embedding GWAS: the test subjects' image embeddings projected on all their principal components and rank-
+   normalised (paper 001 section 2.2), one multi-trait likelihood-ratio test per variant (`comical gwas
+   --multi-trait`), adjusted for age, sex and the top 20 genetic PCs. Reported: the fraction of the disease's
+   independent catalog hits (the run's panel) significant at 5e-8 and at Bonferroni 0.05/K; where the cohort is
+   simulated, the fraction of the planted image-latent variants; lambda_GC.
+2. The planted image latent's recovery: 5-fold ridge R^2 from the image embeddings.
+3. Disease AUC from the image embeddings: out-of-fold L2 logistic regression (5 stratified folds).
+The same three for an untrained (random-initialised, seeded) encoder of the same architecture; beside them the raw
+voxels' ridge R^2, the PRS (the panel's effects x the run's genotype features, no fit) and, on simulated cohorts, the
+planted latent's own AUC. Writes evaluation.tsv, evaluation.json, evaluation.png and the GWAS tables under gwas/.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from comical.data_io.errors import InputError
+
+GENOME_WIDE = 5e-8
+RAW_VOXEL_SUBJECTS = 2000
+
+
+def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, seed: int = 0) -> dict:
+    """Writes the evaluation into `stage` (the CLI's staged output folder); returns its summary."""
+    from comical.data_io.cohort import load_cohort
+    from comical.distributed.export import load_model
+    from comical.distributed.tasks.gemcont import embed_cohort
+
+    model, spec = load_model(Path(run) / "model")
+    if spec["task"] != "gemcont":
+        raise InputError(f"--run {run}: a {spec['task']} run; `evaluate gemcont` takes a GEMCONT run")
+    cohort_data = load_cohort(cohort)
+    test = pl.from_arrow(embed_cohort(model, spec["input"], run, cohort, split="test"))
+    random_test = pl.from_arrow(embed_cohort(_untrained(spec), spec["input"], run, cohort, split="test"))
+    eids = test["eid"].to_numpy()
+    image_cols = [c for c in test.columns if c.startswith("image_")]
+    test_x, random_x = test.select(image_cols).to_numpy(), random_test.select(image_cols).to_numpy()
+    panel = pl.read_csv(_inputs(run, spec) / "panel.tsv", separator="\t")
+    truth_dir = Path(cohort) / "truth"
+    planted = (pl.read_parquet(truth_dir / "image_latent_variants.parquet")["variant_id"].to_list()
+               if (truth_dir / "image_latent_variants.parquet").is_file() else None)
+
+    rows = {}
+    for name, frame in (("gemcont", test), ("random_encoder", random_test)):
+        gwas = _embedding_gwas(frame.select("eid", *image_cols), cohort, stage / "gwas" / name, workers)
+        rows[name] = _recovery(gwas, panel["variant_id"].to_list(), planted)
+    disease = spec["input"]["disease"]
+    y = _labels(cohort_data, disease, eids)
+    rows["gemcont"]["auc"] = _oof_auc(test_x, y, seed)
+    rows["random_encoder"]["auc"] = _oof_auc(random_x, y, seed)
+    rows["prs"] = {"auc": _auc(y, _prs(run, spec, eids))}
+    latent = _latent(truth_dir, eids)
+    if latent is not None:
+        from comical.data_io.images import open_image_store
+        from comical.distributed.tasks.toy import ridge_r2
+
+        rows["gemcont"]["latent_r2"] = ridge_r2(test_x, latent)
+        rows["random_encoder"]["latent_r2"] = ridge_r2(random_x, latent)
+        # raw voxels: at most RAW_VOXEL_SUBJECTS test subjects (seeded), as ridge on ~10^5 voxels costs n^2 x voxels
+        pick = np.sort(np.random.default_rng(seed).permutation(len(eids))[:RAW_VOXEL_SUBJECTS])
+        volumes, stored = open_image_store(Path(cohort) / "images").read(spec["input"]["modality"], eids[pick])
+        rows["raw_voxels"] = {"latent_r2": ridge_r2(volumes.reshape(len(volumes), -1),
+                                                    latent[np.searchsorted(eids, stored)])}
+        rows["planted_latent"] = {"auc": _auc(y, latent)}
+    summary = {"run": str(run), "cohort": str(cohort), "disease": disease, "n_test": int(len(eids)),
+               "n_test_cases": int(y.sum()), "panel_variants": panel.height,
+               "planted_variants": None if planted is None else len(planted),
+               "bonferroni": 0.05 / panel.height, "methods": rows,
+               "notes": ["random_encoder: the same architecture, untrained, seeded; its embeddings go through the "
+                         "same GWAS, ridge and logistic steps",
+                         "prs: the panel's effect sizes x the run's genotype features (PC-regressed, "
+                         "standardised); no fit"]}
+    _write_table(summary, stage / "evaluation.tsv")
+    (stage / "evaluation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _figure(summary, stage / "evaluation.png")
+    return summary
+
+
+def summary_line(summary: dict) -> str:
+    m = summary["methods"]
+
+    def f(method, key, digits=3):
+        value = m.get(method, {}).get(key)
+        return "NA" if value is None else f"{value:.{digits}f}"
+
+    line = (f"{summary['n_test']} held-out subjects: disease-panel hits at 5e-8 {f('gemcont', 'panel_at_5e-8', 2)} "
+            f"(random encoder {f('random_encoder', 'panel_at_5e-8', 2)})")
+    if "planted_at_5e-8" in m["gemcont"]:
+        line += (f", planted latent variants {f('gemcont', 'planted_at_5e-8', 2)} "
+                 f"({f('random_encoder', 'planted_at_5e-8', 2)}); latent R^2 {f('gemcont', 'latent_r2')} "
+                 f"({f('random_encoder', 'latent_r2')}, raw voxels {f('raw_voxels', 'latent_r2')})")
+    return line + (f"; {summary['disease']} AUC {f('gemcont', 'auc')} ({f('random_encoder', 'auc')}, PRS "
+                   f"{f('prs', 'auc')}; {summary['n_test_cases']} cases)")
+
+
+def _inputs(run: Path, spec: dict) -> Path:
+    inputs = Path(run) / "inputs"
+    return inputs if (inputs / "manifest.json").is_file() else Path(spec["input"]["data"])
+
+
+def _untrained(spec: dict):
+    import torch
+
+    from comical.distributed.tasks.gemcont import GemcontConfig, GemcontTask
+
+    torch.manual_seed(spec["input"].get("seed", 0))
+    return GemcontTask().build_model(GemcontConfig.from_dict(spec["model"]), spec["input"]).eval()
+
+
+def _embedding_gwas(frame, cohort: Path, folder: Path, workers: int) -> pl.DataFrame:
+    from comical.pipelines.gwas import run_gwas, tables_from_cohort
+
+    folder.mkdir(parents=True)
+    traits = folder / "embeddings.parquet"
+    frame.write_parquet(traits)
+    dims = frame.width - 1
+    covariates = ["age", "sex"] + [f"PC{i}" for i in range(1, 21)]
+    reader = functools.partial(tables_from_cohort, Path(cohort), binary=False, pheno_names=None,
+                               covar_names=covariates, multi_trait=traits, mt_pcs=dims, rank_normalise=True)
+    summary = run_gwas(reader, folder / "gwas", workers=workers, plots=False)
+    table = pl.read_csv(folder / "gwas.multi_trait.tsv", separator="\t", null_values="NA")
+    return table.with_columns(pl.lit(summary["phenotypes"]["multi_trait"]["lambda_gc"]).alias("lambda_gc"))
+
+
+def _recovery(gwas: pl.DataFrame, panel: list[str], planted: list[str] | None) -> dict:
+    p = dict(zip(gwas["variant_id"].to_list(), gwas["p_value"].to_list()))
+    missing = [v for v in panel if v not in p]
+    if missing:
+        raise InputError(f"the run's panel variants {missing[:3]} are not in the cohort's genotypes")
+
+    def fraction(variants, threshold):
+        return float(np.mean([p[v] is not None and p[v] < threshold for v in variants]))
+
+    out = {"panel_at_5e-8": fraction(panel, GENOME_WIDE), "panel_at_bonferroni": fraction(panel, 0.05 / len(panel)),
+           "lambda_gc": float(gwas["lambda_gc"][0]),
+           "variants_at_5e-8": int((gwas["p_value"].fill_null(1.0) < GENOME_WIDE).sum())}
+    if planted is not None:
+        out["planted_at_5e-8"] = fraction([v for v in planted if v in p], GENOME_WIDE)
+    return out
+
+
+def _labels(cohort, disease: str, eids: np.ndarray) -> np.ndarray:
+    d = cohort.diagnoses.select(pl.col("eid").cast(pl.Int64), disease)
+    y = pl.DataFrame({"eid": eids.astype(np.int64)}).join(d, on="eid", how="left")[disease]
+    if y.null_count():
+        raise InputError(f"diagnoses: {y.null_count()} test subjects have no {disease} status")
+    return y.to_numpy().astype(int)
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return None if len(set(y)) < 2 else float(roc_auc_score(y, score))
+
+
+def _oof_auc(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
+    """Out-of-fold AUC of an L2 logistic regression on standardised features (5 stratified folds); None (NA) with
+    fewer than 5 cases or controls."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if min(y.sum(), len(y) - y.sum()) < 5:
+        return None
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"))
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return _auc(y, cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1])
+
+
+def _prs(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
+    from comical.distributed.tasks.gemcont import read_inputs
+
+    _, table = read_inputs(_inputs(run, spec))
+    order = np.argsort(table.column("eid").to_numpy())
+    g = table.column("g").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)[order]
+    rows = np.searchsorted(table.column("eid").to_numpy()[order], eids)
+    return g[rows] @ np.asarray(spec["input"]["effects"])
+
+
+def _latent(truth_dir: Path, eids: np.ndarray) -> np.ndarray | None:
+    path = truth_dir / "image_latent.parquet"
+    if not path.is_file():
+        return None
+    latent = pl.read_parquet(path).sort("eid")
+    return latent["latent"].to_numpy()[np.searchsorted(latent["eid"].to_numpy(), eids)]
+
+
+METRICS = [("panel_at_5e-8", "disease panel hits at 5e-8"), ("panel_at_bonferroni", "disease panel hits at 0.05/K"),
+           ("planted_at_5e-8", "planted latent variants at 5e-8"), ("variants_at_5e-8", "variants at 5e-8"),
+           ("lambda_gc", "lambda_GC"), ("latent_r2", "planted latent ridge R^2"), ("auc", "disease AUC")]
+
+
+def _write_table(summary: dict, path: Path) -> None:
+    methods = summary["methods"]
+    rows = [{"metric": label, **{m: methods[m].get(key) for m in methods}} for key, label in METRICS]
+    pl.DataFrame(rows).write_csv(path, separator="\t", null_value="NA")
+
+
+def _figure(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("panel_at_5e-8", "disease hits recovered (5e-8)"), ("latent_r2", "planted latent R^2"),
+              ("auc", f"{summary['disease']} AUC (test)")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (key, title) in zip(axes, panels):
+        names = [m for m, v in summary["methods"].items() if v.get(key) is not None]
+        ax.bar(names, [summary["methods"][m][key] for m in names], color="#4c72b0")
+        if key == "auc":
+            ax.axhline(0.5, color="grey", ls="--", lw=1)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle(f"GEMCONT on {summary['n_test']} held-out subjects ({summary['n_test_cases']} "
+                 f"{summary['disease']} cases)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
