@@ -46,7 +46,7 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
     test_x, random_x = test.select(image_cols).to_numpy(), random_test.select(image_cols).to_numpy()
     panel = pl.read_csv(_inputs(run, spec) / "panel.tsv", separator="\t")
     truth_dir = Path(cohort) / "truth"
-    planted = (pl.read_parquet(truth_dir / "image_latent_variants.parquet")["variant_id"].to_list()
+    planted = (pl.read_parquet(truth_dir / "image_latent_variants.parquet")
                if (truth_dir / "image_latent_variants.parquet").is_file() else None)
 
     rows = {}
@@ -55,9 +55,9 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
         rows[name] = _recovery(gwas, panel["variant_id"].to_list(), planted)
     disease = spec["input"]["disease"]
     y = _labels(cohort_data, disease, eids)
-    rows["gemcont"]["auc"] = _oof_auc(test_x, y, seed)
-    rows["random_encoder"]["auc"] = _oof_auc(random_x, y, seed)
-    rows["prs"] = {"auc": _auc(y, _prs(run, spec, eids))}
+    rows["gemcont"] |= _auc(y, _oof_scores(test_x, y, seed), seed)
+    rows["random_encoder"] |= _auc(y, _oof_scores(random_x, y, seed), seed)
+    rows["prs"] = _auc(y, _prs(run, spec, eids), seed)
     latent = _latent(truth_dir, eids)
     if latent is not None:
         from comical.data_io.images import open_image_store
@@ -70,10 +70,10 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
         volumes, stored = open_image_store(Path(cohort) / "images").read(spec["input"]["modality"], eids[pick])
         rows["raw_voxels"] = {"latent_r2": ridge_r2(volumes.reshape(len(volumes), -1),
                                                     latent[np.searchsorted(eids, stored)])}
-        rows["planted_latent"] = {"auc": _auc(y, latent)}
+        rows["planted_latent"] = _auc(y, latent, seed)
     summary = {"run": str(run), "cohort": str(cohort), "disease": disease, "n_test": int(len(eids)),
                "n_test_cases": int(y.sum()), "panel_variants": panel.height,
-               "planted_variants": None if planted is None else len(planted),
+               "planted_variants": None if planted is None else planted.height,
                "bonferroni": 0.05 / panel.height, "methods": rows,
                "notes": ["random_encoder: the same architecture, untrained, seeded; its embeddings go through the "
                          "same GWAS, ridge and logistic steps",
@@ -98,8 +98,9 @@ def summary_line(summary: dict) -> str:
         line += (f", planted latent variants {f('gemcont', 'planted_at_5e-8', 2)} "
                  f"({f('random_encoder', 'planted_at_5e-8', 2)}); latent R^2 {f('gemcont', 'latent_r2')} "
                  f"({f('random_encoder', 'latent_r2')}, raw voxels {f('raw_voxels', 'latent_r2')})")
-    return line + (f"; {summary['disease']} AUC {f('gemcont', 'auc')} ({f('random_encoder', 'auc')}, PRS "
-                   f"{f('prs', 'auc')}; {summary['n_test_cases']} cases)")
+    return line + (f"; {summary['disease']} AUC {f('gemcont', 'auc')} [95% {f('gemcont', 'auc_low', 2)}-"
+                   f"{f('gemcont', 'auc_high', 2)}] ({f('random_encoder', 'auc')}, PRS {f('prs', 'auc')}; "
+                   f"{summary['n_test_cases']} cases)")
 
 
 def _inputs(run: Path, spec: dict) -> Path:
@@ -131,7 +132,7 @@ def _embedding_gwas(frame, cohort: Path, folder: Path, workers: int) -> pl.DataF
     return table.with_columns(pl.lit(summary["phenotypes"]["multi_trait"]["lambda_gc"]).alias("lambda_gc"))
 
 
-def _recovery(gwas: pl.DataFrame, panel: list[str], planted: list[str] | None) -> dict:
+def _recovery(gwas: pl.DataFrame, panel: list[str], planted: pl.DataFrame | None) -> dict:
     p = dict(zip(gwas["variant_id"].to_list(), gwas["p_value"].to_list()))
     missing = [v for v in panel if v not in p]
     if missing:
@@ -143,8 +144,11 @@ def _recovery(gwas: pl.DataFrame, panel: list[str], planted: list[str] | None) -
     out = {"panel_at_5e-8": fraction(panel, GENOME_WIDE), "panel_at_bonferroni": fraction(panel, 0.05 / len(panel)),
            "lambda_gc": float(gwas["lambda_gc"][0]),
            "variants_at_5e-8": int((gwas["p_value"].fill_null(1.0) < GENOME_WIDE).sum())}
-    if planted is not None:
-        out["planted_at_5e-8"] = fraction([v for v in planted if v in p], GENOME_WIDE)
+    if planted is not None:  # its variants found, and their share of the weights squared (~ variance, LD aside)
+        found = np.array([p.get(v) is not None and p[v] < GENOME_WIDE for v in planted["variant_id"]])
+        weight2 = planted["weight"].to_numpy() ** 2
+        out["planted_at_5e-8"] = float(found.mean())
+        out["planted_weight2_share_at_5e-8"] = float(weight2[found].sum() / weight2.sum())
     return out
 
 
@@ -156,15 +160,23 @@ def _labels(cohort, disease: str, eids: np.ndarray) -> np.ndarray:
     return y.to_numpy().astype(int)
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+def _auc(y: np.ndarray, score: np.ndarray | None, seed: int = 0) -> dict:
+    """AUC with a 95% bootstrap interval (2,000 resamples of subjects, cases and controls resampled apart); NA
+    (None) with fewer than 5 cases or controls."""
     from sklearn.metrics import roc_auc_score
 
-    return None if len(set(y)) < 2 else float(roc_auc_score(y, score))
+    if score is None or min(y.sum(), len(y) - y.sum()) < 5:
+        return {"auc": None, "auc_low": None, "auc_high": None}
+    rng = np.random.default_rng(seed)
+    cases, controls = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    draws = [roc_auc_score(y[idx], score[idx]) for idx in (
+        np.concatenate([rng.choice(cases, len(cases)), rng.choice(controls, len(controls))]) for _ in range(2000))]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"auc": float(roc_auc_score(y, score)), "auc_low": float(low), "auc_high": float(high)}
 
 
-def _oof_auc(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
-    """Out-of-fold AUC of an L2 logistic regression on standardised features (5 stratified folds); None (NA) with
-    fewer than 5 cases or controls."""
+def _oof_scores(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray | None:
+    """Out-of-fold probabilities of an L2 logistic regression on standardised features (5 stratified folds)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -174,7 +186,7 @@ def _oof_auc(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
         return None
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"))
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    return _auc(y, cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1])
+    return cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
 
 
 def _prs(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
@@ -196,8 +208,11 @@ def _latent(truth_dir: Path, eids: np.ndarray) -> np.ndarray | None:
 
 
 METRICS = [("panel_at_5e-8", "disease panel hits at 5e-8"), ("panel_at_bonferroni", "disease panel hits at 0.05/K"),
-           ("planted_at_5e-8", "planted latent variants at 5e-8"), ("variants_at_5e-8", "variants at 5e-8"),
-           ("lambda_gc", "lambda_GC"), ("latent_r2", "planted latent ridge R^2"), ("auc", "disease AUC")]
+           ("planted_at_5e-8", "planted latent variants at 5e-8"),
+           ("planted_weight2_share_at_5e-8", "planted latent: share of its sum of squared weights at 5e-8"),
+           ("variants_at_5e-8", "variants at 5e-8"),
+           ("lambda_gc", "lambda_GC"), ("latent_r2", "planted latent ridge R^2"), ("auc", "disease AUC"),
+           ("auc_low", "disease AUC, 95% bootstrap low"), ("auc_high", "disease AUC, 95% bootstrap high")]
 
 
 def _write_table(summary: dict, path: Path) -> None:

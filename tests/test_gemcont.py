@@ -160,9 +160,11 @@ def test_gemcont_learns_the_planted_latent_through_the_engine_with_two_workers(i
     effects = pl.read_csv(out / "inputs" / "panel.tsv", separator="\t")["effect"].to_numpy()
     ad = pl.read_csv(image_cohort / "diagnoses.csv").select("eid", "AD")
     y = g.select("eid").join(ad, on="eid", how="left")["AD"].to_numpy()
-    assert summary["methods"]["prs"]["auc"] == pytest.approx(roc_auc_score(y, np.stack(g["g"].to_numpy()) @ effects))
+    prs = summary["methods"]["prs"]
+    assert prs["auc"] == pytest.approx(roc_auc_score(y, np.stack(g["g"].to_numpy()) @ effects))
+    assert prs["auc_low"] < prs["auc"] < prs["auc_high"] and prs["auc_high"] - prs["auc_low"] < 0.5
     assert (tmp_path / "eval" / "evaluation.png").is_file()
-    assert pl.read_csv(tmp_path / "eval" / "evaluation.tsv", separator="\t").height == 7
+    assert pl.read_csv(tmp_path / "eval" / "evaluation.tsv", separator="\t").height == 10
 
 
 def test_a_cohort_without_images_fails_before_training(mini_cohort, tmp_path, capsys):
