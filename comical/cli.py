@@ -452,34 +452,18 @@ def _embed(args) -> int:
 
     import pyarrow.parquet as pq
 
-    from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import write_atomic
-    from comical.distributed.export import load_model
-    from comical.pipelines.embed import subject_embeddings
+    from comical.pipelines.embed import embed_run
 
     if args.out.exists() and not args.force:
         raise InputError(f"--out {args.out}: exists; pass --force to replace it")
     if args.out.suffix != ".parquet":
         raise InputError(f"--out {args.out}: expected a .parquet file name")
-    model, spec = load_model(args.run / "model")
-    if spec["task"] == "gemcont":
-        from comical.distributed.tasks.gemcont import embed_cohort
-
-        table = embed_cohort(model, spec["input"], args.run, args.cohort)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        write_atomic(args.out, buffer.getvalue())
-        dims = sum(c.startswith("image_") for c in table.column_names)
-        print(f"embed: {table.num_rows} subjects x (image {dims} + genotype {dims}) GEMCONT embeddings -> {args.out}")
-        return 0
-    cohort = load_cohort(args.cohort)
-    table = subject_embeddings(model, spec["input"], cohort)
+    table, what = embed_run(args.run, args.cohort)
     buffer = io.BytesIO()
-    table.write_parquet(buffer)
+    pq.write_table(table, buffer)
     write_atomic(args.out, buffer.getvalue())
-    dim = spec["model"]["embed_dim"]
-    print(f"embed: {table.height} subjects x ({len(spec['input']['snps'])} SNP + "
-          f"{len(table['idp_embedding'][0]) // dim} IDP embeddings of {dim}) -> {args.out}")
+    print(f"embed: {what} -> {args.out}")
     return 0
 
 

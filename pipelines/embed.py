@@ -6,6 +6,8 @@ multi-trait embedding GWAS).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import torch
@@ -14,6 +16,24 @@ from comical.data_io.cohort import Cohort
 from comical.data_io.errors import InputError
 from comical.data_io.pair_store import ple_vectors
 from comical.data_io.tokenizers import encode_genotypes, ple_encode
+
+
+def embed_run(run: Path, cohort_dir: Path):
+    """`comical embed`: the run's per-subject embeddings as an Arrow table, and a line saying what they are."""
+    from comical.data_io.cohort import load_cohort
+    from comical.distributed.export import load_model
+
+    model, spec = load_model(Path(run) / "model")
+    if spec["task"] == "gemcont":
+        from comical.distributed.tasks.gemcont import embed_cohort
+
+        table = embed_cohort(model, spec["input"], run, cohort_dir)
+        dims = sum(c.startswith("image_") for c in table.column_names)
+        return table, f"{table.num_rows} subjects x (image {dims} + genotype {dims}) GEMCONT embeddings"
+    table = subject_embeddings(model, spec["input"], load_cohort(cohort_dir))
+    dim = spec["model"]["embed_dim"]
+    return table.to_arrow(), (f"{table.height} subjects x ({len(spec['input']['snps'])} SNP + "
+                              f"{len(table['idp_embedding'][0]) // dim} IDP embeddings of {dim})")
 
 
 @torch.no_grad()

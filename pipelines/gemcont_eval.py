@@ -3,15 +3,19 @@
     comical evaluate gemcont --run RUN/ --cohort COHORT/ --out DIR/
 
 1. Embedding GWAS: the test subjects' image embeddings projected on all their principal components and rank-
-   normalised (paper 001 section 2.2), one multi-trait likelihood-ratio test per variant (`comical gwas
-   --multi-trait`), adjusted for age, sex and the top 20 genetic PCs. Reported: the fraction of the disease's
-   independent catalog hits (the run's panel) significant at 5e-8 and at Bonferroni 0.05/K; where the cohort is
-   simulated, the fraction of the planted image-latent variants; lambda_GC.
-2. The planted image latent's recovery: 5-fold ridge R^2 from the image embeddings.
-3. Disease AUC from the image embeddings: out-of-fold L2 logistic regression (5 stratified folds).
-The same three for an untrained (random-initialised, seeded) encoder of the same architecture; beside them the raw
-voxels' ridge R^2, the PRS (the panel's effects x the run's genotype features, no fit) and, on simulated cohorts, the
-planted latent's own AUC. Writes evaluation.tsv, evaluation.json, evaluation.png and the GWAS tables under gwas/.
+   normalised (paper 001 section 2.2), one joint test per variant (`comical gwas --multi-trait`: Wilks' exact F),
+   adjusted for age, sex and the top 20 genetic PCs; hits clumped into loci (r^2 < 0.05 within 5 Mb). Reported: the
+   fraction of the run's panel (the disease's catalog hits, clumped) at 5e-8 and at 0.05/K. On a simulated cohort,
+   split by the truth: the panel's causal variants and its false catalog hits (a negative control), and the planted
+   image latent's variants with and without direct IDP effects (the latter reachable only through the latent); an
+   exact McNemar test of GEMCONT against the random encoder on the planted variants.
+2. The planted image latent's recovery: 5-fold ridge R^2, every method on the same (at most 2,000) test subjects.
+3. Disease AUC from the image embeddings: out-of-fold L2 logistic regression (5 stratified folds), a bootstrap 95%
+   interval; NA with fewer than 5 cases.
+Beside GEMCONT: an untrained (random-initialised, seeded) encoder of the same architecture through the same steps,
+the raw voxels (R^2), and for the AUC the PRS (the panel's effects x the run's genotype features, no fit), the same
+logistic regression on the genotype features and on age and sex, and on simulated cohorts the planted latent.
+Writes evaluation.tsv, evaluation.json, evaluation.png and the GWAS tables under gwas/.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import polars as pl
 from comical.data_io.errors import InputError
 
 GENOME_WIDE = 5e-8
-RAW_VOXEL_SUBJECTS = 2000
+R2_SUBJECTS = 2000
 
 
 def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, seed: int = 0) -> dict:
@@ -46,39 +50,52 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
     test_x, random_x = test.select(image_cols).to_numpy(), random_test.select(image_cols).to_numpy()
     panel = pl.read_csv(_inputs(run, spec) / "panel.tsv", separator="\t")
     truth_dir = Path(cohort) / "truth"
-    planted = (pl.read_parquet(truth_dir / "image_latent_variants.parquet")
-               if (truth_dir / "image_latent_variants.parquet").is_file() else None)
+    truth = _truth(truth_dir, spec["input"]["disease"])
 
     rows = {}
     for name, frame in (("gemcont", test), ("random_encoder", random_test)):
         gwas = _embedding_gwas(frame.select("eid", *image_cols), cohort, stage / "gwas" / name, workers)
-        rows[name] = _recovery(gwas, panel["variant_id"].to_list(), planted)
+        rows[name] = _recovery(gwas, panel["variant_id"].to_list(), truth)
+    comparison = (_mcnemar(rows["gemcont"].pop("_planted_found"), rows["random_encoder"].pop("_planted_found"))
+                  if truth is not None else None)
     disease = spec["input"]["disease"]
     y = _labels(cohort_data, disease, eids)
     rows["gemcont"] |= _auc(y, _oof_scores(test_x, y, seed), seed)
     rows["random_encoder"] |= _auc(y, _oof_scores(random_x, y, seed), seed)
     rows["prs"] = _auc(y, _prs(run, spec, eids), seed)
+    rows["genotype_features"] = _auc(y, _oof_scores(_features(run, spec, eids), y, seed), seed)
+    rows["age_sex"] = _auc(y, _oof_scores(_covariates(cohort_data, eids, ["age", "sex"]), y, seed), seed)
     latent = _latent(truth_dir, eids)
     if latent is not None:
         from comical.data_io.images import open_image_store
         from comical.distributed.tasks.toy import ridge_r2
 
-        rows["gemcont"]["latent_r2"] = ridge_r2(test_x, latent)
-        rows["random_encoder"]["latent_r2"] = ridge_r2(random_x, latent)
-        # raw voxels: at most RAW_VOXEL_SUBJECTS test subjects (seeded), as ridge on ~10^5 voxels costs n^2 x voxels
-        pick = np.sort(np.random.default_rng(seed).permutation(len(eids))[:RAW_VOXEL_SUBJECTS])
+        # every method on the same test subjects, at most R2_SUBJECTS of them (seeded): ridge on ~10^5 raw voxels
+        # costs n^2 x voxels
+        pick = np.sort(np.random.default_rng(seed).permutation(len(eids))[:R2_SUBJECTS])
         volumes, stored = open_image_store(Path(cohort) / "images").read(spec["input"]["modality"], eids[pick])
-        rows["raw_voxels"] = {"latent_r2": ridge_r2(volumes.reshape(len(volumes), -1),
-                                                    latent[np.searchsorted(eids, stored)])}
+        if not np.array_equal(stored, eids[pick]):
+            raise InputError(f"{cohort}/images: subjects not in eid order; expected the order `comical simulate` "
+                             "writes")
+        rows["gemcont"]["latent_r2"] = ridge_r2(test_x[pick], latent[pick])
+        rows["random_encoder"]["latent_r2"] = ridge_r2(random_x[pick], latent[pick])
+        rows["raw_voxels"] = {"latent_r2": ridge_r2(volumes.reshape(len(volumes), -1), latent[pick])}
         rows["planted_latent"] = _auc(y, latent, seed)
     summary = {"run": str(run), "cohort": str(cohort), "disease": disease, "n_test": int(len(eids)),
                "n_test_cases": int(y.sum()), "panel_variants": panel.height,
-               "planted_variants": None if planted is None else planted.height,
+               "planted_variants": None if truth is None else truth["planted"].height,
+               "latent_r2_subjects": int(min(len(eids), R2_SUBJECTS)),
+               "planted_gemcont_vs_random_encoder": comparison,
                "bonferroni": 0.05 / panel.height, "methods": rows,
                "notes": ["random_encoder: the same architecture, untrained, seeded; its embeddings go through the "
                          "same GWAS, ridge and logistic steps",
                          "prs: the panel's effect sizes x the run's genotype features (PC-regressed, "
-                         "standardised); no fit"]}
+                         "standardised); no fit. genotype_features, age_sex: the same out-of-fold logistic "
+                         "regression as the embeddings, on those inputs",
+                         "AUC intervals: bootstrap of the subjects given their out-of-fold scores (the refits' "
+                         "variance is not in them)",
+                         "planted_also_on_idps: planted latent variants that the simulator also gives direct IDP "
+                         "effects; planted_latent_only: the rest, reachable only through the latent"]}
     _write_table(summary, stage / "evaluation.tsv")
     (stage / "evaluation.json").write_text(json.dumps(summary, indent=1) + "\n")
     _figure(summary, stage / "evaluation.png")
@@ -95,12 +112,13 @@ def summary_line(summary: dict) -> str:
     line = (f"{summary['n_test']} held-out subjects: disease-panel hits at 5e-8 {f('gemcont', 'panel_at_5e-8', 2)} "
             f"(random encoder {f('random_encoder', 'panel_at_5e-8', 2)})")
     if "planted_at_5e-8" in m["gemcont"]:
-        line += (f", planted latent variants {f('gemcont', 'planted_at_5e-8', 2)} "
-                 f"({f('random_encoder', 'planted_at_5e-8', 2)}); latent R^2 {f('gemcont', 'latent_r2')} "
+        only = "planted_latent_only_at_5e-8"
+        line += (f", planted latent variants without direct IDP effects {f('gemcont', only, 2)} "
+                 f"({f('random_encoder', only, 2)}); latent R^2 {f('gemcont', 'latent_r2')} "
                  f"({f('random_encoder', 'latent_r2')}, raw voxels {f('raw_voxels', 'latent_r2')})")
     return line + (f"; {summary['disease']} AUC {f('gemcont', 'auc')} [95% {f('gemcont', 'auc_low', 2)}-"
-                   f"{f('gemcont', 'auc_high', 2)}] ({f('random_encoder', 'auc')}, PRS {f('prs', 'auc')}; "
-                   f"{summary['n_test_cases']} cases)")
+                   f"{f('gemcont', 'auc_high', 2)}] (random encoder {f('random_encoder', 'auc')}, age+sex "
+                   f"{f('age_sex', 'auc')}, PRS {f('prs', 'auc')}; {summary['n_test_cases']} cases)")
 
 
 def _inputs(run: Path, spec: dict) -> Path:
@@ -127,29 +145,63 @@ def _embedding_gwas(frame, cohort: Path, folder: Path, workers: int) -> pl.DataF
     covariates = ["age", "sex"] + [f"PC{i}" for i in range(1, 21)]
     reader = functools.partial(tables_from_cohort, Path(cohort), binary=False, pheno_names=None,
                                covar_names=covariates, multi_trait=traits, mt_pcs=dims, rank_normalise=True)
-    summary = run_gwas(reader, folder / "gwas", workers=workers, plots=False)
+    summary = run_gwas(reader, folder / "gwas", workers=workers, plots=False,
+                       clump={"p1": GENOME_WIDE, "p2": 1e-2, "r2": 0.05, "window_kb": 5000})
     table = pl.read_csv(folder / "gwas.multi_trait.tsv", separator="\t", null_values="NA")
-    return table.with_columns(pl.lit(summary["phenotypes"]["multi_trait"]["lambda_gc"]).alias("lambda_gc"))
+    info = summary["phenotypes"]["multi_trait"]
+    return table.with_columns(pl.lit(info["lambda_gc"]).alias("lambda_gc"), pl.lit(info["clumps"]).alias("loci"))
 
 
-def _recovery(gwas: pl.DataFrame, panel: list[str], planted: pl.DataFrame | None) -> dict:
-    p = dict(zip(gwas["variant_id"].to_list(), gwas["p_value"].to_list()))
+def _recovery(gwas: pl.DataFrame, panel: list[str], truth: dict | None) -> dict:
+    """Fractions of variant sets at 5e-8. With the simulator's truth: the panel split into AD's causal variants and
+    its false catalog hits (a negative control: only LD can carry them), and the planted latent's variants split into
+    those that also act on IDPs directly (reachable without the latent) and those that act only through it."""
+    p = dict(zip(gwas["variant_id"].to_list(), gwas["p_value"].fill_null(1.0).to_list()))
     missing = [v for v in panel if v not in p]
     if missing:
         raise InputError(f"the run's panel variants {missing[:3]} are not in the cohort's genotypes")
 
-    def fraction(variants, threshold):
-        return float(np.mean([p[v] is not None and p[v] < threshold for v in variants]))
+    def fraction(variants):
+        variants = [v for v in variants if v in p]
+        return float(np.mean([p[v] < GENOME_WIDE for v in variants])) if variants else None
 
-    out = {"panel_at_5e-8": fraction(panel, GENOME_WIDE), "panel_at_bonferroni": fraction(panel, 0.05 / len(panel)),
-           "lambda_gc": float(gwas["lambda_gc"][0]),
-           "variants_at_5e-8": int((gwas["p_value"].fill_null(1.0) < GENOME_WIDE).sum())}
-    if planted is not None:  # its variants found, and their share of the weights squared (~ variance, LD aside)
-        found = np.array([p.get(v) is not None and p[v] < GENOME_WIDE for v in planted["variant_id"]])
+    out = {"panel_at_5e-8": fraction(panel), "panel_at_bonferroni": float(np.mean([p[v] < 0.05 / len(panel)
+                                                                                   for v in panel])),
+           "lambda_gc": float(gwas["lambda_gc"][0]), "loci_at_5e-8": int(gwas["loci"][0]),
+           "variants_at_5e-8": int(sum(v < GENOME_WIDE for v in p.values()))}
+    if truth is not None:
+        planted, direct, causal = truth["planted"], truth["direct"], truth["causal"]
+        found = np.array([p.get(v, 1.0) < GENOME_WIDE for v in planted["variant_id"]])
         weight2 = planted["weight"].to_numpy() ** 2
-        out["planted_at_5e-8"] = float(found.mean())
-        out["planted_weight2_share_at_5e-8"] = float(weight2[found].sum() / weight2.sum())
+        out |= {"panel_causal_at_5e-8": fraction([v for v in panel if v in causal]),
+                "panel_false_hits_at_5e-8": fraction([v for v in panel if v not in causal]),
+                "planted_at_5e-8": float(found.mean()),
+                "planted_weight2_share_at_5e-8": float(weight2[found].sum() / weight2.sum()),
+                "planted_latent_only_at_5e-8": fraction([v for v in planted["variant_id"] if v not in direct]),
+                "planted_also_on_idps_at_5e-8": fraction([v for v in planted["variant_id"] if v in direct]),
+                "_planted_found": found}
     return out
+
+
+def _truth(truth_dir: Path, disease: str) -> dict | None:
+    """The simulator's truth for the recovery split (None for a cohort without it)."""
+    files = {name: truth_dir / f"{name}.parquet" for name in ("image_latent_variants", "snp_idp_effects",
+                                                               "disease_snp_effects")}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    effects = pl.read_parquet(files["disease_snp_effects"]).filter((pl.col("disease") == disease) & pl.col("causal"))
+    return {"planted": pl.read_parquet(files["image_latent_variants"]),
+            "direct": set(pl.read_parquet(files["snp_idp_effects"])["variant_id"]),
+            "causal": set(effects["variant_id"])}
+
+
+def _mcnemar(a: np.ndarray, b: np.ndarray) -> dict:
+    """Exact McNemar test of two methods on the same variants: the discordant counts and the two-sided p."""
+    from scipy import stats
+
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"gemcont_only": only_a, "random_encoder_only": only_b, "p": float(p)}
 
 
 def _labels(cohort, disease: str, eids: np.ndarray) -> np.ndarray:
@@ -190,13 +242,21 @@ def _oof_scores(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray | None:
 
 
 def _prs(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
+    return _features(run, spec, eids) @ np.asarray(spec["input"]["effects"])
+
+
+def _features(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
     from comical.distributed.tasks.gemcont import read_inputs
 
     _, table = read_inputs(_inputs(run, spec))
     order = np.argsort(table.column("eid").to_numpy())
     g = table.column("g").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)[order]
-    rows = np.searchsorted(table.column("eid").to_numpy()[order], eids)
-    return g[rows] @ np.asarray(spec["input"]["effects"])
+    return g[np.searchsorted(table.column("eid").to_numpy()[order], eids)]
+
+
+def _covariates(cohort, eids: np.ndarray, names: list[str]) -> np.ndarray:
+    table = cohort.covariates.select(pl.col("eid").cast(pl.Int64), *names)
+    return pl.DataFrame({"eid": eids.astype(np.int64)}).join(table, on="eid", how="left").drop("eid").to_numpy()
 
 
 def _latent(truth_dir: Path, eids: np.ndarray) -> np.ndarray | None:
@@ -208,10 +268,16 @@ def _latent(truth_dir: Path, eids: np.ndarray) -> np.ndarray | None:
 
 
 METRICS = [("panel_at_5e-8", "disease panel hits at 5e-8"), ("panel_at_bonferroni", "disease panel hits at 0.05/K"),
+           ("panel_causal_at_5e-8", "disease panel: causal variants at 5e-8"),
+           ("panel_false_hits_at_5e-8", "disease panel: false catalog hits at 5e-8 (negative control)"),
            ("planted_at_5e-8", "planted latent variants at 5e-8"),
+           ("planted_latent_only_at_5e-8", "planted latent variants without direct IDP effects at 5e-8"),
+           ("planted_also_on_idps_at_5e-8", "planted latent variants with direct IDP effects at 5e-8"),
            ("planted_weight2_share_at_5e-8", "planted latent: share of its sum of squared weights at 5e-8"),
+           ("loci_at_5e-8", "independent loci at 5e-8 (clumped r^2 < 0.05, 5 Mb)"),
            ("variants_at_5e-8", "variants at 5e-8"),
-           ("lambda_gc", "lambda_GC"), ("latent_r2", "planted latent ridge R^2"), ("auc", "disease AUC"),
+           ("lambda_gc", "lambda_GC"), ("latent_r2", "planted latent ridge R^2 (same subjects for all)"),
+           ("auc", "disease AUC"),
            ("auc_low", "disease AUC, 95% bootstrap low"), ("auc_high", "disease AUC, 95% bootstrap high")]
 
 

@@ -7,14 +7,17 @@ import shutil
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 import pytest
 import torch
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from comical.cli import main
 from comical.data_io.plink import open_genotypes
 from comical.distributed.tasks.gemcont import GemcontConfig, GemcontModel, scarf
 from comical.pipelines.clump import r_squared
+from comical.pipelines.gemcont_eval import METRICS, _embedding_gwas
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +166,15 @@ def test_gemcont_learns_the_planted_latent_through_the_engine_with_two_workers(i
     prs = summary["methods"]["prs"]
     assert prs["auc"] == pytest.approx(roc_auc_score(y, np.stack(g["g"].to_numpy()) @ effects))
     assert prs["auc_low"] < prs["auc"] < prs["auc_high"] and prs["auc_high"] - prs["auc_low"] < 0.5
+    assert summary["methods"]["gemcont"]["panel_causal_at_5e-8"] is not None  # the truth split ran
     assert (tmp_path / "eval" / "evaluation.png").is_file()
-    assert pl.read_csv(tmp_path / "eval" / "evaluation.tsv", separator="\t").height == 10
+    # the whole embedding-GWAS path (PC rotation, rank normalisation, 22 covariates, missing calls, 128 traits on
+    # 300 subjects) on embeddings shuffled across subjects: uniform p-values
+    trained = pl.read_parquet(out / "test_embeddings.parquet").select("eid", cs.starts_with("image_"))
+    shuffled = trained.with_columns(pl.col("eid").shuffle(seed=3))
+    null = _embedding_gwas(shuffled, image_cohort, tmp_path / "null", workers=1)["p_value"].drop_nulls().to_numpy()
+    assert stats.kstest(null, "uniform").pvalue > 1e-3 and 0.003 < (null < 0.01).mean() < 0.025
+    assert pl.read_csv(tmp_path / "eval" / "evaluation.tsv", separator="\t").height == len(METRICS)
 
 
 def test_a_cohort_without_images_fails_before_training(mini_cohort, tmp_path, capsys):

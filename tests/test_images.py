@@ -138,9 +138,10 @@ def test_a_store_larger_than_the_object_store_streams_through_ray_data(tmp_path)
             total += float(batch["t1"].double().sum())
         subset = store.dataset(["t1"], eids=np.arange(1100, 1200)).to_pandas()["eid"]
         assert sorted(subset) == list(range(1100, 1200)), subset
-        print(len(seen), total)
+        print("RESULT", len(seen), total)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    count, total = done.stdout.split()[-2:]
+    # Ray may print its own lines to stdout after ours (seen once: a line ending in "... across ..."): find ours
+    count, total = next(line for line in done.stdout.splitlines() if line.startswith("RESULT ")).split()[1:]
     assert int(count) == 1000 and float(total) == pytest.approx(expected, rel=1e-12)
