@@ -46,6 +46,7 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
     test = pl.from_arrow(embed_cohort(model, spec["input"], run, cohort, split="test"))
     random_test = pl.from_arrow(embed_cohort(_untrained(spec), spec["input"], run, cohort, split="test"))
     eids = test["eid"].to_numpy()
+    assert np.array_equal(eids, random_test["eid"].to_numpy())  # one store read in one order: rows pair up
     image_cols = [c for c in test.columns if c.startswith("image_")]
     test_x, random_x = test.select(image_cols).to_numpy(), random_test.select(image_cols).to_numpy()
     panel = pl.read_csv(_inputs(run, spec) / "panel.tsv", separator="\t")
