@@ -30,14 +30,13 @@ import polars as pl
 from comical.data_io.errors import InputError
 
 GENOME_WIDE = 5e-8
-R2_SUBJECTS = 2000
 
 
 def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, seed: int = 0) -> dict:
     """Writes the evaluation into `stage` (the CLI's staged output folder); returns its summary."""
     from comical.data_io.cohort import load_cohort
     from comical.distributed.export import load_model
-    from comical.distributed.tasks.gemcont import embed_cohort
+    from comical.distributed.tasks.gemcont import R2_SUBJECTS, embed_cohort, r2_subset
 
     model, spec = load_model(Path(run) / "model")
     if spec["task"] != "gemcont":
@@ -71,9 +70,7 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
         from comical.data_io.images import open_image_store
         from comical.distributed.tasks.toy import ridge_r2
 
-        # every method on the same test subjects, at most R2_SUBJECTS of them (seeded): ridge on ~10^5 raw voxels
-        # costs n^2 x voxels
-        pick = np.sort(np.random.default_rng(seed).permutation(len(eids))[:R2_SUBJECTS])
+        pick = r2_subset(len(eids), spec["input"].get("seed", 0))  # the subjects training's test used
         volumes, stored = open_image_store(Path(cohort) / "images").read(spec["input"]["modality"], eids[pick])
         if not np.array_equal(stored, eids[pick]):
             raise InputError(f"{cohort}/images: subjects not in eid order; expected the order `comical simulate` "
@@ -247,12 +244,11 @@ def _prs(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
 
 
 def _features(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
-    from comical.distributed.tasks.gemcont import read_inputs
+    """The run's genotype features (PC-regressed, standardised) of `eids`, as training saw them."""
+    from comical.distributed.tasks.gemcont import GemcontTask, _rows
 
-    _, table = read_inputs(_inputs(run, spec))
-    order = np.argsort(table.column("eid").to_numpy())
-    g = table.column("g").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)[order]
-    return g[np.searchsorted(table.column("eid").to_numpy()[order], eids)]
+    all_eids, g = GemcontTask().bind({"data": str(_inputs(run, spec))})._genotypes()
+    return g[_rows(all_eids, eids)].numpy()
 
 
 def _covariates(cohort, eids: np.ndarray, names: list[str]) -> np.ndarray:

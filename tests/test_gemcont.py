@@ -129,7 +129,7 @@ def test_gemcont_learns_the_planted_latent_through_the_engine_with_two_workers(i
     assert metrics["n_test"] == 300 and metrics["top1_accuracy_chance"] == pytest.approx(1 / 300)
     # on 300 subjects a ridge R^2 of no signal is about 0 +- 0.02; 12 epochs gave 0.13 and 0.23 (seeds 0, 1)
     assert metrics["latent_r2_untrained_encoder"] < 0.05 and metrics["latent_r2"] > 0.05
-    assert np.isfinite(metrics["latent_r2_raw_voxels"])
+    assert metrics["latent_r2_raw_voxels"] > 0.1  # the latent is in the volumes (0.21-0.25 seen at 12 mm)
     embeddings = pl.read_parquet(out / "test_embeddings.parquet")
     assert embeddings.height == 300 and "image_127" in embeddings.columns and "genotype_127" in embeddings.columns
     assert (out / "model" / "model.safetensors").is_file() and (out / "inputs" / "panel.tsv").is_file()

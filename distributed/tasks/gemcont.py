@@ -151,6 +151,14 @@ def read_inputs(folder: str | Path) -> tuple[dict, "pq.Table"]:
     return manifest, pq.read_table(folder / "genotypes.parquet")
 
 
+R2_SUBJECTS = 2000  # latent R^2: at most this many test subjects (a ridge on ~10^5 raw voxels costs n^2 x voxels)
+
+
+def r2_subset(n: int, seed: int) -> np.ndarray:
+    """Positions (sorted) of the test subjects every latent R^2 is computed on, trained, untrained and raw alike."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:R2_SUBJECTS])
+
+
 def embedding_table(eids: np.ndarray, image: np.ndarray, genotype: np.ndarray, split: np.ndarray | None = None):
     """eid[, split], image_0.., genotype_0..: one row per subject, one column per embedding dimension."""
     return pa.table({"eid": eids, **({} if split is None else {"split": split}),
@@ -160,9 +168,8 @@ def embedding_table(eids: np.ndarray, image: np.ndarray, genotype: np.ndarray, s
 
 def embed_cohort(model: nn.Module, info: dict, run: Path, cohort: Path, *, split: str | None = None) -> pa.Table:
     """`comical embed` of a GEMCONT run: every subject of its inputs, or those of one `split` (eid, split, image_*,
-    genotype_*). The genotype
-    features were fitted on the run's cohort (PCs, scaling on its training split), so --cohort must be that cohort:
-    its image store must be the one the inputs were made from."""
+    genotype_*). The genotype features were fitted on the run's cohort (PCs, scaling on its training split), so
+    --cohort must be that cohort: its image store must be the one the inputs were made from."""
     from comical.data_io.images import open_image_store, store_identity
 
     inputs = Path(run) / "inputs"  # a run trained with --cohort holds its inputs; else the --data folder it named
@@ -276,7 +283,8 @@ class GemcontTask(Task):
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
         """On the test subjects: image<->genotype top-1 retrieval among all of them (chance 1/n); and, where the
         cohort has the planted image latent, its ridge R^2 (5-fold) from the image embeddings beside an untrained
-        encoder's and the raw voxels'. Writes test_embeddings.parquet (eid, image_*, genotype_*)."""
+        encoder's and the raw voxels', on the same (at most R2_SUBJECTS) subjects. Writes test_embeddings.parquet
+        (eid, image_*, genotype_*)."""
         from comical.data_io.images import open_image_store
         from comical.distributed.tasks.toy import ridge_r2
 
@@ -294,10 +302,12 @@ class GemcontTask(Task):
             z = latent["latent"].to_numpy()[np.searchsorted(latent["eid"].to_numpy(), stored)]
             torch.manual_seed(config.seed)
             untrained = self.build_model(config.model, info).to(next(model.parameters()).device)
-            images, _ = open_image_store(info["images"]).read(info["modality"], stored)
-            metrics |= {"latent_r2": ridge_r2(image_embeddings, z),
-                        "latent_r2_untrained_encoder": ridge_r2(self.embed(untrained, stored)[1], z),
-                        "latent_r2_raw_voxels": ridge_r2(images.reshape(len(images), -1), z)}
+            pick = r2_subset(len(stored), config.seed)
+            images, _ = open_image_store(info["images"]).read(info["modality"], stored[pick])
+            metrics |= {"latent_r2": ridge_r2(image_embeddings[pick], z[pick]),
+                        "latent_r2_untrained_encoder": ridge_r2(self.embed(untrained, stored[pick])[1], z[pick]),
+                        "latent_r2_raw_voxels": ridge_r2(images.reshape(len(images), -1), z[pick]),
+                        "latent_r2_subjects": len(pick)}
         return metrics
 
     def summary(self, m: dict) -> str:
