@@ -152,6 +152,15 @@ def as_pgen(prefix: Path, work: Path) -> Path:
     return pfile
 
 
+def as_bgen(prefix: Path, work: Path) -> Path:
+    """`prefix` as BGEN 1.2 (REF first, as UK Biobank's), written by plink2 from its .pgen (sorted variants)."""
+    bgen = work / f"{prefix.name}_bgen"
+    if not bgen.with_suffix(".bgen").exists():
+        subprocess.run(["plink2", "--pfile", as_pgen(prefix, work), "--export", "bgen-1.2", "ref-first", "--out", bgen],
+                       check=True, capture_output=True)
+    return bgen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
@@ -175,10 +184,7 @@ def main() -> None:
     synth_files = ["--pheno", str(args.work / "synthetic_pheno.txt"), "--covar", str(args.work / "synthetic_covar.txt")]
     larger = replicate(cohort / "genotypes", args.copies, args.work / f"variants_x{args.copies}")
     pfile, large_pfile = as_pgen(cohort / "genotypes", args.work), as_pgen(larger, args.work)
-    bgen = args.work / "genotypes_bgen"
-    if not bgen.with_suffix(".bgen").exists():
-        subprocess.run(["plink2", "--bfile", cohort / "genotypes", "--export", "bgen-1.2", "ref-first", "--out", bgen],
-                       check=True, capture_output=True)
+    bgen, large_bgen = as_bgen(cohort / "genotypes", args.work), as_bgen(larger, args.work)
     m = open_genotypes(larger).n_variants
     one = ["--pheno-name", names[0]]
     commands = {
@@ -206,7 +212,8 @@ def main() -> None:
                        ("bgen", ["--bgen", str(bgen.with_suffix(".bgen"))])):
         commands[f"20,000 variants x 154 IDPs, {fmt}: comical --workers 2"] = [*comical, *flags, "--workers", "2",
                                                                               "--out", str(out / "f")]
-    for fmt, flags in (("bed", ["--bfile", str(larger)]), ("pgen", ["--pfile", str(large_pfile)])):
+    for fmt, flags in (("bed", ["--bfile", str(larger)]), ("pgen", ["--pfile", str(large_pfile)]),
+                       ("bgen", ["--bgen", str(large_bgen.with_suffix(".bgen"))])):
         for workers in ("1", "2"):
             commands[f"{m:,} variants x 154 IDPs, {fmt}: comical --workers {workers}"] = [
                 *comical, *flags, "--workers", workers, "--out", str(out / "w")]

@@ -155,6 +155,14 @@ class BgenGenotypes(Genotypes):
                        verbose=False) as bgen:
             probs = bgen.read(index=(samples, variants), dtype=np.float64, num_threads=1)
             phased = np.array(bgen.phased[_index(variants, self.n_variants)])
+        haploid = np.isnan(probs[:, :, -1]) & ~np.isnan(probs[:, :, 0])  # missing calls are NaN in every column
+        if haploid.any():  # would silently become missing calls otherwise
+            sample, variant = (int(a[0]) for a in np.nonzero(haploid))
+            sample = _index(samples, self.n_samples)[sample]
+            variant = _index(variants, self.n_variants)[variant]
+            raise InputError(f"{self.prefix}: variant {self.variants['variant_id'][int(variant)]}, sample "
+                             f"{self.samples['iid'][int(sample)]}: a haploid call; expected diploid calls (autosomes; "
+                             "haploid chrX/Y/MT calls are not supported)")
         if probs.shape[2] == 3 and not phased.any():  # unphased diploid: P(AA), P(AB), P(BB)
             dosage = probs[:, :, 1] + 2 * probs[:, :, 2]
         else:  # phased diploid: P(hap1 = B) + P(hap2 = B); unphased rows keep their own columns

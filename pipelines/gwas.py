@@ -182,26 +182,38 @@ def _format_block(base: pl.DataFrame, groups: list[Group], results: list[dict], 
                   out_format: str = "tsv"):
     """GWAS-SSF rows of one block per phenotype, encoded here (in parallel) for the driver to append: TSV bytes,
     or BGZF-compressed TSV bytes (uint8 arrays, read from Ray's object store without a copy), or an Arrow table
-    (parquet); and its -log10 p per phenotype."""
-    ssf = {"chromosome": base["chrom"], "base_pair_location": base["pos"], "effect_allele": base["allele1"],
-           "other_allele": base["allele2"]}
+    (parquet); and its -log10 p per phenotype.
+
+    A group's phenotypes are stacked into one table (phenotype-major) and encoded once, then cut into each
+    phenotype's rows: one CSV writer call per block instead of one per phenotype and block (~0.35 ms each, x 154
+    phenotypes x blocks)."""
+    ssf = pl.DataFrame({"chromosome": base["chrom"], "base_pair_location": base["pos"],
+                        "effect_allele": base["allele1"], "other_allele": base["allele2"]})
+    m = base.height
     texts, neg_log10_p = {}, {}
     for group, result in zip(groups, results):
-        columns = ["multi_trait"] if group.kind == "multi_trait" else group.names
-        for j, name in enumerate(columns):
-            pick = (lambda a: a[:, j]) if group.kind == "linear" else (lambda a: a)  # noqa: E731
-            neg = -pick(result["log10_p"])
-            # one constructor from numpy columns (each `with_columns` costs a lazy query, ~1 ms, x phenotypes x
-            # blocks); NaN becomes null, written NA as plink2 does
-            table = {**ssf, **({"beta": _na(pick(result["beta"])), "standard_error": _na(pick(result["se"]))}
-                               if group.kind != "multi_trait" else {"lrt": _na(result["lrt"]), "df": result["df"]}),
-                     "effect_allele_frequency": _na(np.where(result["n"] > 0, result["freq"], np.nan)), "p_value": _na(pick(result["p"])),
-                     "variant_id": base["variant_id"], "n": result["n"], "neg_log10_p": _na(neg)}
-            if group.kind == "logistic":
-                table.update(odds_ratio=_na(np.exp(result["beta"])), firth=result["firth"])
-            table["note"] = pl.Series(result["note"], dtype=pl.String)
-            texts[name] = _encode(pl.DataFrame(table), out_format, header)
-            neg_log10_p[name] = neg
+        names = ["multi_trait"] if group.kind == "multi_trait" else group.names
+        k = len(names)
+
+        def stack(values, per_phenotype: bool = group.kind == "linear"):
+            # (m, k) phenotype columns to one phenotype-major column; shared per-variant columns repeat k times
+            values = np.asarray(values)
+            return values.T.reshape(-1) if per_phenotype else np.tile(values, k)
+
+        neg = -np.asarray(result["log10_p"], dtype=np.float64).reshape(m, -1)
+        table = ({"beta": _na(stack(result["beta"])), "standard_error": _na(stack(result["se"]))}
+                 if group.kind != "multi_trait" else {"lrt": _na(result["lrt"]), "df": result["df"]})
+        table |= {"effect_allele_frequency": _na(stack(np.where(result["n"] > 0, result["freq"], np.nan), False)),
+                  "p_value": _na(stack(result["p"])), "variant_id": pl.concat([base["variant_id"]] * k),
+                  "n": stack(result["n"], False), "neg_log10_p": _na(neg.T.reshape(-1))}
+        if group.kind == "logistic":
+            table.update(odds_ratio=_na(np.exp(result["beta"])), firth=result["firth"])
+        # NaN becomes null, written NA as plink2 does
+        table["note"] = pl.Series(stack(np.asarray(result["note"], dtype=object), False), dtype=pl.String)
+        stacked = pl.concat([pl.concat([ssf] * k), pl.DataFrame(table)], how="horizontal")
+        for j, (name, encoded) in enumerate(zip(names, _encode(stacked, out_format, header, k))):
+            texts[name] = encoded
+            neg_log10_p[name] = neg[:, j]
     return texts, neg_log10_p
 
 
@@ -209,22 +221,30 @@ def _na(values: np.ndarray) -> pl.Series:
     return pl.Series(values=np.asarray(values, dtype=np.float64), nan_to_null=True)
 
 
-def _encode(table: pl.DataFrame, out_format: str, header: bool):
+def _encode(table: pl.DataFrame, out_format: str, header: bool, parts: int) -> list:
+    """`table` (`parts` equal runs of rows, one per phenotype) encoded once and cut into its parts."""
+    rows = table.height // parts
     if out_format == "parquet":
-        return table.to_arrow()
+        return [table.slice(j * rows, rows).to_arrow() for j in range(parts)]
     text = io.BytesIO()
-    table.write_csv(text, separator="\t", include_header=header, null_value="NA", float_precision=None)
-    if out_format == "tsv.gz":  # BGZF blocks: gzip members that bgzip and tabix read; appended blocks stay valid
-        from Bio import bgzf
+    table.write_csv(text, separator="\t", include_header=False, null_value="NA", float_precision=None)
+    data = np.frombuffer(text.getbuffer(), np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))[rows - 1::rows] + 1 if rows else np.zeros(parts, dtype=np.int64)
+    head = ("\t".join(table.columns) + "\n").encode() if header else b""
+    encoded = []
+    for start, end in zip([0, *ends[:-1]], ends):
+        chunk = head + data[start:end].tobytes()
+        if out_format == "tsv.gz":  # BGZF blocks: gzip members that bgzip and tabix read; appended blocks stay valid
+            from Bio import bgzf
 
-        packed = io.BytesIO()
-        writer = bgzf.BgzfWriter(fileobj=packed)
-        data = text.getvalue()
-        writer.write(data)
-        if len(data) % 65536:  # the rest as one block; flushing nothing would write an empty block, which is
-            writer.flush()  # the end-of-file marker the driver writes once at the end
-        text = packed
-    return np.frombuffer(text.getbuffer(), np.uint8)  # Ray hands arrays to the driver without a copy
+            packed = io.BytesIO()
+            writer = bgzf.BgzfWriter(fileobj=packed)
+            writer.write(chunk)
+            if len(chunk) % 65536:  # the rest as one block; flushing nothing would write an empty block, which is
+                writer.flush()  # the end-of-file marker the driver writes once at the end
+            chunk = packed.getvalue()
+        encoded.append(np.frombuffer(chunk, np.uint8))  # Ray hands arrays to the driver without a copy
+    return encoded
 
 
 def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers: int = 1,

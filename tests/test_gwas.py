@@ -671,3 +671,45 @@ def test_a_rare_dosage_variant_is_tested_not_called_collinear():
     q = covariate_basis(covariates, ["a", "b"])
     result = linear(g, q, (y - q @ (q.T @ y))[:, None])
     assert list(result["note"]) == ["", ""] and np.isfinite(result["p"]).all()
+
+
+def _vcf(path, chrom: str, rows: list[list[str]], samples: list[str]) -> None:
+    """Plain GT calls at 5 Mb on (outside chrX's pseudo-autosomal region, where males are diploid)."""
+    header = "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *samples])
+    lines = ["##fileformat=VCFv4.2", '##FORMAT=<ID=GT,Number=1,Type=String,Description="call">', header]
+    lines += ["\t".join([chrom, str(5_000_000 + j), f"v{j}", "A", "G", ".", ".", ".", "GT", *cells])
+              for j, cells in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_phased_bgen_dosage_is_the_haplotype_sum_and_a_haploid_call_is_refused(plink2, tmp_path):
+    """plink2 writes a phased BGEN (from phased VCF calls): its dosage is the sum over the two haplotypes, equal
+    to plink2's own .pgen of the same calls. A haploid call (a male's chrX) is refused with the variant and sample
+    named, not read as a missing call."""
+    from comical.data_io.dosages import open_bgen, open_pgen
+    from comical.data_io.errors import InputError
+
+    rng = np.random.default_rng(0)
+    samples = [f"s{i}" for i in range(40)]
+    haplotypes = rng.integers(0, 2, size=(30, 40, 2))
+    rows = [[f"{a}|{b}" for a, b in variant] for variant in haplotypes]
+    rows[3][5] = ".|."
+    _vcf(tmp_path / "p.vcf", "1", rows, samples)
+    plink2("--vcf", tmp_path / "p.vcf", "--make-pgen", "--out", tmp_path / "p")
+    plink2("--pfile", tmp_path / "p", "--export", "bgen-1.2", "ref-first", "--out", tmp_path / "p")
+    bgen = open_bgen(tmp_path / "p.bgen")
+    from bgen_reader import open_bgen as bgen_reader
+
+    with bgen_reader(tmp_path / "p.bgen", samples_filepath=tmp_path / "p.sample", verbose=False) as raw:
+        assert np.asarray(raw.phased).all()  # the file is phased, so the haplotype branch is what runs
+    expected = haplotypes.sum(2).T.astype(float)
+    expected[5, 3] = np.nan
+    np.testing.assert_array_equal(bgen.read(dtype=np.float64), expected)
+    np.testing.assert_array_equal(open_pgen(tmp_path / "p").read(dtype=np.float64), expected)
+
+    rows = [["0/1", "1", "0/0", "0"] for _ in range(3)]  # samples 2 and 4 are male: haploid on chrX
+    _vcf(tmp_path / "x.vcf", "X", rows, ["f1", "m1", "f2", "m2"])
+    (tmp_path / "x.sex").write_text("#IID\tSEX\nf1\t2\nm1\t1\nf2\t2\nm2\t1\n")
+    plink2("--vcf", tmp_path / "x.vcf", "--update-sex", tmp_path / "x.sex", "--export", "bgen-1.2", "ref-first", "--out", tmp_path / "x")
+    with pytest.raises(InputError, match=r"variant v0, sample m1: a haploid call"):
+        open_bgen(tmp_path / "x.bgen").read()
