@@ -147,6 +147,21 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4096, help="global batch (the same at every worker count)")
     p.add_argument("--out", type=Path, required=True, help="folder for scaling.csv, scaling.md, scaling.png")
     p.set_defaults(handler=_bench_scaling)
+    p = bench.add_parser("gemcont-sim", help="paper 001's simulation benchmark (Fig. 2): rotated characters, four "
+                                             "methods, one sweep")
+    p.add_argument("--sweep", choices=["n_train", "h_g", "alpha_max"], required=True,
+                   help="the parameter varied; the others stay at their defaults")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 values x 2 splits x 1 epoch (a smoke run)")
+    p.add_argument("--methods", default="gemcont,simclr,vae,supervised", help="comma-separated subset")
+    p.add_argument("--splits", type=int, help="training splits (default 5; quick 2)")
+    p.add_argument("--epochs", type=int, help="epochs per training (default 15; quick 1)")
+    p.add_argument("--n-test", type=int, help="fixed test set size (default 10,000; the paper 100K)")
+    p.add_argument("--n-train-values", help="comma-separated training sizes of the n_train sweep")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per training")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.md, results.png")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.set_defaults(handler=_bench_gemcont_sim)
 
     p = sub.add_parser("associate", help="association p-values of SNP-IDP pairs from a trained run's test split")
     p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
@@ -434,6 +449,26 @@ def _bench_scaling(args) -> int:
     write_outputs(table, args.out, title)
     print((args.out / "scaling.md").read_text(), end="")
     return 0
+
+
+def _bench_gemcont_sim(args) -> int:
+    from comical.pipelines.gemcont_sim import QUICK, SimBench, run_benchmark
+
+    bench = QUICK if args.quick else SimBench()
+    changes = {k: v for k, v in (("splits", args.splits), ("epochs", args.epochs), ("n_test", args.n_test)) if v}
+    if args.n_train_values:
+        try:
+            changes["n_train_values"] = tuple(int(v) for v in args.n_train_values.split(","))
+        except ValueError:
+            raise InputError(f"--n-train-values {args.n_train_values}: expected comma-separated counts") from None
+    if any(v < 1 for v in changes.get("n_train_values", ())) or any(
+            changes.get(k, 1) < 1 for k in ("splits", "epochs", "n_test")):
+        raise InputError("--splits, --epochs, --n-test and --n-train-values must be >= 1")
+    bench = dataclasses.replace(bench, **changes)
+    table = run_benchmark(args.sweep, args.out, bench=bench, methods=tuple(args.methods.split(",")),
+                          workers=args.workers, use_gpu=args.use_gpu, force=args.force)
+    print((args.out / "results.md").read_text(), end="")
+    return 0 if table.height else 1
 
 
 def _associate(args) -> int:

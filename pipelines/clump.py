@@ -66,7 +66,7 @@ def clump_phenotypes(genotypes: Genotypes, sample_index: np.ndarray, neg_log10_p
     bytes_per_call = _bytes_per_call(genotypes)
     for region in _regions(needed, chrom, pos, window):
         if bytes_per_call * len(sample_index) * region.size <= REGION_BYTES:  # the region's calls, held once
-            r2_of = _Region.read(genotypes.read(samples=sample_index, variants=region, dtype=np.float64),
+            r2_of = _Region.read(genotypes.read(samples=sample_index, variants=region, dtype=np.float32),
                                  genotypes.hard_calls).r2
         else:  # a dense region: read each index variant with its neighbours (memory bounded by one window)
             def r2_of(i, near, region=region):
@@ -146,8 +146,8 @@ class _Region:
         gaps = np.isnan(x)
         variant, sample = np.nonzero(gaps)  # row-major: grouped by variant
         np.copyto(x, 0, where=gaps)
-        if hard_calls:  # dosages (multiples of 1/16384) keep float64 for their squares and sums
-            x = x.astype(np.float32)
+        if not hard_calls:  # dosages (multiples of 1/16384): their squares and sums need float64
+            x = x.astype(np.float64)
         gap_start = np.searchsorted(variant, np.arange(len(x) + 1))
         sums = np.stack([x.sum(1, dtype=np.float64), np.einsum("ij,ij->i", x, x, dtype=np.float64),
                          x.shape[1] - np.diff(gap_start)])
@@ -177,10 +177,9 @@ class _Region:
 
 
 def _bytes_per_call(genotypes: Genotypes) -> int:
-    """Memory per sample and variant of a region: the float64 read (kept for dosages; hard calls are kept as a
-    float32 copy: bed-reader's float64 read is ~3x faster than its float32 one), and what the format's decoder holds
-    beyond a plain read (BGEN's probabilities)."""
-    return (4 if genotypes.hard_calls else 0) + genotypes.read_bytes_per_call
+    """Memory per sample and variant of a region: the float32 read, the calls kept (float32, or float64 for
+    dosages), and what the format's decoder holds beyond a plain read (BGEN's probabilities)."""
+    return (8 if genotypes.hard_calls else 12) + genotypes.read_bytes_per_call - 8
 
 
 def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray, i: int,
@@ -190,8 +189,8 @@ def _r2_read(genotypes: Genotypes, sample_index: np.ndarray, region: np.ndarray,
     out = []
     for start in range(0, near.size, step):
         part = near[start:start + step]
-        read = genotypes.read(samples=sample_index, variants=region[np.r_[i, part]], dtype=np.float64)
-        calls = _Region.read(read, genotypes.hard_calls)
+        calls = _Region.read(genotypes.read(samples=sample_index, variants=region[np.r_[i, part]], dtype=np.float32),
+                             genotypes.hard_calls)
         out.append(calls.r2(0, np.arange(1, part.size + 1)))
     return np.concatenate(out)
 

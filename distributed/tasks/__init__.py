@@ -4,4 +4,9 @@ TASKS = {
     "comical": ("comical.distributed.tasks.comical", "ComicalTask"),  # paper 000: SNP-IDP pairs, resident
     "gemcont": ("comical.distributed.tasks.gemcont", "GemcontTask"),  # paper 001: genotypes vs images, streamed
     "toy": ("comical.distributed.tasks.toy", "ToyTask"),  # two noisy views of a Gaussian latent, streamed
+    # paper 001's simulation benchmark: rotated characters, four methods, resident
+    "sim-gemcont": ("comical.distributed.tasks.rotation", "GemcontSimTask"),
+    "sim-simclr": ("comical.distributed.tasks.rotation", "SimclrSimTask"),
+    "sim-vae": ("comical.distributed.tasks.rotation", "VaeSimTask"),
+    "sim-supervised": ("comical.distributed.tasks.rotation", "SupervisedSimTask"),
 }

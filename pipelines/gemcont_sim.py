@@ -1,0 +1,232 @@
+"""`comical bench gemcont-sim`: paper 001's simulation benchmark (section 3.1, Fig. 2) on rotated characters.
+
+One sweep (n_train, h_g or alpha_max; the others held at their defaults) x four methods (GEMCONT, SimCLR, VAE,
+supervised on z; distributed/tasks/rotation.py, each trained by the engine with Ray Train) x five training splits
+with a fixed test set. For each trained model, on the test set:
+- `r2`: ridge R^2 of z from the test embeddings (5-fold cross-validated within the test set), beside the same for
+  an untrained encoder (`r2_untrained`) and the raw pixels (`r2_raw_pixels`);
+- `causal_fraction`: the fraction of the S causal variants at p < 5e-8 in the multi-trait GWAS of the test
+  embeddings (paper 001 eq. 3: all D principal components, rank-based inverse normal, no covariates, as the
+  paper's simulation; the same Wilks test as `comical gwas --multi-trait`, gwas_stats.multi_trait), and
+  `null_fraction`, the same for as many variants without effect (the negative control: expected 0).
+
+Outputs in --out: results.csv (a row per method x setting x split), results.md (mean +- sd over splits per method
+and setting, with the untrained-encoder and raw-pixel R^2), results.png (Fig. 2's layout: R^2 on top, causal
+fraction below, a bar per method with its sd), sample_sheet.png (test characters at the default setting) and
+run.json. Rows already in results.csv of the same run are kept, so an interrupted sweep goes on where it stopped.
+
+Sizes (CPU, stated in BENCHMARKS.md): the paper trains on up to 100K+ images with a 100K test set on an H100; here
+the defaults fit a CPU run of a few hours per sweep, and larger sizes are flags (`--n-test`, `--n-train-values`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from comical.data_io.errors import InputError
+from comical.data_io.output_dir import RUN_FILE, check_output_dir, mark_run, write_atomic
+
+GENOME_WIDE = 5e-8
+METHODS = ("gemcont", "simclr", "vae", "supervised")
+SWEEPS = ("n_train", "h_g", "alpha_max")
+COLUMNS = ["method", "sweep", "value", "split", "r2", "causal_fraction", "null_fraction", "r2_untrained",
+           "r2_raw_pixels", "best_epoch", "n_train", "h_g", "alpha_max", "n_test", "seconds"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SimBench:
+    """The benchmark's sizes and the values of each sweep; the default of each parameter is starred in tables."""
+
+    n_train_values: tuple[int, ...] = (1000, 2500, 5000, 10000)
+    h_g_values: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+    alpha_max_values: tuple[float, ...] = (10.0, 20.0, 45.0, 90.0)
+    n_train: int = 5000  # the defaults held fixed while another parameter is swept
+    h_g: float = 0.5
+    alpha_max: float = 45.0
+    n_test: int = 10000  # fixed test set (the paper: 100K)
+    n_val: int = 1000  # each split's validation subjects (the best epoch's selection)
+    n_variants: int = 20  # S causal variants (and as many null variants for the GWAS control)
+    splits: int = 5
+    epochs: int = 15
+    batch_size: int = 256
+    seed: int = 0
+
+    def values(self, sweep: str) -> tuple:
+        return getattr(self, f"{sweep}_values")
+
+    def setting(self, sweep: str, value) -> dict:
+        return {"n_train": self.n_train, "h_g": self.h_g, "alpha_max": self.alpha_max, sweep: value}
+
+
+QUICK = SimBench(n_train_values=(200, 400), h_g_values=(0.25, 0.5), alpha_max_values=(20.0, 45.0), n_train=400,
+                 n_test=400, n_val=100, splits=2, epochs=1, batch_size=64)
+
+
+def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), methods: tuple[str, ...] = METHODS,
+                  workers: int = 1, use_gpu: bool = False, force: bool = False, say=print) -> pl.DataFrame:
+    """Runs one sweep into `out` (see the module docstring); returns the results table."""
+    from comical.data_io.characters import CLASSES, sample_sheet
+    from comical.data_io.rotation_sim import angles, population, test_images
+    from comical.distributed.ray_session import init_ray, shutdown_ray
+
+    if sweep not in SWEEPS:
+        raise InputError(f"--sweep {sweep}: expected one of {', '.join(SWEEPS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"--methods {','.join(methods)}: expected some of {','.join(METHODS)}")
+    run = {"command": "bench gemcont-sim", "sweep": sweep, "bench": dataclasses.asdict(bench),
+           "methods": list(methods), "workers": workers, "use_gpu": use_gpu}
+    out = check_output_dir(out, run, force=force)
+    same_run = (out / RUN_FILE).is_file() and not force
+    out.mkdir(parents=True, exist_ok=True)
+    done = _done_rows(out / "results.csv") if same_run else []
+    mark_run(out, run, "running")
+    n_population = bench.n_test + max(bench.setting(sweep, v)["n_train"] for v in bench.values(sweep)) + bench.n_val
+    people = population(n_population, bench.n_variants, seed=bench.seed)
+    started = init_ray()
+    try:
+        rows = _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say)
+    except BaseException as err:
+        mark_run(out, run, "failed", err)
+        raise
+    finally:
+        if started:
+            shutdown_ray()
+    default = test_images(people, h_g=bench.h_g, alpha_max=bench.alpha_max, n_test=min(64, bench.n_test))
+    alpha = angles(people.latent(bench.h_g)[:len(default)], bench.alpha_max)
+    sample_sheet(default, out / "sample_sheet.png", titles=[f"{CLASSES[c]} {a:+.0f}" for c, a in zip(people.labels, alpha)])
+    table = pl.DataFrame(rows, schema=COLUMNS, orient="row")
+    write_atomic(out / "results.md", markdown_table(table, bench, sweep))
+    figure(table, bench, sweep, out / "results.png")
+    mark_run(out, run, "done")
+    return table
+
+
+def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say) -> list[list]:
+    import time
+
+    from comical.data_io.rotation_sim import test_images, write_split
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.run import train_and_evaluate
+
+    rows = list(done)
+    seen = {(r[0], float(r[2]), int(r[3])) for r in done}
+    results = out / "results.csv"
+    if not done:
+        write_atomic(results, ",".join(COLUMNS) + "\n")
+    for value in bench.values(sweep):
+        setting = bench.setting(sweep, value)
+        todo = [(split, m) for split in range(bench.splits) for m in methods if (m, float(value), split) not in seen]
+        if not todo:
+            continue
+        images = test_images(people, h_g=setting["h_g"], alpha_max=setting["alpha_max"], n_test=bench.n_test)
+        test_rows = np.arange(bench.n_test)
+        genotypes = np.concatenate([people.genotypes[test_rows], people.null_genotypes[test_rows]], axis=1)
+        for split in sorted({s for s, _ in todo}):
+            data = out / "data" / f"{sweep}-{value}-split{split}"
+            write_split(data, people, h_g=setting["h_g"], alpha_max=setting["alpha_max"], n_test=bench.n_test,
+                        n_train=setting["n_train"], n_val=bench.n_val, split=split, test_images=images)
+            for method in [m for s, m in todo if s == split]:
+                start = time.perf_counter()
+                config = TrainConfig.from_dict({
+                    "task": f"sim-{method}", "data": str(data), "epochs": bench.epochs,
+                    "batch_size": bench.batch_size, "eval_batch_size": 1024, "seed": bench.seed + split,
+                    "engine": {"workers": workers, "use_gpu": use_gpu}})
+                folder = out / "runs" / f"{sweep}-{value}" / f"{method}-split{split}"
+                metrics = train_and_evaluate(config, folder, force=True)
+                embeddings = pl.read_parquet(folder / "test_embeddings.parquet")
+                p = multi_trait_p(embeddings.select(pl.col("^dim.*$")).to_numpy(), genotypes)
+                s = bench.n_variants
+                row = [method, sweep, value, split, metrics["latent_r2"], float(np.mean(p[:s] < GENOME_WIDE)),
+                       float(np.mean(p[s:] < GENOME_WIDE)), metrics["latent_r2_untrained_encoder"],
+                       metrics["latent_r2_raw_pixels"], metrics["best_epoch"], setting["n_train"], setting["h_g"],
+                       setting["alpha_max"], bench.n_test, round(time.perf_counter() - start, 1)]
+                rows.append(row)
+                with open(results, "a", newline="") as f:
+                    csv.writer(f).writerow(row)
+                say(f"{sweep}={value} split {split} {method}: R^2 {row[4]:.3f} (untrained {row[7]:.3f}, raw pixels "
+                    f"{row[8]:.3f}), causal variants at 5e-8 {row[5]:.2f} (null {row[6]:.2f}), {row[-1]:.0f} s")
+            shutil.rmtree(data)
+    return rows
+
+
+def multi_trait_p(embeddings: np.ndarray, genotypes: np.ndarray) -> np.ndarray:
+    """p-values of the multi-trait test of each genotype column against the embeddings (paper 001 eq. 3, as
+    `comical gwas --multi-trait`: all principal components, rank-based inverse normal; no covariates, as the
+    paper's simulation)."""
+    from comical.pipelines import gwas_stats
+    from comical.pipelines.gwas import embedding_traits
+
+    n, d = embeddings.shape
+    frame = pl.DataFrame({"eid": np.arange(n), **{f"d{i}": embeddings[:, i] for i in range(d)}})
+    y = embedding_traits(frame, n_pcs=d, rank_normalise=True).drop("eid").to_numpy()
+    q = np.full((n, 1), 1 / np.sqrt(n))  # the intercept's orthonormal basis
+    y = y - q @ (q.T @ y)
+    return np.nan_to_num(gwas_stats.multi_trait(genotypes.astype(np.float64), q, y)["p"], nan=1.0)
+
+
+def _done_rows(path: Path) -> list[list]:
+    if not path.is_file():
+        return []
+    table = pl.read_csv(path)
+    return [list(r) for r in table.select(COLUMNS).iter_rows()] if table.height else []
+
+
+def summarise(table: pl.DataFrame) -> pl.DataFrame:
+    """Mean and sd over splits per method and setting."""
+    return (table.group_by("method", "value", maintain_order=True)
+            .agg(*[pl.col(c).mean().alias(f"{c}_mean") for c in ("r2", "causal_fraction", "null_fraction",
+                                                                "r2_untrained", "r2_raw_pixels")],
+                 pl.col("r2").std().alias("r2_sd"), pl.col("causal_fraction").std().alias("causal_fraction_sd"),
+                 pl.len().alias("splits")).sort("value", "method"))
+
+
+def markdown_table(table: pl.DataFrame, bench: SimBench, sweep: str) -> str:
+    default = bench.setting(sweep, None)
+    lines = [f"Sweep over {sweep} (* the default held fixed in the other sweeps; others: "
+             + ", ".join(f"{k} = {v}" for k, v in default.items() if k != sweep) + f"; test set {bench.n_test}, "
+             f"S = {bench.n_variants} causal variants; mean +- sd over splits)", "",
+             f"| {sweep} | method | splits | R^2 | untrained R^2 | raw-pixel R^2 | causal at 5e-8 | null at 5e-8 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summarise(table).iter_rows(named=True):
+        star = "*" if r["value"] == getattr(bench, sweep) else ""
+        sd = lambda v: "" if v is None else f" +- {v:.3f}"  # noqa: E731
+        lines.append(f"| {r['value']}{star} | {r['method']} | {r['splits']} | {r['r2_mean']:.3f}{sd(r['r2_sd'])} | "
+                     f"{r['r2_untrained_mean']:.3f} | {r['r2_raw_pixels_mean']:.3f} | "
+                     f"{r['causal_fraction_mean']:.2f}{sd(r['causal_fraction_sd'])} | {r['null_fraction_mean']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: pl.DataFrame, bench: SimBench, sweep: str, path: Path) -> None:
+    """Fig. 2's layout for one sweep: R^2 (top) and causal fraction (bottom), a bar per method with its sd."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(table)
+    values = sorted(summary["value"].unique().to_list())
+    methods = [m for m in METHODS if m in summary["method"].to_list()]
+    fig, axes = plt.subplots(2, 1, figsize=(1.6 + 1.3 * len(values), 5.5), sharex=True)
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        part = summary.filter(pl.col("method") == method).sort("value")
+        x = np.array([values.index(v) for v in part["value"]]) + (k - (len(methods) - 1) / 2) * width
+        for ax, column in zip(axes, ("r2", "causal_fraction")):
+            ax.bar(x, part[f"{column}_mean"], width, yerr=part[f"{column}_sd"].fill_null(0.0), label=method,
+                   capsize=2)
+    axes[0].set_ylabel("R^2 of z (test)")
+    axes[1].set_ylabel("causal variants at 5e-8")
+    axes[1].set_xticks(range(len(values)), [f"{v}{'*' if v == getattr(bench, sweep) else ''}" for v in values])
+    axes[1].set_xlabel(sweep)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

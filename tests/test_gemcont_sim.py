@@ -1,0 +1,145 @@
+"""Paper 001's simulation benchmark: eq. 4, the rotations, the four methods through the engine, the quick sweep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy import ndimage, stats
+
+from comical.cli import main
+from comical.data_io.characters import render
+from comical.data_io.rotation_sim import angles, population, split_rows, write_split
+
+
+@pytest.mark.parametrize("h_g", [0.1, 0.5, 0.9])
+def test_eq4_gives_the_requested_genetic_variance(h_g):
+    """z = sqrt(h_g) std(G beta) + sqrt(1 - h_g) std(z_n): the OLS of z on the S genotypes (numpy lstsq) explains
+    h_g of its variance, up to the sampling correlation of the two parts (~1/sqrt(n))."""
+    people = population(20_000, 20, seed=1)
+    z = people.latent(h_g)
+    assert abs(z.mean()) < 1e-9 and abs(z.var() - 1) < 0.02
+    design = np.column_stack([np.ones(len(z)), people.genotypes])
+    fitted = design @ np.linalg.lstsq(design, z, rcond=None)[0]
+    assert abs(1 - np.var(z - fitted) / np.var(z) - h_g) < 0.02
+    assert set(np.unique(people.beta)) == {-1.0, 1.0} and people.genotypes.max() <= 2
+    assert np.abs(people.genotypes.mean(0) / 2 - people.frequency).max() < 0.02  # Binomial(2, f_j)
+    # the null variants carry nothing of z
+    null = np.column_stack([np.ones(len(z)), people.null_genotypes])
+    assert 1 - np.var(z - null @ np.linalg.lstsq(null, z, rcond=None)[0]) / np.var(z) < 0.005
+
+
+def test_rotations_follow_alpha():
+    """Without jitter, a character rendered at angle a equals scipy.ndimage.rotate of it at 0 by a (counter-
+    clockwise); with the opposite sign it does not. Angles are alpha_max tanh(c z): bounded, monotone in z."""
+    labels, fonts = np.arange(24) * 2, np.arange(24) % 12
+    upright = render(labels, fonts, np.zeros(24), seed=0, jitter=False).astype(float)
+    for a in (25.0, -60.0):
+        turned = render(labels, fonts, np.full(24, a), seed=0, jitter=False).astype(float)
+        ours = np.abs(turned - np.stack([ndimage.rotate(x, a, reshape=False, order=1) for x in upright])).mean()
+        other = np.abs(turned - np.stack([ndimage.rotate(x, -a, reshape=False, order=1) for x in upright])).mean()
+        assert ours < 6 and other > 5 * ours
+    z = np.linspace(-4, 4, 101)
+    alpha = angles(z, 45.0)
+    assert np.all(np.diff(alpha) > 0) and np.abs(alpha).max() < 45 and abs(alpha[50]) < 1e-12
+    # a subject keeps its handwriting across settings: rendered again at the same angle, the same image
+    again = render(labels[:3], fonts[:3], np.full(3, 10.0), seed=0, rows=np.array([7, 8, 9]))
+    assert np.array_equal(again, render(labels[:3], fonts[:3], np.full(3, 10.0), seed=0, rows=np.array([7, 8, 9])))
+    assert not np.array_equal(again, render(labels[:3], fonts[:3], np.full(3, 10.0), seed=0,
+                                            rows=np.array([1, 2, 3])))
+
+
+def test_splits_share_the_test_set_and_draw_other_training_subjects(tmp_path):
+    rows = [split_rows(1000, 200, 300, 50, k, seed=0) for k in range(2)]
+    assert np.array_equal(rows[0]["test"], rows[1]["test"]) and not np.array_equal(rows[0]["train"], rows[1]["train"])
+    for r in rows:
+        assert not set(r["test"]) & set(r["train"]) and not set(r["train"]) & set(r["val"])
+    people = population(400, 8, seed=0)
+    manifest = write_split(tmp_path / "d", people, h_g=0.5, alpha_max=30.0, n_test=100, n_train=200, n_val=50, split=0)
+    test = pl.read_parquet(tmp_path / "d" / "test")
+    assert manifest["splits"] == {"train": 200, "val": 50, "test": 100}
+    np.testing.assert_allclose(test["alpha"].to_numpy(), angles(people.latent(0.5)[:100], 30.0))
+    assert len(test["image"][0]) == 784 and len(test["null_genotypes"][0]) == 8
+
+
+def test_multi_trait_p_is_uniform_on_null_embeddings_and_finds_a_planted_variant():
+    """The benchmark's embedding GWAS: null genotypes against random embeddings give uniform p (KS); a variant
+    whose effect sits in one embedding dimension is found."""
+    from comical.pipelines.gemcont_sim import multi_trait_p
+
+    rng = np.random.default_rng(0)
+    n, d = 600, 32
+    genotypes = rng.binomial(2, rng.uniform(0.05, 0.5, 400), size=(n, 400))
+    p = multi_trait_p(rng.normal(size=(n, d)), genotypes)
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    embeddings = rng.normal(size=(n, d))
+    embeddings[:, 3] += 0.8 * (genotypes[:, 0] - genotypes[:, 0].mean())
+    assert multi_trait_p(embeddings, genotypes[:, :1])[0] < 5e-8
+
+
+def test_quick_sweep_trains_every_method_through_the_engine_and_writes_its_outputs(tmp_path, ray_session):
+    """`comical bench gemcont-sim --quick` (one split here): every method trains through Ray Train (its exported
+    weights moved from the seeded initial ones), results.csv has a row per method x value x split, results.md
+    and results.png are written; the same command again keeps the rows and trains nothing."""
+    from safetensors.torch import load_file
+
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.task import get_task
+
+    out = tmp_path / "sweep"
+    argv = ["bench", "gemcont-sim", "--sweep", "alpha_max", "--quick", "--splits", "1", "--out", str(out)]
+    assert main(argv) == 0
+    table = pl.read_csv(out / "results.csv")
+    assert table.height == 8 and set(table["method"]) == {"gemcont", "simclr", "vae", "supervised"}
+    assert sorted(set(table["value"])) == [20.0, 45.0]
+    assert table["r2"].is_finite().all() and table["causal_fraction"].is_between(0, 1).all()
+    assert (out / "results.png").stat().st_size > 0 and (out / "sample_sheet.png").stat().st_size > 0
+    assert "| 45.0* | gemcont |" in (out / "results.md").read_text()
+    for method in ("gemcont", "simclr", "vae", "supervised"):
+        run = out / "runs" / "alpha_max-45.0" / f"{method}-split0"
+        config = TrainConfig.from_dict(json.loads((run / "run.json").read_text())["config"])
+        spec = json.loads((run / "model" / "model.json").read_text())
+        torch.manual_seed(config.seed)  # as the worker does before building the model
+        initial = get_task(config.task).build_model(config.model, spec["input"]).state_dict()
+        trained = load_file(str(run / "model" / "model.safetensors"))
+        moved = [k for k, v in initial.items() if k in trained and v.is_floating_point()
+                 and not torch.equal(v, trained[k])]
+        assert "encoder.head.weight" in moved, method
+        assert pl.read_parquet(run / "test_embeddings.parquet").shape == (400, 2 + 256)
+    before = (out / "results.csv").read_text()
+    assert main(argv) == 0 and (out / "results.csv").read_text() == before
+
+
+def test_bad_methods_are_refused(tmp_path, capsys):
+    assert main(["bench", "gemcont-sim", "--sweep", "h_g", "--quick", "--methods", "gemcont,pca",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--methods gemcont,pca: expected some of gemcont,simclr,vae,supervised" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_random_erasing_and_scarf():
+    """Random erasing: about p of the images get one rectangle of 2-20% of the area (floored to whole pixels) set
+    to 0, nothing else changes. SCARF: about p of the entries are replaced, each by the same column's value in
+    another row."""
+    from comical.distributed.tasks.rotation import random_erase, scarf
+
+    torch.manual_seed(0)
+    x = torch.rand(4000, 1, 28, 28) + 0.1
+    y = random_erase(x, 0.5)
+    zero = (y == 0)[:, 0]
+    hit = zero.flatten(1).any(1)
+    assert abs(hit.float().mean() - 0.5) < 0.03 and torch.equal(y[~zero[:, None]], x[~zero[:, None]])
+    share = zero.flatten(1).float().mean(1)[hit]
+    assert share.min() >= 1 / 784 and share.max() <= 0.2
+    for mask in zero[hit][:50]:  # one rectangle: its rows x its columns, all erased
+        rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+        assert mask.sum() == len(rows) * len(cols) and mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+    g = torch.randn(3000, 20)
+    s = scarf(g, 0.1)
+    changed = s != g
+    assert abs(changed.float().mean() - 0.1) < 0.01
+    for j in range(20):
+        assert torch.isin(s[changed[:, j], j], g[:, j]).all()
