@@ -6,9 +6,13 @@ with a fixed test set. For each trained model, on the test set:
 - `r2`: ridge R^2 of z from the test embeddings (5-fold cross-validated within the test set), beside the same for
   an untrained encoder (`r2_untrained`) and the raw pixels (`r2_raw_pixels`);
 - `causal_fraction`: the fraction of the S causal variants at p < 5e-8 in the multi-trait GWAS of the test
-  embeddings (paper 001 eq. 3: all D principal components, rank-based inverse normal, no covariates, as the
-  paper's simulation; the same Wilks test as `comical gwas --multi-trait`, gwas_stats.multi_trait), and
-  `null_fraction`, the same for as many variants without effect (the negative control: expected 0).
+  embeddings (paper 001 eq. 3: the embedding's principal components, all of its numerical rank (`gwas_dims`),
+  rank-based inverse normal, no covariates, as the paper's simulation; the exact Wilks test of `comical gwas
+  --multi-trait`, gwas_stats.multi_trait), beside the same for the untrained encoder's embeddings, for the raw
+  pixels' top D principal components, and for z itself (1 df: the ceiling, what a perfect embedding of z would
+  find at this test size and h_g);
+- `null_fraction` and `null_lambda`: the 1,000 null variants at 5e-8 (expected 0) and the genomic inflation of their
+  p-values (expected 1): the negative control of the same test on the same embeddings.
 
 Outputs in --out: results.csv (a row per method x setting x split), results.md (mean +- sd over splits per method
 and setting, with the untrained-encoder and raw-pixel R^2), results.png (Fig. 2's layout: R^2 on top, causal
@@ -35,8 +39,9 @@ from comical.data_io.output_dir import RUN_FILE, check_output_dir, mark_run, wri
 GENOME_WIDE = 5e-8
 METHODS = ("gemcont", "simclr", "vae", "supervised")
 SWEEPS = ("n_train", "h_g", "alpha_max")
-COLUMNS = ["method", "sweep", "value", "split", "r2", "causal_fraction", "null_fraction", "r2_untrained",
-           "r2_raw_pixels", "best_epoch", "n_train", "h_g", "alpha_max", "n_test", "seconds"]
+COLUMNS = ["method", "sweep", "value", "split", "r2", "r2_untrained", "r2_raw_pixels", "causal_fraction",
+           "causal_fraction_untrained", "causal_fraction_raw_pixels", "causal_fraction_z", "null_fraction",
+           "null_lambda", "gwas_dims", "best_epoch", "epochs", "n_train", "h_g", "alpha_max", "n_test", "seconds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,16 @@ class SimBench:
     def setting(self, sweep: str, value) -> dict:
         return {"n_train": self.n_train, "h_g": self.h_g, "alpha_max": self.alpha_max, sweep: value}
 
+    @property
+    def pool(self) -> int:
+        """Subjects a training split draws from (its own, disjoint from the other splits')."""
+        return max(*self.n_train_values, self.n_train) + self.n_val
+
+    @property
+    def n_population(self) -> int:
+        """The same population (and so the same test set) for every sweep of these sizes."""
+        return self.n_test + self.splits * self.pool
+
 
 QUICK = SimBench(n_train_values=(200, 400), h_g_values=(0.25, 0.5), alpha_max_values=(20.0, 45.0), n_train=400,
                  n_test=400, n_val=100, splits=2, epochs=1, batch_size=64)
@@ -80,6 +95,12 @@ def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), method
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InputError(f"--methods {','.join(methods)}: expected some of {','.join(METHODS)}")
+    from comical.distributed.tasks.rotation import RotationConfig
+
+    dims = RotationConfig().embed_dim
+    if bench.n_test < dims + 10:  # the multi-trait test needs more subjects than embedding dimensions
+        raise InputError(f"--n-test {bench.n_test}: expected at least {dims + 10} (the embedding has {dims} "
+                         "dimensions; the paper tests 100K)")
     run = {"command": "bench gemcont-sim", "sweep": sweep, "bench": dataclasses.asdict(bench),
            "methods": list(methods), "workers": workers, "use_gpu": use_gpu}
     out = check_output_dir(out, run, force=force)
@@ -87,8 +108,7 @@ def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), method
     out.mkdir(parents=True, exist_ok=True)
     done = _done_rows(out / "results.csv") if same_run else []
     mark_run(out, run, "running")
-    n_population = bench.n_test + max(bench.setting(sweep, v)["n_train"] for v in bench.values(sweep)) + bench.n_val
-    people = population(n_population, bench.n_variants, seed=bench.seed)
+    people = population(bench.n_population, bench.n_variants, seed=bench.seed)
     started = init_ray()
     try:
         rows = _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say)
@@ -126,12 +146,17 @@ def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say) -> l
         if not todo:
             continue
         images = test_images(people, h_g=setting["h_g"], alpha_max=setting["alpha_max"], n_test=bench.n_test)
-        test_rows = np.arange(bench.n_test)
-        genotypes = np.concatenate([people.genotypes[test_rows], people.null_genotypes[test_rows]], axis=1)
+        genotypes = np.concatenate([people.genotypes, people.null_genotypes], axis=1)  # causal first
+        s = bench.n_variants
+        pixels = images.reshape(len(images), -1).astype(np.float64)
+        baselines = {"raw_pixels": found(multi_trait_p(_top_pcs(pixels, 256), genotypes[:bench.n_test])[0], s),
+                     "z": found(multi_trait_p(people.latent(setting["h_g"])[:bench.n_test, None],
+                                              genotypes[:bench.n_test])[0], s)}
         for split in sorted({s for s, _ in todo}):
             data = out / "data" / f"{sweep}-{value}-split{split}"
             write_split(data, people, h_g=setting["h_g"], alpha_max=setting["alpha_max"], n_test=bench.n_test,
-                        n_train=setting["n_train"], n_val=bench.n_val, split=split, test_images=images)
+                        pool=bench.pool, n_train=setting["n_train"], n_val=bench.n_val, split=split,
+                        test_images=images)
             for method in [m for s, m in todo if s == split]:
                 start = time.perf_counter()
                 config = TrainConfig.from_dict({
@@ -140,35 +165,68 @@ def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say) -> l
                     "engine": {"workers": workers, "use_gpu": use_gpu}})
                 folder = out / "runs" / f"{sweep}-{value}" / f"{method}-split{split}"
                 metrics = train_and_evaluate(config, folder, force=True)
-                embeddings = pl.read_parquet(folder / "test_embeddings.parquet")
-                p = multi_trait_p(embeddings.select(pl.col("^dim.*$")).to_numpy(), genotypes)
-                s = bench.n_variants
-                row = [method, sweep, value, split, metrics["latent_r2"], float(np.mean(p[:s] < GENOME_WIDE)),
-                       float(np.mean(p[s:] < GENOME_WIDE)), metrics["latent_r2_untrained_encoder"],
-                       metrics["latent_r2_raw_pixels"], metrics["best_epoch"], setting["n_train"], setting["h_g"],
-                       setting["alpha_max"], bench.n_test, round(time.perf_counter() - start, 1)]
+                (p, dims), (p_untrained, _) = (multi_trait_p(*_embeddings(folder / f"{name}.parquet", genotypes))
+                                               for name in ("test_embeddings", "test_embeddings_untrained"))
+                trained = found(p, s)
+                row = [method, sweep, value, split, metrics["latent_r2"], metrics["latent_r2_untrained_encoder"],
+                       metrics["latent_r2_raw_pixels"], trained["causal"], found(p_untrained, s)["causal"],
+                       baselines["raw_pixels"]["causal"], baselines["z"]["causal"], trained["null"],
+                       trained["null_lambda"], dims, metrics["best_epoch"], bench.epochs, setting["n_train"],
+                       setting["h_g"], setting["alpha_max"], bench.n_test, round(time.perf_counter() - start, 1)]
                 rows.append(row)
                 with open(results, "a", newline="") as f:
                     csv.writer(f).writerow(row)
-                say(f"{sweep}={value} split {split} {method}: R^2 {row[4]:.3f} (untrained {row[7]:.3f}, raw pixels "
-                    f"{row[8]:.3f}), causal variants at 5e-8 {row[5]:.2f} (null {row[6]:.2f}), {row[-1]:.0f} s")
+                say(f"{sweep}={value} split {split} {method}: R^2 {row[4]:.3f} (untrained {row[5]:.3f}, raw pixels "
+                    f"{row[6]:.3f}), causal variants at 5e-8 {row[7]:.2f} (untrained {row[8]:.2f}, raw pixels "
+                    f"{row[9]:.2f}, z itself {row[10]:.2f}; null {row[11]:.3f}, lambda {row[12]:.2f}), "
+                    f"{row[-1]:.0f} s")
             shutil.rmtree(data)
     return rows
 
 
-def multi_trait_p(embeddings: np.ndarray, genotypes: np.ndarray) -> np.ndarray:
+def multi_trait_p(embeddings: np.ndarray, genotypes: np.ndarray) -> tuple[np.ndarray, int]:
     """p-values of the multi-trait test of each genotype column against the embeddings (paper 001 eq. 3, as
-    `comical gwas --multi-trait`: all principal components, rank-based inverse normal; no covariates, as the
-    paper's simulation)."""
+    `comical gwas --multi-trait`: principal components, rank-based inverse normal; no covariates, as the paper's
+    simulation), and how many components were tested: all of the embedding's numerical rank (singular values above
+    1e-6 of the largest; components past it are rounding noise, which the rank transform would blow up into unit-
+    variance traits and the test would spend degrees of freedom on)."""
     from comical.pipelines import gwas_stats
     from comical.pipelines.gwas import embedding_traits
 
     n, d = embeddings.shape
+    singular = np.linalg.svd(embeddings - embeddings.mean(0), compute_uv=False)
+    rank = int((singular > 1e-6 * singular[0]).sum())
     frame = pl.DataFrame({"eid": np.arange(n), **{f"d{i}": embeddings[:, i] for i in range(d)}})
-    y = embedding_traits(frame, n_pcs=d, rank_normalise=True).drop("eid").to_numpy()
+    y = embedding_traits(frame, n_pcs=rank, rank_normalise=True).drop("eid").to_numpy()
     q = np.full((n, 1), 1 / np.sqrt(n))  # the intercept's orthonormal basis
     y = y - q @ (q.T @ y)
-    return np.nan_to_num(gwas_stats.multi_trait(genotypes.astype(np.float64), q, y)["p"], nan=1.0)
+    p = gwas_stats.multi_trait(genotypes.astype(np.float64), q, y)["p"]
+    if np.isnan(p).any():
+        raise InputError(f"the multi-trait test of {n} test subjects on {rank} embedding dimensions gave NA "
+                         f"(a monomorphic variant, or too few subjects); raise --n-test")
+    return p, rank
+
+
+def found(p: np.ndarray, s: int) -> dict:
+    """Of p (S causal variants first, then the nulls): the fraction of causal and of null variants at 5e-8, and the
+    nulls' genomic inflation (median chi-square(1) of their p over its null median)."""
+    from scipy import stats
+
+    null = p[s:]
+    return {"causal": float(np.mean(p[:s] < GENOME_WIDE)), "null": float(np.mean(null < GENOME_WIDE)),
+            "null_lambda": float(stats.chi2.isf(np.median(null), 1) / stats.chi2.isf(0.5, 1)) if null.size else None}
+
+
+def _embeddings(path: Path, genotypes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A run's test embeddings and the genotypes of the same subjects, in the same row order."""
+    table = pl.read_parquet(path)
+    return table.select(pl.col("^dim.*$")).to_numpy(), genotypes[table["row"].to_numpy()]
+
+
+def _top_pcs(x: np.ndarray, k: int) -> np.ndarray:
+    centred = x - x.mean(0)
+    u, singular, _ = np.linalg.svd(centred, full_matrices=False)
+    return u[:, :k] * singular[:k]
 
 
 def _done_rows(path: Path) -> list[list]:
@@ -180,26 +238,53 @@ def _done_rows(path: Path) -> list[list]:
 
 def summarise(table: pl.DataFrame) -> pl.DataFrame:
     """Mean and sd over splits per method and setting."""
+    means = ("r2", "r2_untrained", "r2_raw_pixels", "causal_fraction", "causal_fraction_untrained",
+             "causal_fraction_raw_pixels", "causal_fraction_z", "null_fraction", "null_lambda", "best_epoch")
     return (table.group_by("method", "value", maintain_order=True)
-            .agg(*[pl.col(c).mean().alias(f"{c}_mean") for c in ("r2", "causal_fraction", "null_fraction",
-                                                                "r2_untrained", "r2_raw_pixels")],
+            .agg(*[pl.col(c).mean().alias(f"{c}_mean") for c in means],
                  pl.col("r2").std().alias("r2_sd"), pl.col("causal_fraction").std().alias("causal_fraction_sd"),
                  pl.len().alias("splits")).sort("value", "method"))
 
 
+def paired_differences(table: pl.DataFrame, against: str = "gemcont") -> pl.DataFrame:
+    """Per setting, `against` minus each other method on the same split (the same training subjects), mean and sd
+    over splits: the comparison to read, since split-to-split spread is shared by the methods."""
+    base = table.filter(pl.col("method") == against).select("value", "split", pl.col("r2").alias("r2_a"),
+                                                               pl.col("causal_fraction").alias("cf_a"))
+    return (table.filter(pl.col("method") != against).join(base, on=["value", "split"])
+            .group_by("value", "method", maintain_order=True)
+            .agg((pl.col("r2_a") - pl.col("r2")).mean().alias("r2_diff"),
+                 (pl.col("r2_a") - pl.col("r2")).std().alias("r2_diff_sd"),
+                 (pl.col("cf_a") - pl.col("causal_fraction")).mean().alias("cf_diff"),
+                 (pl.col("cf_a") - pl.col("causal_fraction")).std().alias("cf_diff_sd"), pl.len().alias("splits"))
+            .sort("value", "method"))
+
+
 def markdown_table(table: pl.DataFrame, bench: SimBench, sweep: str) -> str:
     default = bench.setting(sweep, None)
-    lines = [f"Sweep over {sweep} (* the default held fixed in the other sweeps; others: "
+    sd = lambda v: "" if v is None else f" +- {v:.3f}"  # noqa: E731
+    lines = [f"Sweep over {sweep} (* the default, held fixed in the other sweeps; others: "
              + ", ".join(f"{k} = {v}" for k, v in default.items() if k != sweep) + f"; test set {bench.n_test}, "
-             f"S = {bench.n_variants} causal variants; mean +- sd over splits)", "",
-             f"| {sweep} | method | splits | R^2 | untrained R^2 | raw-pixel R^2 | causal at 5e-8 | null at 5e-8 |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"S = {bench.n_variants} causal variants, 1,000 null variants; epochs {bench.epochs}; mean +- sd over "
+             "splits). Causal fraction: of the S causal variants at p < 5e-8 in the multi-trait GWAS of the test "
+             "embeddings; z itself: the ceiling at this test size.", "",
+             f"| {sweep} | method | splits | R^2 | untrained R^2 | raw-pixel R^2 | causal | untrained | raw pixels | "
+             "z itself | null at 5e-8 | null lambda | best epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summarise(table).iter_rows(named=True):
         star = "*" if r["value"] == getattr(bench, sweep) else ""
-        sd = lambda v: "" if v is None else f" +- {v:.3f}"  # noqa: E731
         lines.append(f"| {r['value']}{star} | {r['method']} | {r['splits']} | {r['r2_mean']:.3f}{sd(r['r2_sd'])} | "
                      f"{r['r2_untrained_mean']:.3f} | {r['r2_raw_pixels_mean']:.3f} | "
-                     f"{r['causal_fraction_mean']:.2f}{sd(r['causal_fraction_sd'])} | {r['null_fraction_mean']:.2f} |")
+                     f"{r['causal_fraction_mean']:.2f}{sd(r['causal_fraction_sd'])} | "
+                     f"{r['causal_fraction_untrained_mean']:.2f} | {r['causal_fraction_raw_pixels_mean']:.2f} | "
+                     f"{r['causal_fraction_z_mean']:.2f} | {r['null_fraction_mean']:.4f} | "
+                     f"{r['null_lambda_mean']:.2f} | {r['best_epoch_mean']:.1f} |")
+    differences = paired_differences(table)
+    if differences.height:
+        lines += ["", "GEMCONT minus each method on the same split (mean +- sd over splits):", "",
+                  f"| {sweep} | method | splits | R^2 difference | causal fraction difference |", "|---|---|---|---|---|"]
+        for r in differences.iter_rows(named=True):
+            lines.append(f"| {r['value']} | {r['method']} | {r['splits']} | {r['r2_diff']:+.3f}{sd(r['r2_diff_sd'])} "
+                         f"| {r['cf_diff']:+.2f}{sd(r['cf_diff_sd'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ def test_eq4_gives_the_requested_genetic_variance(h_g):
     assert set(np.unique(people.beta)) == {-1.0, 1.0} and people.genotypes.max() <= 2
     assert np.abs(people.genotypes.mean(0) / 2 - people.frequency).max() < 0.02  # Binomial(2, f_j)
     # the null variants carry nothing of z
-    null = np.column_stack([np.ones(len(z)), people.null_genotypes])
+    null = np.column_stack([np.ones(len(z)), people.null_genotypes[:, :20]])
     assert 1 - np.var(z - null @ np.linalg.lstsq(null, z, rcond=None)[0]) / np.var(z) < 0.005
 
 
@@ -52,32 +52,43 @@ def test_rotations_follow_alpha():
                                             rows=np.array([1, 2, 3])))
 
 
-def test_splits_share_the_test_set_and_draw_other_training_subjects(tmp_path):
-    rows = [split_rows(1000, 200, 300, 50, k, seed=0) for k in range(2)]
-    assert np.array_equal(rows[0]["test"], rows[1]["test"]) and not np.array_equal(rows[0]["train"], rows[1]["train"])
-    for r in rows:
-        assert not set(r["test"]) & set(r["train"]) and not set(r["train"]) & set(r["val"])
-    people = population(400, 8, seed=0)
-    manifest = write_split(tmp_path / "d", people, h_g=0.5, alpha_max=30.0, n_test=100, n_train=200, n_val=50, split=0)
-    test = pl.read_parquet(tmp_path / "d" / "test")
-    assert manifest["splits"] == {"train": 200, "val": 50, "test": 100}
+def test_splits_share_the_test_set_and_train_on_disjoint_subjects(tmp_path):
+    """Every split tests on the same subjects; its training and validation subjects come from its own pool, so no
+    subject is in two splits' training data, and none of them is a test subject (checked in the written files)."""
+    people = population(100 + 2 * 260, 8, seed=0, n_null=10)
+    parts = []
+    for k in range(2):
+        manifest = write_split(tmp_path / f"d{k}", people, h_g=0.5, alpha_max=30.0, n_test=100, pool=260,
+                               n_train=200, n_val=50, split=k)
+        assert manifest["splits"] == {"train": 200, "val": 50, "test": 100}
+        parts.append({p: set(pl.read_parquet(tmp_path / f"d{k}" / p)["row"]) for p in ("train", "val", "test")})
+    assert parts[0]["test"] == parts[1]["test"] == set(range(100))
+    seen = [parts[k]["train"] | parts[k]["val"] for k in range(2)]
+    assert not seen[0] & seen[1] and not (seen[0] | seen[1]) & parts[0]["test"]
+    assert not parts[0]["train"] & parts[0]["val"]
+    test = pl.read_parquet(tmp_path / "d0" / "test")
     np.testing.assert_allclose(test["alpha"].to_numpy(), angles(people.latent(0.5)[:100], 30.0))
-    assert len(test["image"][0]) == 784 and len(test["null_genotypes"][0]) == 8
+    assert len(test["image"][0]) == 784 and len(test["genotypes"][0]) == 8
+    with pytest.raises(ValueError, match="pool of 260"):
+        split_rows(len(people.noise), 100, 260, 250, 50, 0, seed=0)
 
 
 def test_multi_trait_p_is_uniform_on_null_embeddings_and_finds_a_planted_variant():
-    """The benchmark's embedding GWAS: null genotypes against random embeddings give uniform p (KS); a variant
-    whose effect sits in one embedding dimension is found."""
-    from comical.pipelines.gemcont_sim import multi_trait_p
+    """The benchmark's embedding GWAS: null genotypes against random embeddings of lower rank than their width
+    (as a network's can be) give uniform p (KS), testing only the rank's components; a variant whose effect sits in
+    one embedding dimension is found; the nulls' lambda is near 1."""
+    from comical.pipelines.gemcont_sim import found, multi_trait_p
 
     rng = np.random.default_rng(0)
-    n, d = 600, 32
+    n, d, rank = 600, 48, 24
     genotypes = rng.binomial(2, rng.uniform(0.05, 0.5, 400), size=(n, 400))
-    p = multi_trait_p(rng.normal(size=(n, d)), genotypes)
-    assert stats.kstest(p, "uniform").pvalue > 0.01
-    embeddings = rng.normal(size=(n, d))
-    embeddings[:, 3] += 0.8 * (genotypes[:, 0] - genotypes[:, 0].mean())
-    assert multi_trait_p(embeddings, genotypes[:, :1])[0] < 5e-8
+    embeddings = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d))
+    p, dims = multi_trait_p(embeddings, genotypes)
+    assert dims == rank and stats.kstest(p, "uniform").pvalue > 0.01
+    assert 0.85 < found(p, 0)["null_lambda"] < 1.15
+    embeddings[:, 3] += 2.0 * (genotypes[:, 0] - genotypes[:, 0].mean())
+    p, _ = multi_trait_p(embeddings, genotypes)
+    assert p[0] < 5e-8 and found(p, 1)["causal"] == 1.0
 
 
 def test_quick_sweep_trains_every_method_through_the_engine_and_writes_its_outputs(tmp_path, ray_session):
@@ -95,7 +106,8 @@ def test_quick_sweep_trains_every_method_through_the_engine_and_writes_its_outpu
     table = pl.read_csv(out / "results.csv")
     assert table.height == 8 and set(table["method"]) == {"gemcont", "simclr", "vae", "supervised"}
     assert sorted(set(table["value"])) == [20.0, 45.0]
-    assert table["r2"].is_finite().all() and table["causal_fraction"].is_between(0, 1).all()
+    assert (table["gwas_dims"] > 1).all() and (table["gwas_dims"] <= 256).all()
+    assert (table["null_fraction"] == 0).all() and table["null_lambda"].is_between(0.7, 1.3).all()
     assert (out / "results.png").stat().st_size > 0 and (out / "sample_sheet.png").stat().st_size > 0
     assert "| 45.0* | gemcont |" in (out / "results.md").read_text()
     for method in ("gemcont", "simclr", "vae", "supervised"):
@@ -108,7 +120,9 @@ def test_quick_sweep_trains_every_method_through_the_engine_and_writes_its_outpu
         moved = [k for k, v in initial.items() if k in trained and v.is_floating_point()
                  and not torch.equal(v, trained[k])]
         assert "encoder.head.weight" in moved, method
-        assert pl.read_parquet(run / "test_embeddings.parquet").shape == (400, 2 + 256)
+        embeddings = pl.read_parquet(run / "test_embeddings.parquet")
+        assert embeddings.shape == (400, 2 + 256) and embeddings["row"].to_list() == list(range(400))
+
     before = (out / "results.csv").read_text()
     assert main(argv) == 0 and (out / "results.csv").read_text() == before
 
@@ -143,3 +157,25 @@ def test_random_erasing_and_scarf():
     assert abs(changed.float().mean() - 0.1) < 0.01
     for j in range(20):
         assert torch.isin(s[changed[:, j], j], g[:, j]).all()
+
+
+@pytest.mark.parametrize("method", ["gemcont", "simclr", "vae", "supervised"])
+def test_evaluation_is_deterministic_and_training_augments(method):
+    """Outside training no erasing, SCARF or VAE sampling: the same batch gives the same outputs twice (SimCLR's
+    two validation views are fixed erasures); in training the outputs vary."""
+    from comical.distributed.tasks.rotation import RotationConfig, RotationModel
+
+    torch.manual_seed(0)
+    model = RotationModel(RotationConfig(), method, n_variants=8)
+    batch = {"image": torch.rand(16, 1, 28, 28), "genotypes": torch.randint(0, 3, (16, 8)).float(),
+             "z": torch.randn(16)}
+    model.eval()
+    with torch.no_grad():
+        first, second = model(batch), model(batch)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+        if method == "simclr":
+            assert not torch.equal(first[0], first[1])  # the two views differ
+        model.train()
+        if method != "supervised":  # the supervised model has no augmentation (batch norm aside)
+            third, fourth = model(batch), model(batch)
+            assert not all(torch.equal(a, b) for a, b in zip(third, fourth))

@@ -6,10 +6,11 @@ image encoder (a 2-D CNN to D = 256 features, the embedding every method is eval
 - `sim-gemcont`: the image features through a linear projector to D/2, the genotypes through a linear projector to
   D/2 (SCARF corruption p = 0.1 while training), CLIP loss with a learnable temperature (0.07 at the start);
   images randomly erased while training (the paper's augmentation for this benchmark: it keeps the rotation).
-- `sim-simclr`: two randomly erased views of each image, an MLP projector to D/2, the CLIP loss between the views
-  (the symmetric cross-view InfoNCE; SimCLR's NT-Xent also counts same-view negatives).
-- `sim-vae`: a variational autoencoder (the embedding is the posterior mean, D dims), Bernoulli likelihood of the
-  pixels, KL to N(0, I).
+- `sim-simclr`: two randomly erased views of each image (both always erased), an MLP projector to D/2, the CLIP loss
+  between the views with the same learnable temperature (the symmetric cross-view InfoNCE; SimCLR's NT-Xent also
+  counts same-view negatives and fixes the temperature).
+- `sim-vae`: a variational autoencoder (the embedding is the posterior mean, D dims; its log-variance a second head
+  on the pooled features), Bernoulli likelihood of the pixels, KL to N(0, I).
 - `sim-supervised`: the encoder with a linear head regressing z itself (the upper bound: it sees the latent).
 
 Rows are small (784 + S bytes), so every worker keeps its shard resident (the engine's fast path). The test split's
@@ -43,10 +44,12 @@ METHODS = ("gemcont", "simclr", "vae", "supervised")
 @dataclasses.dataclass(frozen=True)
 class RotationConfig(Config):
     embed_dim: int = 256  # D, the embedding every method is evaluated on (paper 001: D = 256)
-    channels: tuple[int, ...] = (32, 64, 128)  # the CNN's stages (28 -> 14 -> 7 -> 4 pixels)
+    # the CNN's stages (28 -> 14 -> 7 -> 4 -> 2 pixels); the last has D channels, so the pooled features, and the
+    # embedding, can have full rank D (a narrower last stage caps the embedding's rank at its width)
+    channels: tuple[int, ...] = (32, 64, 128, 256)
     init_temperature: float = 0.07  # learnable (paper 001)
     scarf_p: float = 0.1  # SCARF: each genotype replaced by another subject's with this probability (paper 001)
-    erase_p: float = 0.5  # each training image gets one randomly erased rectangle with this probability
+    erase_p: float = 0.5  # GEMCONT: each training image gets one randomly erased rectangle with this probability
     vae_beta: float = 1.0  # weight of the VAE's KL term
 
 
@@ -62,8 +65,11 @@ class ImageEncoder2d(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.head = nn.Linear(previous, features)
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(x).mean(dim=(2, 3)))
+        return self.head(self.pool(x))
 
 
 def random_erase(images: torch.Tensor, p: float, area=(0.02, 0.2), ratio=(0.3, 3.3),
@@ -112,7 +118,8 @@ class RotationModel(nn.Module):
         elif method == "simclr":
             self.projector = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d // 2))
         elif method == "vae":
-            self.log_var = nn.Linear(d, d)  # the encoder's output is the posterior mean
+            self.log_var = nn.Linear(config.channels[-1], d)  # from the pooled features; the encoder's output
+            # is the posterior mean
             self.decoder = nn.Sequential(nn.Linear(d, 64 * 7 * 7), nn.GELU(), nn.Unflatten(1, (64, 7, 7)),
                                          nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.GELU(),
                                          nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1))
@@ -137,15 +144,16 @@ class RotationModel(nn.Module):
             return (F.normalize(self.image_projector(self.encoder(erase(images))), dim=-1),
                     F.normalize(self.genotype_projector(genotypes), dim=-1), self._scale())
         if self.method == "simclr":
-            # validation compares an image with a fixed erasure of it (the same every epoch): two identical views
-            # would make the validation loss, which picks the best epoch, measure nothing
-            second = erase(images) if self.training else random_erase(
-                images, self.config.erase_p, generator=torch.Generator(images.device).manual_seed(0))
-            views = [F.normalize(self.projector(self.encoder(x)), dim=-1) for x in (erase(images), second)]
-            return views[0], views[1], self._scale()
+            # both views always erased (identical views teach nothing); validation uses two fixed erasures, the
+            # same every epoch, so its loss (which picks the best epoch) compares epochs on the same views
+            views = [random_erase(images, 1.0, generator=None if self.training else
+                                  torch.Generator(images.device).manual_seed(k)) for k in range(2)]
+            a, b = (F.normalize(self.projector(self.encoder(x)), dim=-1) for x in views)
+            return a, b, self._scale()
         if self.method == "vae":
-            mean = self.encoder(images)
-            log_var = self.log_var(mean).clamp(-10, 10)
+            pooled = self.encoder.pool(images)
+            mean = self.encoder.head(pooled)
+            log_var = self.log_var(pooled).clamp(-10, 10)
             sample = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var) if self.training else mean
             return self.decoder(sample), mean, log_var
         return (self.head(self.encoder(images))[:, 0],)
@@ -211,7 +219,8 @@ class RotationTask(Task):
 
     @torch.no_grad()
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
-        """The test split's embeddings (`test_embeddings.parquet`), and the ridge R^2 of z from them beside an
+        """The test split's embeddings (`test_embeddings.parquet`; an untrained encoder's, seeded as the run's
+        initial weights, in `test_embeddings_untrained.parquet`), and the ridge R^2 of z from them beside the
         untrained encoder's and the raw pixels'."""
         from comical.distributed.tasks.toy import ridge_r2
 
@@ -222,10 +231,11 @@ class RotationTask(Task):
         model.eval()
         trained, random = (embed_images(m, data["image"], device, config.eval_batch_size) for m in (model, untrained))
         z = data["z"].astype(np.float64)
-        frame = pa.table({"row": data["row"], "z": z, **{f"dim{i}": trained[:, i] for i in range(trained.shape[1])}})
-        buffer = pa.BufferOutputStream()
-        pq.write_table(frame, buffer, compression="zstd")
-        write_atomic(out / "test_embeddings.parquet", buffer.getvalue().to_pybytes())
+        for name, values in (("test_embeddings", trained), ("test_embeddings_untrained", random)):
+            frame = pa.table({"row": data["row"], "z": z, **{f"dim{i}": values[:, i] for i in range(values.shape[1])}})
+            buffer = pa.BufferOutputStream()
+            pq.write_table(frame, buffer, compression="zstd")
+            write_atomic(out / f"{name}.parquet", buffer.getvalue().to_pybytes())
         pixels = data["image"].reshape(len(z), -1).astype(np.float32) / 255.0
         return {"latent_r2": ridge_r2(trained, z), "latent_r2_untrained_encoder": ridge_r2(random, z),
                 "latent_r2_raw_pixels": ridge_r2(pixels, z), "n_test": len(z)}
