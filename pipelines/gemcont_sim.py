@@ -306,11 +306,22 @@ def figure(table: pl.DataFrame, bench: SimBench, sweep: str, path: Path) -> None
         for ax, column in zip(axes, ("r2", "causal_fraction")):
             ax.bar(x, part[f"{column}_mean"], width, yerr=part[f"{column}_sd"].fill_null(0.0), label=method,
                    capsize=2)
+    # what trivial models reach, per setting: an untrained encoder, the raw pixels, and (GWAS) z itself
+    first = summary.group_by("value").agg(pl.all().first()).sort("value")
+    for ax, columns in ((axes[0], ("r2_untrained", "r2_raw_pixels")),
+                        (axes[1], ("causal_fraction_untrained", "causal_fraction_raw_pixels", "causal_fraction_z"))):
+        for column, style in zip(columns, ("--", ":", "-.")):
+            for i, v in enumerate(first[f"{column}_mean"]):
+                ax.hlines(v, i - 0.45, i + 0.45, colors="black", linestyles=style, linewidth=1,
+                          label=column.split("_", 1 if column.startswith("r2") else 2)[-1] if i == 0 else None)
     axes[0].set_ylabel("R^2 of z (test)")
     axes[1].set_ylabel("causal variants at 5e-8")
     axes[1].set_xticks(range(len(values)), [f"{v}{'*' if v == getattr(bench, sweep) else ''}" for v in values])
     axes[1].set_xlabel(sweep)
-    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].legend(fontsize=7, ncol=3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    lines = [(h, label) for h, label in zip(handles, labels) if label in ("untrained", "raw_pixels", "z")]
+    axes[1].legend([h for h, _ in lines], [label.replace("z", "z itself") for _, label in lines], fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
