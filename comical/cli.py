@@ -160,6 +160,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.md, results.png")
+    p.add_argument("--reuse", type=Path, help="a finished sweep's --out of the same sizes: its rows of a shared "
+                                              "setting (the defaults) are copied, not trained again")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_bench_gemcont_sim)
 
@@ -466,7 +468,8 @@ def _bench_gemcont_sim(args) -> int:
         raise InputError("--splits, --epochs, --n-test and --n-train-values must be >= 1")
     bench = dataclasses.replace(bench, **changes)
     table = run_benchmark(args.sweep, args.out, bench=bench, methods=tuple(args.methods.split(",")),
-                          workers=args.workers, use_gpu=args.use_gpu, force=args.force)
+                          workers=args.workers, use_gpu=args.use_gpu, force=args.force,
+                          reuse=args.reuse)
     print((args.out / "results.md").read_text(), end="")
     return 0 if table.height else 1
 

@@ -18,6 +18,9 @@ Outputs in --out: results.csv (a row per method x setting x split), results.md (
 and setting, with the untrained-encoder and raw-pixel R^2), results.png (Fig. 2's layout: R^2 on top, causal
 fraction below, a bar per method with its sd), sample_sheet.png (test characters at the default setting) and
 run.json. Rows already in results.csv of the same run are kept, so an interrupted sweep goes on where it stopped.
+`reuse` (`--reuse DIR`): another sweep's finished folder of the same sizes; its rows of a setting this sweep also
+has (the default setting, shared by all three sweeps) are copied instead of trained again. The training is the same
+(same population, split subjects and seeds), so this is the same experiment, run once.
 
 Sizes (CPU, stated in BENCHMARKS.md): the paper trains on up to 100K+ images with a 100K test set on an H100; here
 the defaults fit a CPU run of a few hours per sweep, and larger sizes are flags (`--n-test`, `--n-train-values`).
@@ -84,7 +87,8 @@ QUICK = SimBench(n_train_values=(200, 400), h_g_values=(0.25, 0.5), alpha_max_va
 
 
 def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), methods: tuple[str, ...] = METHODS,
-                  workers: int = 1, use_gpu: bool = False, force: bool = False, say=print) -> pl.DataFrame:
+                  workers: int = 1, use_gpu: bool = False, force: bool = False, reuse: Path | None = None,
+                  say=print) -> pl.DataFrame:
     """Runs one sweep into `out` (see the module docstring); returns the results table."""
     from comical.data_io.characters import CLASSES, sample_sheet
     from comical.data_io.rotation_sim import angles, population, test_images
@@ -103,7 +107,10 @@ def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), method
                          "dimensions; the paper tests 100K)")
     run = {"command": "bench gemcont-sim", "sweep": sweep, "bench": dataclasses.asdict(bench),
            "methods": list(methods), "workers": workers, "use_gpu": use_gpu}
-    out = check_output_dir(out, run, force=force)
+    reused = _reusable_rows(reuse, run) if reuse else {}
+    if reuse:
+        run["reuse"] = str(Path(reuse).resolve())
+    out = check_output_dir(out, run, force=force, inputs=(reuse,) if reuse else ())
     same_run = (out / RUN_FILE).is_file() and not force
     out.mkdir(parents=True, exist_ok=True)
     done = _done_rows(out / "results.csv") if same_run else []
@@ -111,7 +118,7 @@ def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), method
     people = population(bench.n_population, bench.n_variants, seed=bench.seed)
     started = init_ray()
     try:
-        rows = _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say)
+        rows = _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, reused, say)
     except BaseException as err:
         mark_run(out, run, "failed", err)
         raise
@@ -128,7 +135,7 @@ def run_benchmark(sweep: str, out: Path, *, bench: SimBench = SimBench(), method
     return table
 
 
-def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say) -> list[list]:
+def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, reused, say) -> list[list]:
     import time
 
     from comical.data_io.rotation_sim import test_images, write_split
@@ -158,6 +165,14 @@ def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, say) -> l
                         pool=bench.pool, n_train=setting["n_train"], n_val=bench.n_val, split=split,
                         test_images=images)
             for method in [m for s, m in todo if s == split]:
+                key = (method, setting["n_train"], setting["h_g"], setting["alpha_max"], split)
+                if key in reused:
+                    row = [method, sweep, value, *reused[key][3:]]
+                    rows.append(row)
+                    with open(results, "a", newline="") as f:
+                        csv.writer(f).writerow(row)
+                    say(f"{sweep}={value} split {split} {method}: the same training's row taken from --reuse")
+                    continue
                 start = time.perf_counter()
                 config = TrainConfig.from_dict({
                     "task": f"sim-{method}", "data": str(data), "epochs": bench.epochs,
@@ -227,6 +242,24 @@ def _top_pcs(x: np.ndarray, k: int) -> np.ndarray:
     centred = x - x.mean(0)
     u, singular, _ = np.linalg.svd(centred, full_matrices=False)
     return u[:, :k] * singular[:k]
+
+
+def _reusable_rows(folder: Path, run: dict) -> dict[tuple, list]:
+    """A finished sweep's rows keyed by (method, n_train, h_g, alpha_max, split); refused unless it ran the same
+    sizes, population and engine settings (then a row of the same setting and split is the same training)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        other = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"--reuse {folder}: no readable {RUN_FILE}; expected a finished gemcont-sim folder") from None
+    same = {k: run[k] for k in ("command", "bench", "workers", "use_gpu")}
+    if other.get("state") != "done" or {k: other.get(k) for k in same} != json.loads(json.dumps(same)):
+        raise InputError(f"--reuse {folder}: expected a finished gemcont-sim run of the same sizes and engine settings "
+                         f"(its {RUN_FILE} differs in bench, workers or use_gpu, or is not done)")
+    return {(r[0], int(r[COLUMNS.index("n_train")]), float(r[COLUMNS.index("h_g")]),
+             float(r[COLUMNS.index("alpha_max")]), int(r[3])): r for r in _done_rows(folder / "results.csv")}
 
 
 def _done_rows(path: Path) -> list[list]:

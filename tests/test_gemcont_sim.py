@@ -126,6 +126,20 @@ def test_quick_sweep_trains_every_method_through_the_engine_and_writes_its_outpu
     before = (out / "results.csv").read_text()
     assert main(argv) == 0 and (out / "results.csv").read_text() == before
 
+    # another sweep reusing this one: its default setting (h_g 0.5 = alpha_max 45's setting) is copied, not trained
+    other = tmp_path / "h_g"
+    reuse = ["bench", "gemcont-sim", "--sweep", "h_g", "--quick", "--splits", "1", "--methods", "gemcont",
+             "--reuse", str(out), "--out", str(other)]
+    assert main(reuse) == 0
+    rows = pl.read_csv(other / "results.csv")
+    assert sorted(rows["value"]) == [0.25, 0.5]
+    assert [p.name for p in (other / "runs").iterdir()] == ["h_g-0.25"]  # one training: h_g 0.25
+    copied = rows.filter(pl.col("value") == 0.5).drop("sweep", "value")
+    assert copied.rows() == table.filter((pl.col("method") == "gemcont") & (pl.col("value") == 45.0)).drop(
+        "sweep", "value").rows()
+    assert main([*reuse[:-1], str(tmp_path / "h_g2"), "--epochs", "2"]) == 2  # other sizes: refused
+    assert not (tmp_path / "h_g2").exists()
+
 
 def test_bad_methods_are_refused(tmp_path, capsys):
     assert main(["bench", "gemcont-sim", "--sweep", "h_g", "--quick", "--methods", "gemcont,pca",
