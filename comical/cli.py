@@ -181,6 +181,26 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=_embed)
 
+    for name, help_text in (("predict", "the 11 outcomes of paper 000 (Figs. 5-6) from a run's frozen encoders, beside "
+                                        "the same heads on the raw inputs"),
+                            ("riskscore", "ePRS risk scores of paper 000 (Table 3, Algorithm 2) from a run's frozen "
+                                          "encoders, beside the raw inputs")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder (COMICAL)")
+        p.add_argument("--cohort", type=Path, required=True, help="the cohort the run's pairs came from")
+        p.add_argument("--out", type=Path, required=True, help="folder for the tables, figures and head runs")
+        if name == "predict":
+            p.add_argument("--outcomes", default="all", help="comma-separated subset of the 11 outcomes, or all")
+        p.add_argument("--pairs", type=Path, help="the run's pair store, if it moved (default: the one run.json names)")
+        p.add_argument("--epochs", type=int, default=15, help="head training epochs (best on validation kept)")
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--workers", type=int, default=1, help="Ray Train workers per heads job")
+        p.add_argument("--use-gpu", action="store_true")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+        p.add_argument("--verbose", action="store_true", help="every log line on the console")
+        p.set_defaults(handler=_downstream)
+
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
     p.add_argument("task", choices=["gemcont"])
     p.add_argument("--run", type=Path, required=True, help="a `comical train --task gemcont` run folder")
@@ -472,6 +492,26 @@ def _bench_gemcont_sim(args) -> int:
                           reuse=args.reuse)
     print((args.out / "results.md").read_text(), end="")
     return 0 if table.height else 1
+
+
+def _downstream(args) -> int:
+    from comical.pipelines.downstream import HeadSettings, predict_line, predict_outcomes, risk_scores, riskscore_line
+
+    if min(args.epochs, args.batch_size, args.workers) < 1:
+        raise InputError("--epochs, --batch-size and --workers must be >= 1")
+    settings = HeadSettings(epochs=args.epochs, batch_size=args.batch_size, workers=args.workers,
+                            use_gpu=args.use_gpu, seed=args.seed)
+    common = {"pairs": args.pairs, "settings": settings, "force": args.force, "verbose": args.verbose}
+    if args.command == "predict":
+        outcomes = None if args.outcomes == "all" else args.outcomes.split(",")
+        summary = predict_outcomes(args.run, args.cohort, args.out, outcomes=outcomes, **common)
+        print((args.out / "auc.md").read_text(), end="")
+        print(f"predict: {predict_line(summary)} -> {args.out}")
+    else:
+        summary = risk_scores(args.run, args.cohort, args.out, **common)
+        print((args.out / "riskscore.md").read_text(), end="")
+        print(f"riskscore: {riskscore_line(summary)} -> {args.out}")
+    return 0
 
 
 def _associate(args) -> int:

@@ -36,22 +36,35 @@ def embed_run(run: Path, cohort_dir: Path):
                               f"{len(table['idp_embedding'][0]) // dim} IDP embeddings of {dim})")
 
 
-@torch.no_grad()
-def subject_embeddings(model, info: dict, cohort: Cohort, *, batch_size: int = 512) -> pl.DataFrame:
-    """One row per cohort subject: `eid`, `snp_embedding` (the model's SNPs in order, each `embed_dim` floats,
-    concatenated), `idp_embedding` (the bucket IDPs likewise), and their means `snp_mean_0..` / `idp_mean_0..`.
+def model_idps(info: dict) -> list[str]:
+    """The IDPs a COMICAL model encodes (those of its buckets), in its vocabulary's order."""
+    return sorted({i for b in info["buckets"].values() for i in b["idps"]}, key=info["idps"].index)
 
-    Genotype tokens and PLE bins come from the model's own vocabulary and training-split bin edges.
-    """
+
+def model_snp_columns(info: dict, cohort: Cohort) -> list[int]:
+    """The genotype columns of a COMICAL model's SNPs, in its order; an error if the cohort lacks one."""
     bim = {v: i for i, v in enumerate(cohort.genotypes.variants["variant_id"])}
     missing = [s for s in info["snps"] if s not in bim]
     if missing:
         raise InputError(f"{cohort.path}: the model's SNPs {missing[:5]} are not in genotypes.bim")
-    idps = sorted({i for b in info["buckets"].values() for i in b["idps"]}, key=info["idps"].index)
-    tokens = encode_genotypes(cohort.genotypes.read(cohort.sample_index, [bim[s] for s in info["snps"]],
+    return [bim[s] for s in info["snps"]]
+
+
+@torch.no_grad()
+def subject_embeddings(model, info: dict, cohort: Cohort, *, rows: np.ndarray | None = None,
+                       batch_size: int = 512) -> pl.DataFrame:
+    """One row per cohort subject (or per `rows`, cohort row indices): `eid`, `snp_embedding` (the model's SNPs in
+    order, each `embed_dim` floats, concatenated), `idp_embedding` (the bucket IDPs likewise), and their means
+    `snp_mean_0..` / `idp_mean_0..`.
+
+    Genotype tokens and PLE bins come from the model's own vocabulary and training-split bin edges.
+    """
+    subjects = np.arange(len(cohort.sample_index)) if rows is None else np.asarray(rows)
+    idps = model_idps(info)
+    tokens = encode_genotypes(cohort.genotypes.read(cohort.sample_index[subjects], model_snp_columns(info, cohort),
                                                     dtype=np.int8), np.array(info["snp_token_table"], dtype=np.int8))
     edges = np.array([info["ple_bin_edges"][i] for i in idps])
-    bins, frac = ple_encode(cohort.idps.select(idps).to_numpy(), edges)
+    bins, frac = ple_encode(cohort.idps[subjects].select(idps).to_numpy(), edges)
     n, n_snps, n_idps = tokens.shape[0], tokens.shape[1], len(idps)
     idp_index = torch.tensor([info["idps"].index(i) for i in idps])
     snp_out, idp_out = [], []
@@ -66,7 +79,7 @@ def subject_embeddings(model, info: dict, cohort: Cohort, *, batch_size: int = 5
         idp_out.append(idp.reshape(rows, n_idps, -1))
     snp_all, idp_all = torch.cat(snp_out).numpy(), torch.cat(idp_out).numpy()
     dim = snp_all.shape[2]
-    table = pl.DataFrame({"eid": cohort.eids,
+    table = pl.DataFrame({"eid": cohort.eids.gather(subjects),
                           "snp_embedding": snp_all.reshape(n, -1), "idp_embedding": idp_all.reshape(n, -1)})
     means = {**{f"snp_mean_{k}": snp_all.mean(axis=1)[:, k] for k in range(dim)},
              **{f"idp_mean_{k}": idp_all.mean(axis=1)[:, k] for k in range(dim)}}

@@ -1,0 +1,177 @@
+"""Downstream heads (paper 000 Figs. 4-6, Table 3): the statistics against scikit-learn, statsmodels and numpy, the
+outcome and risk-score designs, the head bank, and both commands end to end on a trained mini-cohort run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from comical.cli import main
+from comical.pipelines import downstream_stats as st
+from comical.pipelines.downstream import OUTCOMES, outcome_table, riskscore_design
+
+
+def test_auc_bootstrap_and_nri_match_scikit_learn_on_fixed_scores():
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.2
+    a = y + rng.normal(0, 1.2, 300)
+    b = np.round(y * 0.5 + rng.normal(0, 1, 300), 1)  # ties
+    assert st.auc(y, a) == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert st.auc(y, b) == pytest.approx(roc_auc_score(y, b), abs=1e-12)
+    result = st.auc_interval(y, {"a": a, "b": b}, resamples=200, seed=3)
+    index = st.bootstrap_indices(y, resamples=200, seed=3)
+    assert (y[index].sum(1) == y.sum()).all()  # stratified: every resample keeps the case count
+    auc_a = np.array([roc_auc_score(y[i], a[i]) for i in index])
+    auc_b = np.array([roc_auc_score(y[i], b[i]) for i in index])
+    assert result["a"] == pytest.approx((roc_auc_score(y, a), *np.percentile(auc_a, [2.5, 97.5])), abs=1e-12)
+    assert result["b"] == pytest.approx((roc_auc_score(y, b), *np.percentile(auc_b, [2.5, 97.5])), abs=1e-12)
+    assert result["difference"] == pytest.approx(
+        (roc_auc_score(y, a) - roc_auc_score(y, b), *np.percentile(auc_a - auc_b, [2.5, 97.5])), abs=1e-12)
+    assert all(np.isnan(v) for v in st.auc_interval(np.zeros(5, bool), {"a": a[:5], "b": b[:5]})["a"])
+
+
+def test_r2_and_pearson_against_scikit_learn_and_scipy_and_pearson_is_uniform_on_null_data():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(1)
+    y, p = rng.normal(size=50), rng.normal(size=50)
+    assert st.r2(y, p) == pytest.approx(r2_score(y, p))
+    assert st.r2(y, np.full(50, y.mean())) == pytest.approx(0.0)
+    r2, pvalue = st.pearson(y, p)
+    assert r2 == pytest.approx(np.corrcoef(y, p)[0, 1] ** 2) and pvalue == pytest.approx(stats.pearsonr(y, p).pvalue)
+    # null: independent score and target at the mini cohort's test size; the p-values are uniform
+    nulls = [st.pearson(rng.normal(size=73), rng.normal(size=73))[1] for _ in range(2000)]
+    assert stats.kstest(nulls, "uniform").pvalue > 0.01
+    assert 0.035 < np.mean(np.array(nulls) < 0.05) < 0.065
+
+
+def test_ols_matches_a_plain_least_squares_solve_and_is_uniform_on_null_data():
+    rng = np.random.default_rng(2)
+    n = 120
+    covariates = {"age": rng.normal(60, 8, n), "sex": rng.integers(0, 2, n).astype(float), "pc1": rng.normal(size=n)}
+    exposure = rng.normal(size=n)
+    response = 0.3 * exposure + 0.02 * covariates["age"] + rng.normal(size=n)
+    fit = st.ols_on(response, exposure, covariates, "ePRS")
+    x = np.column_stack([np.ones(n), exposure, *covariates.values()])
+    beta, *_ = np.linalg.lstsq(x, response, rcond=None)
+    residual = response - x @ beta
+    sigma2 = residual @ residual / (n - x.shape[1])
+    se = np.sqrt(np.diag(np.linalg.inv(x.T @ x)) * sigma2)
+    p = 2 * stats.t.sf(np.abs(beta / se), n - x.shape[1])
+    assert list(fit["terms"]) == ["const", "ePRS", "age", "sex", "pc1"]
+    np.testing.assert_allclose(np.array(list(fit["terms"].values())), np.column_stack([beta, se, p]), rtol=1e-8)
+    assert fit["r2"] == pytest.approx(1 - residual @ residual / np.sum((response - response.mean()) ** 2))
+    x0 = np.delete(x, 1, axis=1)
+    r0 = response - x0 @ np.linalg.lstsq(x0, response, rcond=None)[0]
+    assert fit["r2_covariates"] == pytest.approx(1 - r0 @ r0 / np.sum((response - response.mean()) ** 2))
+    nulls = [st.ols_on(rng.normal(size=n), rng.normal(size=n), covariates, "e")["terms"]["e"][2] for _ in range(1000)]
+    assert stats.kstest(nulls, "uniform").pvalue > 0.01
+
+
+def test_meta_outcome_is_the_and_of_the_ten_indicators():
+    rng = np.random.default_rng(3)
+    diagnoses = pl.DataFrame({d: (rng.random(400) < 0.7).astype(np.int8) for d in
+                              ["AD", "ADHD", "ASD", "BD", "CBVD", "MD", "MS", "PD", "Stroke", "SZ", "UD"]})
+    table = outcome_table(diagnoses)
+    assert table.columns == OUTCOMES
+    ten = [o for o in OUTCOMES if o != "meta"]
+    assert "ASD" not in ten and len(ten) == 10
+    expected = diagnoses.select(ten).to_numpy().all(axis=1)
+    np.testing.assert_array_equal(table["meta"].to_numpy() == 1, expected)
+    assert 0 < expected.sum() < 400  # both kinds of rows occur, so the check means something
+
+
+def test_riskscore_design_tests_only_unseen_healthy_subjects_and_balances_cases():
+    rng = np.random.default_rng(4)
+    n = 3000
+    names = ["AD", "ADHD", "ASD", "BD", "CBVD", "MD", "MS", "PD", "Stroke", "SZ", "UD"]
+    diagnoses = pl.DataFrame({d: (rng.random(n) < 0.04).astype(np.int8) for d in names})
+    encoder = rng.choice(["train", "val", "test"], n, p=[0.7, 0.2, 0.1])
+    split, masks = riskscore_design(diagnoses, encoder, seed=0)
+    test = split == "test"
+    any_case = diagnoses.to_numpy().any(axis=1)
+    assert test.any() and not any_case[test].any()  # no test subject is a case of anything
+    assert (encoder[test] == "test").all()  # and none was seen by the encoder or by any head's training
+    assert ((split == "train") <= (encoder == "train")).all() and ((split == "val") <= (encoder == "val")).all()
+    for d, mask in masks.items():
+        chosen = (mask == 1) & (split == "train")
+        cases = diagnoses[d].to_numpy() == 1
+        assert chosen.any() and (chosen & cases).sum() == (chosen & ~cases).sum()  # cases and as many controls
+        assert not any_case[chosen & ~cases].any()  # controls are healthy
+        assert ((mask == 1) & test).sum() == test.sum()  # every head is scored on the same test subjects
+
+
+def test_head_bank_is_k_separate_networks():
+    from comical.distributed.tasks.heads import HeadBank, HeadsConfig, head_losses
+
+    torch.manual_seed(0)
+    bank = HeadBank(6, 3, HeadsConfig(hidden=4, dropout=0.0))
+    x = torch.randn(10, 6)
+    out = bank({"x": x})
+    for k in range(3):  # head k is the plain MLP made of its own slices
+        w1, b1 = bank.hidden.weight[k * 4:(k + 1) * 4], bank.hidden.bias[k * 4:(k + 1) * 4]
+        plain = torch.relu(x @ w1.T + b1) @ bank.out_weight[k] + bank.out_bias[k]
+        torch.testing.assert_close(out[:, k], plain)
+    y = torch.randint(0, 2, (10, 3)).float()
+    mask = torch.ones(10, 3, dtype=torch.int8)
+    mask[:, 2] = 0
+    losses = head_losses(out, y, mask, "classify", torch.tensor([1.0, 3.0, 1.0]))
+    assert losses[2] == 0  # a head with no rows of its design in the batch adds nothing
+    direct = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1], y[:, 1], pos_weight=torch.tensor(3.0))
+    torch.testing.assert_close(losses[1], direct)
+    losses[0].backward()
+    assert bank.out_weight.grad[1:].abs().sum() == 0 and bank.hidden.weight.grad[4:].abs().sum() == 0
+
+
+def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, capsys):
+    """Both commands on the mini cohort from a trained run: every output, heads trained through the engine, and
+    subjects used as stated (test subjects are the encoder's test split)."""
+    common = ["--run", str(trained_run), "--cohort", str(mini_cohort), "--epochs", "2"]
+    out = tmp_path / "predict"
+    assert main(["predict", *common, "--out", str(out)]) == 0
+    assert "predict: " in capsys.readouterr().out
+    table = pl.read_csv(out / "auc.csv")
+    assert table["outcome"].to_list() == OUTCOMES
+    fitted = table.filter(pl.col("note").is_null() | (pl.col("note") == ""))
+    assert fitted.height >= 8 and fitted["auc_embedding"].is_between(0, 1).all()
+    assert (fitted["auc_embedding_lo"] <= fitted["auc_embedding"]).all()
+    assert (fitted["nri"] - (fitted["auc_embedding"] - fitted["auc_baseline"])).abs().max() < 1e-12
+    meta = table.row(OUTCOMES.index("meta"), named=True)
+    if meta["train_cases"] < 10:
+        assert "too few cases" in meta["note"] and np.isnan(meta["auc_embedding"])
+    for name in ("auc.md", "roc.png", "nri.png", "predictions.parquet", "subjects.parquet", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    roles = pl.read_parquet(out / "subjects.parquet")
+    predictions = pl.read_parquet(out / "predictions.parquet")
+    tested = set(roles.filter(pl.col("heads") == "test")["eid"])
+    assert set(predictions["eid"]) == tested and set(roles.filter(pl.col("encoder_split") == "test")["eid"]) == tested
+    for name in ("embedding", "baseline"):
+        assert json.loads((out / "runs" / name / "run.json").read_text())["state"] == "done"
+
+    out = tmp_path / "riskscore"
+    assert main(["riskscore", *common, "--out", str(out)]) == 0
+    assert "riskscore: R^2 of the ePRS" in capsys.readouterr().out
+    r2 = pl.read_csv(out / "r2.csv")
+    assert r2["disease"].to_list() == ["AD", "BD", "MS", "PD", "SZ"] and r2["r2_embedding"].is_not_null().all()
+    cross = pl.read_csv(out / "cross_disorder.csv")
+    assert cross.height == 2 * 25 and cross["p"].is_between(0, 1).all()
+    ols = pl.read_csv(out / "ols.csv")
+    assert set(ols["term"]) >= {"const", "ePRS", "age", "sex", "smoking", "bmi", "height", "PC40"}
+    roles = pl.read_parquet(out / "subjects.parquet").join(
+        pl.read_csv(mini_cohort / "diagnoses.csv").with_columns(pl.col("eid").cast(pl.String)), on="eid")
+    tested = roles.filter(pl.col("heads") == "test")
+    assert tested.height and (tested["encoder_split"] == "test").all()
+    assert tested.select(pl.sum_horizontal(pl.exclude("eid", "encoder_split", "heads"))).to_series().max() == 0
+
+
+def test_predict_refuses_unknown_outcomes(trained_run, mini_cohort, tmp_path, capsys):
+    assert main(["predict", "--run", str(trained_run), "--cohort", str(mini_cohort), "--outcomes", "AD,XYZ",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--outcomes AD,XYZ: ['XYZ'] unknown" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
