@@ -34,8 +34,11 @@ from comical.distributed.train import RUN_NAME, WEIGHTS, EpochLog, check_cluster
 
 
 def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-                       verbose: bool = False, prepare=None, prepared_from: dict | None = None) -> dict:
+                       verbose: bool = False, prepare=None, prepared_from: dict | None = None,
+                       epoch_lines: bool = True) -> dict:
     """Train (or resume) into `out`, keep the best epoch, evaluate it on the test split; returns test metrics.
+    Each epoch's line goes to the console, or with `epoch_lines=False` only to train.log (a small step of a longer
+    command).
 
     `prepare(folder)` makes the task's inputs first, into `out/inputs` (which `config.data` names), from what
     `prepared_from` describes (GEMCONT: a cohort and a disease); a bad input leaves no run folder behind."""
@@ -70,7 +73,7 @@ def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = F
     write_atomic(out / "config.yaml", config.to_yaml())
     try:
         with logged_console(out / "train.log", verbose=verbose) as say:
-            metrics = _train_and_evaluate(config, out, storage, info, say)
+            metrics = _train_and_evaluate(config, out, storage, info, say if epoch_lines else print)
     except BaseException as err:  # Ctrl-C too: the folder must not look finished
         mark_run(out, run, "failed", err)
         raise

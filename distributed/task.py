@@ -17,7 +17,8 @@ A task says:
 - `loss(outputs, batch, ...)`: this worker's share of the loss, its terms taken from `losses.LOSSES`;
 - `batch_metrics(outputs, batch)`: validation/test metrics summed over a batch's rows (the engine divides by the
   rows), each beside its chance or null level; `selection_metric`: the validation metric the best epoch minimises;
-- hooks: `after_step(module)` after every optimizer step (a momentum encoder's EMA);
+- hooks: `after_step(module)` after every optimizer step (a momentum encoder's EMA); `after_validation(module,
+  metrics)` after each epoch's validation (per-head model selection), whose returned metrics join the epoch's;
 - `epoch_line(metrics)` and `test(...)`: the console line of an epoch and the best model's evaluation on the test
   split, run on the driver, which writes the task's own outputs into the run folder.
 """
@@ -76,6 +77,11 @@ class Task:
 
     def after_step(self, module: nn.Module) -> None:
         """Called after every optimizer step with the unwrapped model."""
+
+    def after_validation(self, module: nn.Module, metrics: dict) -> dict:
+        """Called on every rank after each epoch's validation with the unwrapped model and the (all-reduced)
+        validation metrics, before the checkpoint; returns metrics to add (the heads keep each head's best weights)."""
+        return {}
 
     def epoch_line(self, metrics: dict) -> str:
         return (f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "

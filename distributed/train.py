@@ -80,6 +80,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         train_loss, samples, seconds = _train_epoch(engine, task, train, epoch, rank, world, config, watchdog)
         # the same validation batches every epoch, so epochs differ only by the model
         val_metrics = evaluate(engine, task, val, config, world=world, seed=config.seed, watchdog=watchdog)
+        val_metrics |= task.after_validation(engine.module, val_metrics)
         metrics = {"epoch": epoch, "epochs_done": epoch + 1, "train_loss": train_loss,
                    "samples_per_s": samples / seconds, "epoch_seconds": seconds,
                    **{f"val_{k}": v for k, v in val_metrics.items()}}

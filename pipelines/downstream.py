@@ -58,6 +58,7 @@ from comical.pipelines import downstream_stats as st
 OUTCOMES = [*PAIR_DISEASES, "Stroke", "SZ", "meta"]
 META_OF = [*PAIR_DISEASES, "Stroke", "SZ"]  # the meta outcome: all ten at once (paper 000 section 2.4)
 MIN_CASES = 10  # training cases an outcome needs to be fitted
+MIN_OLS_DF = 20  # residual degrees of freedom the risk-score OLS needs (it has 48 terms)
 EMBEDDING_VARIANCE = 0.99  # of the concatenated embedding's variance kept by its principal components
 HEAD_COVARIATES = ["age", "sex", *[f"PC{i + 1}" for i in range(N_PCS)]]
 OLS_COVARIATES = ["age", "sex", "smoking", "bmi", "height", *[f"PC{i + 1}" for i in range(N_PCS)]]
@@ -72,6 +73,7 @@ class HeadSettings:
     workers: int = 1
     use_gpu: bool = False
     seed: int = 0
+    epoch_lines: bool = True  # each head epoch's line on the console (the demo keeps them in the runs' train.log)
 
 
 @dataclasses.dataclass
@@ -132,6 +134,11 @@ def load_subjects(run: Path, cohort_dir: Path, pairs: Path | None = None) -> Sub
     if not split_file.is_file():
         raise InputError(f"--run {run}: its pair store {pairs} has no subjects.parquet (moved or deleted?); pass "
                          "--pairs with the store the run trained on")
+    manifest = json.loads((Path(pairs) / "manifest.json").read_text())
+    info = spec["input"]
+    if manifest.get("snps") != info["snps"] or manifest.get("ple_bin_edges") != info["ple_bin_edges"]:
+        raise InputError(f"--pairs {pairs}: not the store run {run} trained on (its SNPs or PLE bin edges differ), so "
+                         "its subject split is not the encoder's; pass the store the run trained on")
     cohort = load_cohort(cohort_dir)
     split = pl.read_parquet(split_file).select(pl.col("eid").cast(pl.String), "split")
     eids = cohort.eids.cast(pl.String)
@@ -141,7 +148,6 @@ def load_subjects(run: Path, cohort_dir: Path, pairs: Path | None = None) -> Sub
                          f"the cohort (e.g. eid {split.filter(~known)['eid'][0]}); is it the cohort the run came from?")
     order = pl.DataFrame({"eid": eids}).with_row_index("row").join(split, on="eid", how="inner", maintain_order="left")
     rows = order["row"].to_numpy()
-    info = spec["input"]
     table = subject_embeddings(model, info, cohort, rows=rows)
     embedding = np.hstack([np.stack(table["snp_embedding"].to_numpy()), np.stack(table["idp_embedding"].to_numpy())])
     raw = np.hstack([cohort.genotypes.read(cohort.sample_index[rows], model_snp_columns(info, cohort),
@@ -158,6 +164,9 @@ def load_subjects(run: Path, cohort_dir: Path, pairs: Path | None = None) -> Sub
     description = (f"{len(rows)} subjects; embedding {len(info['snps'])} SNPs + {len(model_idps(info))} IDPs x {dim} "
                    f"= {embedding.shape[1]} values, baseline {raw.shape[1]} raw values, each + {head_cov.shape[1]} "
                    "covariates (age, sex, PC1-PC40)")
+    if manifest.get("config", {}).get("buckets_from") == "all":
+        description += ("; NOTE: the store's buckets came from a PheWAS of all subjects, so the test subjects' "
+                        "diagnoses chose which IDPs the features hold")
     return Subjects(rows, order["eid"].to_numpy(), order["split"].to_numpy(),
                     {"embedding": np.hstack([embedding, head_cov]), "baseline": np.hstack([raw, head_cov])},
                     covariates, cohort.diagnoses[rows], cohort.eprs[rows], liability, description)
@@ -206,7 +215,7 @@ def _train_heads(stage: Path, name: str, kind: str, targets: list[str], x: np.nd
         "task": "heads", "data": str(folder), "epochs": settings.epochs, "seed": settings.seed,
         "batch_size": max(2 * settings.workers, min(settings.batch_size, train_rows // 2)), "eval_batch_size": 4096,
         "engine": {"workers": settings.workers, "use_gpu": settings.use_gpu}})
-    train_and_evaluate(config, stage / "runs" / name, verbose=verbose)
+    train_and_evaluate(config, stage / "runs" / name, verbose=verbose, epoch_lines=settings.epoch_lines)
     out = pl.read_parquet(stage / "runs" / name / "test_predictions.parquet").sort("row")
     return out.select(targets).to_numpy()
 
@@ -401,14 +410,15 @@ def risk_scores(run: Path, cohort_dir: Path, out: Path, *, pairs: Path | None = 
     head_split, masks = riskscore_design(subjects.diagnoses, subjects.encoder_split, seed=settings.seed)
     train_cases = {d: int(((subjects.diagnoses[d].to_numpy() == 1) & (masks[d] == 1) & (head_split == "train")).sum())
                    for d in EPRS_DISEASES}
-    fitted = [d for d in EPRS_DISEASES if train_cases[d] >= MIN_CASES]
     test = head_split == "test"
+    val_rows = {d: int(((masks[d] == 1) & (head_split == "val")).sum()) for d in EPRS_DISEASES}
+    fitted = [d for d in EPRS_DISEASES if train_cases[d] >= MIN_CASES and val_rows[d] and test.any()]
     say(f"riskscore: {subjects.description}; {len(fitted)} of {len(EPRS_DISEASES)} ePRS heads fitted, "
         f"{int(test.sum())} healthy test subjects")
     eprs = subjects.eprs.select(EPRS_DISEASES).to_numpy().astype(np.float32)
     scores = {}
     with staged_output_dir(out, run_record) as stage:
-        if fitted and test.any():
+        if fitted:
             y = eprs[:, [EPRS_DISEASES.index(d) for d in fitted]]
             mask = np.column_stack([masks[d] for d in fitted])
             for name in FEATURE_SETS:
@@ -444,26 +454,33 @@ def _riskscore_tables(subjects, fitted, scores, eprs_test, test, train_cases, ma
         target = eprs_test[:, EPRS_DISEASES.index(d)]
         for name in FEATURE_SETS:
             values = {f"r2_{name}": np.nan, f"liability_r2_{name}": np.nan, f"ols_eprs_p_{name}": np.nan,
-                      f"ols_r2_{name}": np.nan}
+                      f"ols_r2_adj_{name}": np.nan, f"ols_r2_adj_covariates_{name}": np.nan}
             if d in fitted:
                 score = scores[name][:, fitted.index(d)]
                 values[f"r2_{name}"] = st.r2(target, score)
                 liability = _liability(subjects, d, test)
                 if liability is not None:
                     values[f"liability_r2_{name}"] = st.pearson(score, liability)[0]
-                fit = st.ols_on(score, target, covariates, "ePRS")
-                values[f"ols_eprs_p_{name}"] = fit["terms"]["ePRS"][2]
-                values[f"ols_r2_{name}"] = fit["r2"]
-                row["ols_r2_covariates_only"] = fit["r2_covariates"]
-                ols += [{"features": name, "disease": d, "term": term, "coef": c, "se": se, "p": p, "n": fit["n"]}
-                        for term, (c, se, p) in fit["terms"].items()]
+                if test.sum() - len(OLS_COVARIATES) - 2 >= MIN_OLS_DF:
+                    fit = st.ols_on(score, target, covariates, "ePRS")
+                    values[f"ols_eprs_p_{name}"] = fit["terms"]["ePRS"][2]
+                    values[f"ols_r2_adj_{name}"] = fit["r2_adj"]
+                    values[f"ols_r2_adj_covariates_{name}"] = fit["r2_adj_covariates"]
+                    row["ols_df_resid"] = fit["df_resid"]
+                    ols += [{"features": name, "disease": d, "term": term, "coef": c, "se": se, "p": p, "n": fit["n"]}
+                            for term, (c, se, p) in fit["terms"].items()]
                 for other in EPRS_DISEASES:
                     r2, p = st.pearson(score, eprs_test[:, EPRS_DISEASES.index(other)])
                     cross.append({"features": name, "trained_on": d, "evaluated_on": other, "r2": r2, "p": p})
             row |= values
         row["r2_covariates"] = st.r2(target, scores["covariates"][:, fitted.index(d)]) if d in fitted else np.nan
-        row.setdefault("ols_r2_covariates_only", np.nan)
-        row["note"] = "" if d in fitted else f"too few cases to fit: {train_cases[d]} training (needs {MIN_CASES})"
+        row.setdefault("ols_df_resid", None)
+        row["note"] = ("" if d in fitted else "no healthy test subject" if not test.any() else
+                       f"too few cases to fit: {train_cases[d]} training (needs {MIN_CASES}), {row['val_rows']} "
+                       "validation rows (needs some)")
+        if d in fitted and row["ols_df_resid"] is None:
+            row["note"] = (f"OLS not fitted: {int(test.sum())} test subjects leave under {MIN_OLS_DF} residual degrees "
+                           f"of freedom for {len(OLS_COVARIATES) + 2} terms")
         r2_rows.append(row)
     schema = {"features": pl.String, "trained_on": pl.String, "evaluated_on": pl.String, "r2": pl.Float64,
               "p": pl.Float64}
@@ -477,34 +494,42 @@ def _riskscore_markdown(tables: dict, description: str) -> str:
     num = lambda v: "NA" if v is None or np.isnan(v) else f"{v:.3f}"  # noqa: E731
     lines = [f"Risk scores from frozen encoders ({description}); heads trained on a disease's cases and as many "
              "healthy controls, tested on healthy test subjects. R^2: out-of-sample, of the head's ePRS prediction "
-             "(predicting the mean gives 0; covariates only: least squares on age, sex and PC1-PC40, the trivial "
-             "reference). OLS: the risk score on its ePRS with age, sex, smoking, BMI, height and "
-             "PC1-PC40 (its R^2 beside the covariates' alone).", "",
+             "(predicting the test mean gives 0; a head trained on case-enriched rows may also be off in its mean on "
+             "healthy subjects, which R^2 counts). Covariates only: least squares on age, sex and PC1-PC40 (the "
+             "trivial reference). OLS: the risk score on its ePRS with age, sex, smoking, BMI, height and PC1-PC40; "
+             "adjusted R^2 beside the same model without the ePRS, and the residual degrees of freedom.", "",
              "| disease | train cases / rows | val rows | test rows | R^2 embedding | R^2 baseline | R^2 covariates "
-             "only | liability r^2 "
-             "embedding / baseline | OLS ePRS p embedding / baseline | OLS R^2 embedding / baseline / covariates "
-             "only | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "only | liability r^2 embedding / baseline | OLS ePRS p embedding / baseline | OLS adj. R^2 embedding "
+             "(without ePRS) / baseline (without) | OLS df | note |", "|---" * 12 + "|"]
     for r in tables["r2"].iter_rows(named=True):
         lines.append(f"| {r['disease']} | {r['train_cases']} / {r['train_rows']} | {r['val_rows']} | "
-                     f"{r['test_rows']} | "
-                     f"{num(r['r2_embedding'])} | {num(r['r2_baseline'])} | {num(r['r2_covariates'])} | "
-                     f"{num(r['liability_r2_embedding'])} / "
+                     f"{r['test_rows']} | {num(r['r2_embedding'])} | {num(r['r2_baseline'])} | "
+                     f"{num(r['r2_covariates'])} | {num(r['liability_r2_embedding'])} / "
                      f"{num(r['liability_r2_baseline'])} | {_p(r['ols_eprs_p_embedding'])} / "
-                     f"{_p(r['ols_eprs_p_baseline'])} | {num(r['ols_r2_embedding'])} / {num(r['ols_r2_baseline'])} / "
-                     f"{num(r['ols_r2_covariates_only'])} | {r['note']} |")
+                     f"{_p(r['ols_eprs_p_baseline'])} | {num(r['ols_r2_adj_embedding'])} "
+                     f"({num(r['ols_r2_adj_covariates_embedding'])}) / {num(r['ols_r2_adj_baseline'])} "
+                     f"({num(r['ols_r2_adj_covariates_baseline'])}) | {r['ols_df_resid'] or 'NA'} | {r['note']} |")
     cross = tables["cross_disorder"]
     for name in FEATURE_SETS:
         part = cross.filter(pl.col("features") == name)
         if not part.height:
             continue
         lines += ["", f"Table 3 ({name} features): squared Pearson correlation of the risk score of the row's disease "
-                  "with the ePRS of the column's, on the test subjects; * p < 0.05.", "",
+                  "with the ePRS of the column's, on the test subjects; * p < 0.05 uncorrected (as the paper), ** p < "
+                  f"0.05/{len(EPRS_DISEASES) ** 2} (Bonferroni over the table). The cells share test subjects, and "
+                  "ePRS of genetically related diseases correlate, so cells are not independent tests.", "",
                   "| trained on | " + " | ".join(EPRS_DISEASES) + " |", "|---|" + "---|" * len(EPRS_DISEASES)]
         for d in part["trained_on"].unique(maintain_order=True):
             cells = part.filter(pl.col("trained_on") == d)
-            lines.append(f"| {d} | " + " | ".join(f"{r['r2']:.3f}{'*' if r['p'] < 0.05 else ''}"
+            lines.append(f"| {d} | " + " | ".join(f"{num(r['r2'])}{_stars(r['p'])}"
                                                    for r in cells.iter_rows(named=True)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _stars(p) -> str:
+    if p is None or np.isnan(p):
+        return ""
+    return "**" if p < 0.05 / len(EPRS_DISEASES) ** 2 else "*" if p < 0.05 else ""
 
 
 def _p(p) -> str:

@@ -73,8 +73,9 @@ def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def ols_on(response: np.ndarray, exposure: np.ndarray, covariates: dict[str, np.ndarray], exposure_name: str) -> dict:
     """statsmodels OLS of `response` on an intercept, the exposure and the covariates: each term's coefficient,
-    standard error and p-value (`terms`: name -> (coef, se, p)), the model's R^2, and the R^2 of the same model
-    without the exposure (`r2_covariates`: what the covariates alone explain)."""
+    standard error and p-value (`terms`: name -> (coef, se, p)), the model's R^2 and adjusted R^2, the same for the
+    model without the exposure (`r2_covariates`, `r2_adj_covariates`: what the covariates alone explain; with many
+    covariates on few subjects the plain R^2 is mostly overfitting), and the residual degrees of freedom."""
     import statsmodels.api as sm
 
     names = ["const", exposure_name, *covariates]
@@ -83,4 +84,5 @@ def ols_on(response: np.ndarray, exposure: np.ndarray, covariates: dict[str, np.
     base = sm.OLS(response, np.delete(design, 1, axis=1)).fit()
     terms = zip(names, fit.params, fit.bse, fit.pvalues)
     return {"terms": {n: (float(c), float(se), float(p)) for n, c, se, p in terms},
-            "r2": float(fit.rsquared), "r2_covariates": float(base.rsquared), "n": int(len(response))}
+            "r2": float(fit.rsquared), "r2_covariates": float(base.rsquared), "r2_adj": float(fit.rsquared_adj),
+            "r2_adj_covariates": float(base.rsquared_adj), "df_resid": int(fit.df_resid), "n": int(len(response))}

@@ -36,6 +36,22 @@ def test_auc_bootstrap_and_nri_match_scikit_learn_on_fixed_scores():
     assert all(np.isnan(v) for v in st.auc_interval(np.zeros(5, bool), {"a": a[:5], "b": b[:5]})["a"])
 
 
+def test_auc_intervals_cover_the_population_auc_about_95_percent_of_the_time():
+    """Samples of 40 cases and 160 controls from two normals (population AUC Phi(d / sqrt(2)))."""
+    rng = np.random.default_rng(5)
+    d = 0.8
+    truth = stats.norm.cdf(d / np.sqrt(2))
+    covered, widths = [], []
+    for _ in range(200):
+        y = np.r_[np.ones(40, bool), np.zeros(160, bool)]
+        score = np.where(y, d, 0.0) + rng.normal(size=200)
+        _, lo, hi = st.auc_interval(y, {"s": score}, resamples=400, seed=int(rng.integers(1 << 30)))["s"]
+        covered.append(lo <= truth <= hi)
+        widths.append(hi - lo)
+    assert 0.89 <= np.mean(covered) <= 0.99
+    assert 0.1 < np.mean(widths) < 0.25  # a resampler that did not resample would give width 0
+
+
 def test_r2_and_pearson_against_scikit_learn_and_scipy_and_pearson_is_uniform_on_null_data():
     from sklearn.metrics import r2_score
 
@@ -70,7 +86,9 @@ def test_ols_matches_a_plain_least_squares_solve_and_is_uniform_on_null_data():
     x0 = np.delete(x, 1, axis=1)
     r0 = response - x0 @ np.linalg.lstsq(x0, response, rcond=None)[0]
     assert fit["r2_covariates"] == pytest.approx(1 - r0 @ r0 / np.sum((response - response.mean()) ** 2))
-    nulls = [st.ols_on(rng.normal(size=n), rng.normal(size=n), covariates, "e")["terms"]["e"][2] for _ in range(1000)]
+    # the setting riskscore uses: 45 covariates on few test subjects (73, as the mini cohort), exposure independent
+    many = {f"c{i}": rng.normal(size=73) for i in range(45)}
+    nulls = [st.ols_on(rng.normal(size=73), rng.normal(size=73), many, "e")["terms"]["e"][2] for _ in range(1000)]
     assert stats.kstest(nulls, "uniform").pvalue > 0.01
 
 
@@ -85,6 +103,25 @@ def test_meta_outcome_is_the_and_of_the_ten_indicators():
     expected = diagnoses.select(ten).to_numpy().all(axis=1)
     np.testing.assert_array_equal(table["meta"].to_numpy() == 1, expected)
     assert 0 < expected.sum() < 400  # both kinds of rows occur, so the check means something
+
+
+def test_riskscore_design_respects_the_paper_caps(monkeypatch):
+    from comical.pipelines import downstream
+
+    monkeypatch.setattr(downstream, "PAPER_TRAIN", 20)
+    monkeypatch.setattr(downstream, "PAPER_VAL", 8)
+    monkeypatch.setattr(downstream, "PAPER_TEST", 30)
+    rng = np.random.default_rng(6)
+    n = 2000
+    names = ["AD", "ADHD", "ASD", "BD", "CBVD", "MD", "MS", "PD", "Stroke", "SZ", "UD"]
+    diagnoses = pl.DataFrame({d: (rng.random(n) < 0.05).astype(np.int8) for d in names})
+    encoder = rng.choice(["train", "val", "test"], n, p=[0.7, 0.2, 0.1])
+    split, masks = riskscore_design(diagnoses, encoder, seed=0)
+    assert (split == "test").sum() == 30
+    for d, mask in masks.items():
+        assert ((mask == 1) & (split == "train")).sum() == 20 and ((mask == 1) & (split == "val")).sum() == 8
+        cases = (mask == 1) & (split == "val") & (diagnoses[d].to_numpy() == 1)
+        assert cases.sum() == 4  # validation: cases and as many healthy controls too
 
 
 def test_riskscore_design_tests_only_unseen_healthy_subjects_and_balances_cases():
@@ -129,6 +166,35 @@ def test_head_bank_is_k_separate_networks():
     assert bank.out_weight.grad[1:].abs().sum() == 0 and bank.hidden.weight.grad[4:].abs().sum() == 0
 
 
+def test_each_head_keeps_its_own_best_validation_weights():
+    from comical.distributed.tasks.heads import HeadBank, HeadsConfig, HeadsTask
+
+    torch.manual_seed(1)
+    bank = HeadBank(5, 3, HeadsConfig(hidden=2, dropout=0.0))
+    task = HeadsTask().bind({"kind": "regress", "targets": ["a", "b", "c"], "features": "x", "n_features": 5,
+                             "pos_weight": None})
+    snapshots = []
+    # epochs' validation losses per head (sum / rows as the engine reports them); head c never has rows
+    for losses in ([1.0, 2.0, np.nan], [0.5, 3.0, np.nan], [0.7, 1.5, np.nan]):
+        with torch.no_grad():
+            for p in bank.parameters():
+                p.add_(torch.randn_like(p))
+        snapshots.append({k: v.detach().clone() for k, v in bank.state_dict().items() if not k.startswith("best")})
+        metrics = {**{f"head_loss_{i}": 0.0 if np.isnan(v) else v * 0.1 for i, v in enumerate(losses)},
+                   **{f"head_rows_{i}": 0.0 if np.isnan(v) else 0.1 for i, v in enumerate(losses)}}
+        added = task.after_validation(bank, metrics)
+    assert added["best_heads_loss"] == pytest.approx((0.5 + 1.5) / 2)  # heads with rows: best so far
+    last = {k: v.detach().clone() for k, v in bank.state_dict().items() if not k.startswith("best")}
+    bank.use_best()
+    state = bank.state_dict()
+    best_epoch = {0: 1, 1: 2}  # head a improved last at epoch 1, head b at epoch 2
+    for head, epoch in best_epoch.items():
+        torch.testing.assert_close(state["hidden.weight"][head * 2:(head + 1) * 2],
+                                   snapshots[epoch]["hidden.weight"][head * 2:(head + 1) * 2])
+        torch.testing.assert_close(state["out_bias"][head], snapshots[epoch]["out_bias"][head])
+    torch.testing.assert_close(state["out_weight"][2], last["out_weight"][2])  # never validated: as trained
+
+
 def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, capsys):
     """Both commands on the mini cohort from a trained run: every output, heads trained through the engine, and
     subjects used as stated (test subjects are the encoder's test split)."""
@@ -140,6 +206,8 @@ def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, ca
     assert table["outcome"].to_list() == OUTCOMES
     fitted = table.filter(pl.col("note").is_null() | (pl.col("note") == ""))
     assert fitted.height >= 8 and fitted["auc_embedding"].is_between(0, 1).all()
+    # trained heads, not constants: well above chance (0.5) on the mini cohort, where IDPs carry disease status
+    assert fitted["auc_embedding"].median() > 0.6 and fitted["auc_baseline"].median() > 0.6
     assert (fitted["auc_embedding_lo"] <= fitted["auc_embedding"]).all()
     assert (fitted["nri"] - (fitted["auc_embedding"] - fitted["auc_baseline"])).abs().max() < 1e-12
     meta = table.row(OUTCOMES.index("meta"), named=True)
@@ -168,6 +236,12 @@ def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, ca
     tested = roles.filter(pl.col("heads") == "test")
     assert tested.height and (tested["encoder_split"] == "test").all()
     assert tested.select(pl.sum_horizontal(pl.exclude("eid", "encoder_split", "heads"))).to_series().max() == 0
+
+
+def test_a_store_the_run_did_not_train_on_is_refused(trained_run, mini_pairs, mini_cohort, tmp_path, capsys):
+    assert main(["riskscore", "--run", str(trained_run), "--cohort", str(mini_cohort), "--pairs", str(mini_pairs),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "not the store run" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_predict_refuses_unknown_outcomes(trained_run, mini_cohort, tmp_path, capsys):
