@@ -93,9 +93,7 @@ def test_ols_matches_a_plain_least_squares_solve_and_is_uniform_on_null_data():
 
 
 def test_meta_outcome_is_the_and_of_the_ten_indicators():
-    rng = np.random.default_rng(3)
-    diagnoses = pl.DataFrame({d: (rng.random(400) < 0.7).astype(np.int8) for d in
-                              ["AD", "ADHD", "ASD", "BD", "CBVD", "MD", "MS", "PD", "Stroke", "SZ", "UD"]})
+    diagnoses, _ = _cohort_labels(400, 0.7, seed=3)
     table = outcome_table(diagnoses)
     assert table.columns == OUTCOMES
     ten = [o for o in OUTCOMES if o != "meta"]
@@ -111,11 +109,7 @@ def test_riskscore_design_respects_the_paper_caps(monkeypatch):
     monkeypatch.setattr(downstream, "PAPER_TRAIN", 20)
     monkeypatch.setattr(downstream, "PAPER_VAL", 8)
     monkeypatch.setattr(downstream, "PAPER_TEST", 30)
-    rng = np.random.default_rng(6)
-    n = 2000
-    names = ["AD", "ADHD", "ASD", "BD", "CBVD", "MD", "MS", "PD", "Stroke", "SZ", "UD"]
-    diagnoses = pl.DataFrame({d: (rng.random(n) < 0.05).astype(np.int8) for d in names})
-    encoder = rng.choice(["train", "val", "test"], n, p=[0.7, 0.2, 0.1])
+    diagnoses, encoder = _cohort_labels(2000, 0.05, seed=6)
     split, masks = riskscore_design(diagnoses, encoder, seed=0)
     assert (split == "test").sum() == 30
     for d, mask in masks.items():
@@ -124,12 +118,17 @@ def test_riskscore_design_respects_the_paper_caps(monkeypatch):
         assert cases.sum() == 4  # validation: cases and as many healthy controls too
 
 
+def _cohort_labels(n: int, prevalence: float, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Random diagnoses of the 11 diseases and a 70/20/10 encoder split."""
+    from comical.data_io.ukb_fields import DISEASES
+
+    rng = np.random.default_rng(seed)
+    diagnoses = pl.DataFrame({d: (rng.random(n) < prevalence).astype(np.int8) for d in DISEASES})
+    return diagnoses, rng.choice(["train", "val", "test"], n, p=[0.7, 0.2, 0.1])
+
+
 def test_riskscore_design_tests_only_unseen_healthy_subjects_and_balances_cases():
-    rng = np.random.default_rng(4)
-    n = 3000
-    names = ["AD", "ADHD", "ASD", "BD", "CBVD", "MD", "MS", "PD", "Stroke", "SZ", "UD"]
-    diagnoses = pl.DataFrame({d: (rng.random(n) < 0.04).astype(np.int8) for d in names})
-    encoder = rng.choice(["train", "val", "test"], n, p=[0.7, 0.2, 0.1])
+    diagnoses, encoder = _cohort_labels(3000, 0.04, seed=4)
     split, masks = riskscore_design(diagnoses, encoder, seed=0)
     test = split == "test"
     any_case = diagnoses.to_numpy().any(axis=1)
