@@ -25,8 +25,8 @@ or not sampled by `pairs --max-subjects`) are not used.
 
 predict: 11 outcomes (the 8 pair-making diseases, Stroke and SZ, unseen in pair-making, and `meta`, the logical AND
 of those ten indicators as the paper defines it). An outcome with fewer than MIN_CASES cases among the training
-subjects, or none among validation or test subjects, is not fitted: NA and a note. Rare outcomes are weighted in the
-loss (positives by controls / cases of the training rows). Outputs: auc.csv and auc.md (per outcome: AUC with 95%
+subjects, none among validation subjects or fewer than MIN_TEST_CASES among test subjects, is not fitted: NA and a
+note. Rare outcomes are weighted in the loss (positives by controls / cases of the training rows). Outputs: auc.csv and auc.md (per outcome: AUC with 95%
 bootstrap interval for both feature sets, the NRI of the paper (AUC difference, paired interval), and on simulated
 cohorts the squared correlation of the test logits with the planted genetic liability), roc.png (Fig. 5), nri.png
 (Fig. 6), predictions.parquet.
@@ -58,6 +58,7 @@ from comical.pipelines import downstream_stats as st
 OUTCOMES = [*PAIR_DISEASES, "Stroke", "SZ", "meta"]
 META_OF = [*PAIR_DISEASES, "Stroke", "SZ"]  # the meta outcome: all ten at once (paper 000 section 2.4)
 MIN_CASES = 10  # training cases an outcome needs to be fitted
+MIN_TEST_CASES = 5  # test cases an AUC needs: a bootstrap of 2-3 cases gives intervals that mean nothing
 MIN_OLS_DF = 20  # residual degrees of freedom the risk-score OLS needs (it has 48 terms)
 EMBEDDING_VARIANCE = 0.99  # of the concatenated embedding's variance kept by its principal components
 HEAD_COVARIATES = ["age", "sex", *[f"PC{i + 1}" for i in range(N_PCS)]]
@@ -101,9 +102,10 @@ def _described(subjects: Subjects) -> str:
 
 
 def _covariates_only(subjects: Subjects, y: np.ndarray, train: np.ndarray, kind: str) -> np.ndarray:
-    """The trivial reference: age, sex and PC1-PC40 alone, a linear model per target fitted on the training rows
-    (scikit-learn: class-balanced logistic regression, or least squares); every row's score (rows x targets)."""
-    from sklearn.linear_model import LinearRegression, LogisticRegression
+    """The trivial reference: age, sex and PC1-PC40 alone, a regularised linear model per target fitted on the
+    training rows (scikit-learn: class-balanced L2 logistic regression, or ridge with its penalty by leave-one-out;
+    a plain least squares on 42 covariates overfits a few dozen rows); every row's score (rows x targets)."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
 
     x = standardise(subjects.covariates.select(HEAD_COVARIATES).to_numpy().astype(np.float64), train)
     out = np.zeros((len(x), y.shape[1]))
@@ -113,7 +115,7 @@ def _covariates_only(subjects: Subjects, y: np.ndarray, train: np.ndarray, kind:
             model = LogisticRegression(class_weight="balanced", max_iter=2000).fit(x[rows], y[rows, k])
             out[:, k] = model.decision_function(x)
         else:
-            out[:, k] = LinearRegression().fit(x[rows], y[rows, k]).predict(x)
+            out[:, k] = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x[rows], y[rows, k]).predict(x)
     return out
 
 
@@ -240,9 +242,10 @@ def predict_outcomes(run: Path, cohort_dir: Path, out: Path, *, outcomes: list[s
     labels = outcome_table(subjects.diagnoses).select(outcomes)
     split = subjects.encoder_split
     counts = {o: {s: int(labels[o].to_numpy()[split == s].sum()) for s in ("train", "val", "test")} for o in outcomes}
-    fitted = [o for o in outcomes if counts[o]["train"] >= MIN_CASES and counts[o]["val"] and counts[o]["test"]]
+    fitted = [o for o in outcomes if counts[o]["train"] >= MIN_CASES and counts[o]["val"]
+              and counts[o]["test"] >= MIN_TEST_CASES]
     notes = {o: (f"too few cases to fit: {counts[o]['train']} training, {counts[o]['val']} validation, "
-                 f"{counts[o]['test']} test (needs {MIN_CASES} training and one in each other split)")
+                 f"{counts[o]['test']} test (needs {MIN_CASES} training, 1 validation, {MIN_TEST_CASES} test)")
              for o in outcomes if o not in fitted}
     say(f"predict: {subjects.description}; {len(fitted)} of {len(outcomes)} outcomes fitted")
     test = split == "test"
@@ -306,7 +309,8 @@ def _auc_markdown(table: pl.DataFrame, description: str) -> str:
              "AUC with 95% bootstrap intervals (1,000 stratified resamples); chance 0.5. NRI (paper 000 Fig. 6): "
              "embedding AUC minus baseline AUC, paired interval. Liability r^2: squared correlation of the test "
              "logits with the planted genetic liability (simulated cohorts only). Covariates only: age, sex and "
-             "PC1-PC40 in a class-balanced logistic regression (the trivial reference).", "",
+             "PC1-PC40 in a class-balanced logistic regression (the trivial reference). Outcomes need "
+             f"{MIN_CASES} training cases, 1 validation and {MIN_TEST_CASES} test cases to be fitted.", "",
              "| outcome | cases train/val/test | test controls | AUC embedding | AUC baseline | NRI | liability r^2 "
              "embedding / baseline | AUC covariates only | note |", "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda r, k: "NA" if np.isnan(r[k]) else f"{r[k]:.3f} ({r[k + '_lo']:.3f}-{r[k + '_hi']:.3f})"  # noqa: E731
@@ -495,7 +499,7 @@ def _riskscore_markdown(tables: dict, description: str) -> str:
     lines = [f"Risk scores from frozen encoders ({description}); heads trained on a disease's cases and as many "
              "healthy controls, tested on healthy test subjects. R^2: out-of-sample, of the head's ePRS prediction "
              "(predicting the test mean gives 0; a head trained on case-enriched rows may also be off in its mean on "
-             "healthy subjects, which R^2 counts). Covariates only: least squares on age, sex and PC1-PC40 (the "
+             "healthy subjects, which R^2 counts). Covariates only: ridge regression on age, sex and PC1-PC40 (the "
              "trivial reference). OLS: the risk score on its ePRS with age, sex, smoking, BMI, height and PC1-PC40; "
              "adjusted R^2 beside the same model without the ePRS, and the residual degrees of freedom.", "",
              "| disease | train cases / rows | val rows | test rows | R^2 embedding | R^2 baseline | R^2 covariates "
