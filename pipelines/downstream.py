@@ -26,10 +26,10 @@ or not sampled by `pairs --max-subjects`) are not used.
 predict: 11 outcomes (the 8 pair-making diseases, Stroke and SZ, unseen in pair-making, and `meta`, the logical AND
 of those ten indicators as the paper defines it). An outcome with fewer than MIN_CASES cases among the training
 subjects, none among validation subjects or fewer than MIN_TEST_CASES among test subjects, is not fitted: NA and a
-note. Rare outcomes are weighted in the loss (positives by controls / cases of the training rows). Outputs: auc.csv and auc.md (per outcome: AUC with 95%
-bootstrap interval for both feature sets, the NRI of the paper (AUC difference, paired interval), and on simulated
-cohorts the squared correlation of the test logits with the planted genetic liability), roc.png (Fig. 5), nri.png
-(Fig. 6), predictions.parquet.
+note. Rare outcomes are weighted in the loss (positives by controls / cases of the training rows). Outputs: auc.csv
+and auc.md (per outcome: AUC with 95% bootstrap interval for both feature sets, the NRI of the paper (AUC
+difference, paired interval), a covariates-only reference, and on simulated cohorts the squared correlation of the
+test logits with the planted genetic liability), roc.png (Fig. 5), nri.png (Fig. 6), predictions.parquet.
 
 riskscore: the ePRS of AD, BD, MS, PD and SZ, the paper's design: a disease's head trains on its cases among the
 encoder's training subjects and as many healthy controls (no diagnosis of any of the 11), at most the paper's 1,280
