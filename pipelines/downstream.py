@@ -480,8 +480,8 @@ def _riskscore_tables(subjects, fitted, scores, eprs_test, test, train_cases, ma
         row["r2_covariates"] = st.r2(target, scores["covariates"][:, fitted.index(d)]) if d in fitted else np.nan
         row.setdefault("ols_df_resid", None)
         row["note"] = ("" if d in fitted else "no healthy test subject" if not test.any() else
-                       f"too few cases to fit: {train_cases[d]} training (needs {MIN_CASES}), {row['val_rows']} "
-                       "validation rows (needs some)")
+                       f"too few cases to fit: {train_cases[d]} training cases (needs {MIN_CASES}) and "
+                       f"{row['val_rows']} validation rows (needs 1)")
         if d in fitted and row["ols_df_resid"] is None:
             row["note"] = (f"OLS not fitted: {int(test.sum())} test subjects leave under {MIN_OLS_DF} residual degrees "
                            f"of freedom for {len(OLS_COVARIATES) + 2} terms")
