@@ -186,7 +186,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                             ("riskscore", "ePRS risk scores of paper 000 (Table 3, Algorithm 2) from a run's frozen "
                                           "encoders, beside the raw inputs")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder (COMICAL)")
+        p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder (COMICAL or GEMCONT)")
         p.add_argument("--cohort", type=Path, required=True, help="the cohort the run's pairs came from")
         p.add_argument("--out", type=Path, required=True, help="folder for the tables, figures and head runs")
         if name == "predict":

@@ -15,6 +15,8 @@ A subject's features (both commands):
   changes nothing an MLP can represent; the 1% of variance left out is the price, stated with the results;
 - `baseline` (Fig. 5's dashed lines): the same SNPs' raw allele counts and the same IDPs' raw values, plus the same
   covariates. Every column is standardised with the head-training rows' mean and sd; a missing call is that mean.
+A GEMCONT run (paper 001) works too: its image embedding is the `embedding`, the 154 IDPs (the image's own
+summary) the `baseline`, and its subject split (among subjects with images) the split.
 The heads (distributed/tasks/heads.py: one hidden layer, as the paper) train through the engine with Ray Train: one
 job for the embedding features and one for the baseline, every outcome's head in each.
 
@@ -120,16 +122,25 @@ def _covariates_only(subjects: Subjects, y: np.ndarray, train: np.ndarray, kind:
 
 
 def load_subjects(run: Path, cohort_dir: Path, pairs: Path | None = None) -> Subjects:
-    """The run's model, its pair store's subject split, and each subject's features; errors before any compute."""
-    from comical.data_io.cohort import load_cohort
+    """The run's model, its subject split, and each subject's features; errors before any compute. COMICAL: the
+    pair store's split and the SNP + IDP embeddings (baseline: the same SNPs and IDPs raw); GEMCONT: its inputs'
+    split among subjects with images and the image embedding (baseline: the 154 IDPs, the image's own summary)."""
     from comical.distributed.export import load_model
-    from comical.pipelines.embed import model_idps, model_snp_columns, subject_embeddings
 
     run = Path(run)
     model, spec = load_model(run / "model")
+    if spec["task"] == "gemcont":
+        return _gemcont_subjects(run, Path(cohort_dir), model, spec)
     if spec["task"] != "comical":
         raise InputError(f"--run {run}: a {spec['task']!r} model; predict and riskscore read COMICAL runs (their "
-                         "SNP and IDP encoders)")
+                         "SNP and IDP encoders) and GEMCONT runs (their image encoder)")
+    return _comical_subjects(run, Path(cohort_dir), model, spec, pairs)
+
+
+def _comical_subjects(run: Path, cohort_dir: Path, model, spec: dict, pairs: Path | None) -> Subjects:
+    from comical.data_io.cohort import load_cohort
+    from comical.pipelines.embed import model_idps, model_snp_columns, subject_embeddings
+
     if pairs is None:
         pairs = Path(json.loads((run / "run.json").read_text())["config"]["data"])
     split_file = Path(pairs) / "subjects.parquet"
@@ -142,33 +153,60 @@ def load_subjects(run: Path, cohort_dir: Path, pairs: Path | None = None) -> Sub
         raise InputError(f"--pairs {pairs}: not the store run {run} trained on (its SNPs or PLE bin edges differ), so "
                          "its subject split is not the encoder's; pass the store the run trained on")
     cohort = load_cohort(cohort_dir)
-    split = pl.read_parquet(split_file).select(pl.col("eid").cast(pl.String), "split")
-    eids = cohort.eids.cast(pl.String)
-    known = split["eid"].is_in(eids.implode())
-    if not known.all():
-        raise InputError(f"--cohort {cohort_dir}: {int((~known).sum())} subjects of the pair store {pairs} are not in "
-                         f"the cohort (e.g. eid {split.filter(~known)['eid'][0]}); is it the cohort the run came from?")
-    order = pl.DataFrame({"eid": eids}).with_row_index("row").join(split, on="eid", how="inner", maintain_order="left")
+    order = _cohort_order(cohort, pl.read_parquet(split_file), f"the pair store {pairs}", cohort_dir)
     rows = order["row"].to_numpy()
     table = subject_embeddings(model, info, cohort, rows=rows)
     embedding = np.hstack([np.stack(table["snp_embedding"].to_numpy()), np.stack(table["idp_embedding"].to_numpy())])
     raw = np.hstack([cohort.genotypes.read(cohort.sample_index[rows], model_snp_columns(info, cohort),
                                            dtype=np.float32),
                      cohort.idps[rows].select(model_idps(info)).to_numpy().astype(np.float32)])
+    dim = spec["model"]["embed_dim"]
+    description = (f"{len(rows)} subjects; embedding {len(info['snps'])} SNPs + {len(model_idps(info))} IDPs x {dim} "
+                   f"= {embedding.shape[1]} values, baseline {raw.shape[1]} raw values, each + {len(HEAD_COVARIATES)} "
+                   "covariates (age, sex, PC1-PC40)")
+    if manifest.get("config", {}).get("buckets_from") == "all":
+        description += ("; NOTE: the store's buckets came from a PheWAS of all subjects, so the test subjects' "
+                        "diagnoses chose which IDPs the features hold")
+    return _subjects(cohort, cohort_dir, order, embedding, raw, description)
+
+
+def _gemcont_subjects(run: Path, cohort_dir: Path, model, spec: dict) -> Subjects:
+    from comical.data_io.cohort import load_cohort
+    from comical.distributed.tasks.gemcont import embed_cohort
+
+    table = pl.from_arrow(embed_cohort(model, spec["input"], run, cohort_dir))
+    cohort = load_cohort(cohort_dir)
+    order = _cohort_order(cohort, table.select("eid", "split"), f"run {run}'s inputs", cohort_dir)
+    image = table.with_columns(pl.col("eid").cast(pl.String)).select("eid", pl.col("^image_.*$"))
+    embedding = order.select("eid").join(image, on="eid", how="left", maintain_order="left").drop("eid").to_numpy()
+    raw = cohort.idps[order["row"].to_numpy()].drop("eid").to_numpy()
+    description = (f"{order.height} subjects with images; embedding: the GEMCONT image embedding ({embedding.shape[1]} "
+                   f"values), baseline: the {raw.shape[1]} IDPs, each + {len(HEAD_COVARIATES)} covariates (age, sex, "
+                   "PC1-PC40)")
+    return _subjects(cohort, cohort_dir, order, embedding.astype(np.float32), raw.astype(np.float32), description)
+
+
+def _cohort_order(cohort, split: pl.DataFrame, source: str, cohort_dir: Path) -> pl.DataFrame:
+    """`row` (cohort row), `eid`, `split` of the subjects `split` lists, in cohort order; all must be in the cohort."""
+    split = split.select(pl.col("eid").cast(pl.String), "split")
+    eids = cohort.eids.cast(pl.String)
+    known = split["eid"].is_in(eids.implode())
+    if not known.all():
+        raise InputError(f"--cohort {cohort_dir}: {int((~known).sum())} subjects of {source} are not in the cohort "
+                         f"(e.g. eid {split.filter(~known)['eid'][0]}); is it the cohort the run came from?")
+    return pl.DataFrame({"eid": eids}).with_row_index("row").join(split, on="eid", how="inner", maintain_order="left")
+
+
+def _subjects(cohort, cohort_dir: Path, order: pl.DataFrame, embedding: np.ndarray, raw: np.ndarray,
+              description: str) -> Subjects:
+    rows = order["row"].to_numpy()
     covariates = cohort.covariates[rows]
     head_cov = covariates.select(HEAD_COVARIATES).to_numpy().astype(np.float32)
     liability = None
     truth = Path(cohort_dir) / "truth" / "samples.parquet"
     if truth.is_file():
         planted = pl.read_parquet(truth).select(pl.col("eid").cast(pl.String), pl.col("^liability_.*$"))
-        liability = pl.DataFrame({"eid": order["eid"]}).join(planted, on="eid", how="left", maintain_order="left")
-    dim = spec["model"]["embed_dim"]
-    description = (f"{len(rows)} subjects; embedding {len(info['snps'])} SNPs + {len(model_idps(info))} IDPs x {dim} "
-                   f"= {embedding.shape[1]} values, baseline {raw.shape[1]} raw values, each + {head_cov.shape[1]} "
-                   "covariates (age, sex, PC1-PC40)")
-    if manifest.get("config", {}).get("buckets_from") == "all":
-        description += ("; NOTE: the store's buckets came from a PheWAS of all subjects, so the test subjects' "
-                        "diagnoses chose which IDPs the features hold")
+        liability = order.select("eid").join(planted, on="eid", how="left", maintain_order="left")
     return Subjects(rows, order["eid"].to_numpy(), order["split"].to_numpy(),
                     {"embedding": np.hstack([embedding, head_cov]), "baseline": np.hstack([raw, head_cov])},
                     covariates, cohort.diagnoses[rows], cohort.eprs[rows], liability, description)

@@ -150,6 +150,15 @@ def test_gemcont_learns_the_planted_latent_through_the_engine_with_two_workers(i
     assert main(["embed", "--run", str(out), "--cohort", str(other), "--out", str(tmp_path / "o.parquet")]) == 2
     assert "not the one run" in capsys.readouterr().err and not (tmp_path / "o.parquet").exists()
 
+    # comical predict from the frozen image encoder: GEMCONT's own split, the IDPs as the raw baseline
+    capsys.readouterr()
+    assert main(["predict", "--run", str(out), "--cohort", str(image_cohort), "--outcomes", "AD", "--epochs", "2",
+                 "--out", str(tmp_path / "predict")]) == 0
+    assert "the GEMCONT image embedding (128 values)" in capsys.readouterr().out
+    roles = pl.read_parquet(tmp_path / "predict" / "subjects.parquet")
+    assert set(roles.filter(pl.col("heads") == "test")["eid"].cast(pl.Int64)) == set(test["eid"].cast(pl.Int64))
+    assert 0 < pl.read_csv(tmp_path / "predict" / "auc.csv")["auc_embedding"][0] < 1
+
     # comical evaluate gemcont: each metric beside the random encoder's; the PRS AUC from the panel's effects
     assert main(["evaluate", "gemcont", "--run", str(out), "--cohort", str(image_cohort),
                  "--out", str(tmp_path / "eval")]) == 0
