@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from comical.data_io.arrow_lists import to_fixed_list
 from comical.data_io.characters import CLASSES, FONTS, render
 from comical.data_io.output_dir import write_atomic
 
@@ -100,8 +101,8 @@ def write_split(folder: Path, people: Population, *, h_g: float, alpha_max: floa
             render(people.labels[index], people.fonts[index], alpha[index], seed=people.seed, rows=index)
         columns = {"row": pa.array(index.astype(np.int64)), "label": pa.array(people.labels[index].astype(np.int16)),
                    "font": pa.array(people.fonts[index].astype(np.int16)), "z": pa.array(z[index]),
-                   "alpha": pa.array(alpha[index]), "image": _fixed_list(images.reshape(len(index), -1)),
-                   "genotypes": _fixed_list(people.genotypes[index])}
+                   "alpha": pa.array(alpha[index]), "image": to_fixed_list(images.reshape(len(index), -1)),
+                   "genotypes": to_fixed_list(people.genotypes[index])}
         (folder / part).mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(columns), folder / part / "part-00000.parquet", compression="zstd")
     manifest = {"format": FORMAT, "h_g": h_g, "alpha_max": alpha_max, "tanh_scale": TANH_SCALE, "split": split,
@@ -121,7 +122,3 @@ def test_images(people: Population, *, h_g: float, alpha_max: float, n_test: int
 
 def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / x.std()
-
-
-def _fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).ravel()), values.shape[1])

@@ -588,7 +588,8 @@ def predict_line(summary: dict) -> str:
     up = sum(r["nri_lo"] > 0 for r in rows)
     down = sum(r["nri_hi"] < 0 for r in rows)
     return (f"{len(rows)} outcomes on {summary['n_test']} test subjects: median AUC embedding "
-            f"{median('auc_embedding'):.3f}, baseline {median('auc_baseline'):.3f} (chance 0.5); NRI interval above 0 "
+            f"{median('auc_embedding'):.3f}, baseline {median('auc_baseline'):.3f} (covariates only "
+            f"{median('auc_covariates'):.3f}, chance 0.5); NRI interval above 0 "
             f"in {up}, below 0 in {down}" + (f"; not fitted (too few cases): {', '.join(skipped)}" if skipped else ""))
 
 
@@ -597,6 +598,7 @@ def riskscore_line(summary: dict) -> str:
     rows = [r for r in summary["r2"] if r["disease"] in summary["fitted"]]
     if not rows:
         return "no ePRS disease had enough training cases to fit"
-    cells = ", ".join(f"{r['disease']} {r['r2_embedding']:.2f}/{r['r2_baseline']:.2f}" for r in rows)
-    return (f"R^2 of the ePRS on {summary['n_test']} healthy test subjects, embedding/baseline (predicting the mean: "
-            f"0): {cells}")
+    cells = ", ".join(f"{r['disease']} {r['r2_embedding']:.2f}/{r['r2_baseline']:.2f}/{r['r2_covariates']:.2f}"
+                      for r in rows)
+    return (f"R^2 of the ePRS on {summary['n_test']} healthy test subjects, embedding/baseline/covariates only "
+            f"(predicting the mean: 0): {cells}")

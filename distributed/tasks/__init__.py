@@ -3,8 +3,8 @@
 TASKS = {
     "comical": ("comical.distributed.tasks.comical", "ComicalTask"),  # paper 000: SNP-IDP pairs, resident
     "gemcont": ("comical.distributed.tasks.gemcont", "GemcontTask"),  # paper 001: genotypes vs images, streamed
-    "toy": ("comical.distributed.tasks.toy", "ToyTask"),
-    "heads": ("comical.distributed.tasks.heads", "HeadsTask"),  # paper 000: outcome and risk-score heads, resident  # two noisy views of a Gaussian latent, streamed
+    "toy": ("comical.distributed.tasks.toy", "ToyTask"),  # two noisy views of a Gaussian latent, streamed
+    "heads": ("comical.distributed.tasks.heads", "HeadsTask"),  # paper 000: outcome and risk-score heads, resident
     # paper 001's simulation benchmark: rotated characters, four methods, resident
     "sim-gemcont": ("comical.distributed.tasks.rotation", "GemcontSimTask"),
     "sim-simclr": ("comical.distributed.tasks.rotation", "SimclrSimTask"),

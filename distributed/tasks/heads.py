@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from comical.data_io.arrow_lists import from_fixed_list, to_fixed_list
 from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
@@ -138,8 +139,9 @@ class HeadsTask(Task):
 
     def read_split(self, data: str, split: str) -> dict:
         table = pq.read_table(f"{data}/{split}", columns=list(self.columns))
-        return {"row": table.column("row").to_numpy(), "x": _fixed(table.column("x"), np.float32),
-                "y": _fixed(table.column("y"), np.float32), "mask": _fixed(table.column("mask"), np.int8)}
+        return {"row": table.column("row").to_numpy(), "x": from_fixed_list(table.column("x"), np.float32),
+                "y": from_fixed_list(table.column("y"), np.float32),
+                "mask": from_fixed_list(table.column("mask"), np.int8)}
 
     def build_model(self, model_config: HeadsConfig, info: dict) -> nn.Module:
         return HeadBank(info["n_features"], len(info["targets"]), model_config)
@@ -217,7 +219,7 @@ def write_heads_inputs(folder: Path, *, kind: str, targets: list[str], features:
         rows = np.flatnonzero(split == name)
         counts[name] = int(rows.size)
         columns = {"row": pa.array(rows.astype(np.int64)),
-                   **{c: pa.FixedSizeListArray.from_arrays(pa.array(v[rows].astype(dtype).ravel()), v.shape[1])
+                   **{c: to_fixed_list(v[rows].astype(dtype))
                       for c, v, dtype in (("x", x, np.float32), ("y", y, np.float32), ("mask", mask, np.int8))}}
         (folder / name).mkdir(exist_ok=True)
         pq.write_table(pa.table(columns), folder / name / "part-00000.parquet")
@@ -225,9 +227,3 @@ def write_heads_inputs(folder: Path, *, kind: str, targets: list[str], features:
                 "n_features": int(x.shape[1]), "pos_weight": pos_weight, "splits": counts}
     write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def _fixed(column: pa.ChunkedArray, dtype) -> np.ndarray:
-    """A fixed-size list column as a 2-D array (rows x list size)."""
-    column = column.combine_chunks()
-    return column.flatten().to_numpy().astype(dtype, copy=False).reshape(len(column), -1)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from comical.data_io.arrow_lists import from_fixed_list
 from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
@@ -184,8 +185,8 @@ class RotationTask(Task):
     def read_split(self, data: str, split: str) -> dict:
         table = pq.read_table(f"{data}/{split}", columns=list(self.columns))
         return {"row": table.column("row").to_numpy(), "z": table.column("z").to_numpy().astype(np.float32),
-                "image": _fixed(table.column("image"), np.uint8).reshape(-1, 1, 28, 28),
-                "genotypes": _fixed(table.column("genotypes"), np.int8)}
+                "image": from_fixed_list(table.column("image"), np.uint8).reshape(-1, 1, 28, 28),
+                "genotypes": from_fixed_list(table.column("genotypes"), np.int8)}
 
     def build_model(self, model_config: RotationConfig, info: dict) -> nn.Module:
         return RotationModel(model_config, self.method, info["n_variants"])
@@ -254,11 +255,6 @@ def embed_images(model: RotationModel, images: np.ndarray, device, batch_size: i
         out.append(model.embed(x).float().cpu().numpy())
     return np.concatenate(out)
 
-
-def _fixed(column: pa.ChunkedArray, dtype) -> np.ndarray:
-    """A fixed-size list column as a 2-D array (rows x list size)."""
-    column = column.combine_chunks()
-    return column.flatten().to_numpy().astype(dtype, copy=False).reshape(len(column), -1)
 
 
 class GemcontSimTask(RotationTask):
