@@ -201,6 +201,25 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--verbose", action="store_true", help="every log line on the console")
         p.set_defaults(handler=_downstream)
 
+    p = sub.add_parser("cgni", help="paper 002: imaging-guided SNP representation for working-memory classification "
+                                    "(three stages, baselines, sparse CCA, occlusion)")
+    p.add_argument("--cohort", type=Path, required=True, help="a cohort with images and cognition.csv")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--panel", type=Path, help="SNP panel, one variant ID per line (default: the cohort's wm_panel.txt)")
+    p.add_argument("--loss-weights", default="0.7,0.3,0,0.4",
+                   help="lambda,sigma,gamma,theta of eq. 5 for the main model (default: the paper's best)")
+    p.add_argument("--loss-terms", action="store_true",
+                   help="also train every combination of the four loss terms (Table 2; 15 more stage-2 fits)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", default="8,8,30,30",
+                   help="epochs of brain age, transfer CNN, contrastive and classifier stages")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per stage")
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.add_argument("--verbose", action="store_true", help="every log line on the console")
+    p.set_defaults(handler=_cgni)
+
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
     p.add_argument("task", choices=["gemcont"])
     p.add_argument("--run", type=Path, required=True, help="a `comical train --task gemcont` run folder")
@@ -511,6 +530,33 @@ def _downstream(args) -> int:
         summary = risk_scores(args.run, args.cohort, args.out, **common)
         print((args.out / "riskscore.md").read_text(), end="")
         print(f"riskscore: {riskscore_line(summary)} -> {args.out}")
+    return 0
+
+
+def _numbers(text: str, flag: str, count: int, kind=float) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise InputError(f"{flag} {text}: expected {count} comma-separated numbers")
+    return values
+
+
+def _cgni(args) -> int:
+    from comical.pipelines.cgni import CgniSettings, run_cgni, table1_line
+
+    epochs = _numbers(args.epochs, "--epochs", 4, int)
+    if min(*epochs, args.workers) < 1:
+        raise InputError("--epochs and --workers must be >= 1")
+    settings = CgniSettings(weights=_numbers(args.loss_weights, "--loss-weights", 4), grid=args.loss_terms,
+                            folds=args.folds, age_epochs=epochs[0], cnn_epochs=epochs[1],
+                            contrastive_epochs=epochs[2], classify_epochs=epochs[3], workers=args.workers,
+                            use_gpu=args.use_gpu, seed=args.seed)
+    summary = run_cgni(args.cohort, args.out, settings=settings, panel=args.panel, force=args.force,
+                       verbose=args.verbose)
+    print((args.out / "cgni.md").read_text(), end="")
+    print(f"cgni: {table1_line(summary)} -> {args.out}")
     return 0
 
 

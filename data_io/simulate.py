@@ -11,6 +11,8 @@ What is planted, so that later steps can be scored against `truth/`:
 - IDPs: log-volumes driven by head size, age, sex, subpopulation, disease status on disease-specific regions and
   a sparse set of direct SNP->IDP effects (pleiotropic disease leads on the disease's regions, other catalog
   SNPs, background variants on any IDP), written as mm^3 volumes;
+- working memory (cognition.csv, wm_panel.txt): a backward digit span driven by age, a causal minority of a
+  disclosed SNP panel and planted grey-matter regions (data_io.simulate_wm, paper 002);
 - a GWAS Catalog download listing true and false hits, interactions, haplotypes, ungenotyped variants,
   strand-flipped and unknown risk alleles.
 Same seed, same bytes: every random draw comes from one SeedSequence, spawned per component.
@@ -29,6 +31,7 @@ from bed_reader import to_bed
 from scipy.special import ndtri
 
 from comical.data_io.pca import genotype_pcs
+from comical.data_io.simulate_wm import write_working_memory
 from comical.data_io.traits import load_trait_map
 from comical.data_io.ukb_fields import (
     DISEASES, EPRS_DISEASES, FAST_IDPS, IDPS, N_PCS, PAIR_DISEASES, PAPER_CASES,
@@ -124,6 +127,9 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
         latent_genotypes = genotypes[:, columns["column"].to_numpy()].copy()
         latent_spec = {"variant_ids": columns["variant_id"].to_list(), "weights": columns["beta"].to_numpy(),
                        "freq": columns["ancestral_freq"].to_numpy()}
+    wm_rng = np.random.default_rng(np.random.SeedSequence([seed, 20240]))  # its own stream: nothing else changes
+    write_working_memory(out, wm_rng, eid=samples["eid"].to_numpy(), age=samples["age"].to_numpy().astype(float),
+                         genotypes=genotypes, variants=variants, disease_effects=disease_effects, idps=idps)
     failed_samples = _plant_missingness_and_failures(rngs["missing"], p, variants, samples, genotypes)
     pcs = _covariate_pcs(variants, genotypes, seed)
     catalog, catalog_truth = _simulate_catalog(rngs["catalog"], variants, disease_effects)
@@ -140,7 +146,7 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
     catalog.write_csv(out / "gwas_catalog.tsv", separator="\t", quote_style="never")
 
     truth = out / "truth"
-    truth.mkdir()
+    truth.mkdir(exist_ok=True)  # the working-memory truth is written first
     samples.with_columns(pl.Series("planted_failure", failed_samples),
                          *[pl.Series(f"liability_{d}", genetic[d]) for d in DISEASES]).write_parquet(
         truth / "samples.parquet")

@@ -117,7 +117,8 @@ def clip_soft(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, *, a_
 
 
 # Contrastive loss terms by name, each (a, b, logit_scale, *, rank, world_size, [a_key, b_key]) -> this worker's
-# share. Tasks combine them (CGNI's supervised intra-modal terms and a momentum model's queue loss join here).
+# share. Tasks combine them (a momentum model's queue loss joins here; CGNI's four terms, `cgni_loss` below, take
+# class labels and a fixed temperature instead).
 LOSSES = {"onehot": clip_onehot, "soft": clip_soft}
 
 
@@ -163,3 +164,38 @@ def _gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:
     parts = [torch.empty_like(keys) for _ in range(world_size)]
     dist.all_gather(parts, keys.contiguous())
     return torch.cat(parts)
+
+
+# ---------------------------------------------------------------- CGNI (paper 002, eqs. 1-5)
+
+
+def cross_modal_term(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. (1)/(2) as printed: mean over i of -log(exp(a_i.b_i / tau) / sum_{j != i} exp(a_i.b_j / tau)). The
+    partner is left out of the denominator (a decoupled contrastive loss); the paper sums over i, we average, so the
+    weights mean the same for any batch size."""
+    logits = a @ b.T / tau
+    own = torch.eye(len(a), dtype=torch.bool, device=a.device)
+    return (torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1) - logits.diagonal()).mean()
+
+
+def supervised_term(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. (3)/(4): supervised contrast within one modality. For each i with positives P(i) (the other rows of
+    its label): -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p / tau) / sum_{j != i} exp(z_i.z_j / tau)), averaged over
+    the rows that have a positive (0 if none has)."""
+    logits = z @ z.T / tau
+    own = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_prob = logits - torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~own
+    count = positive.sum(1)
+    per_row = -(log_prob * positive).sum(1) / count.clamp(min=1)
+    has = count > 0
+    return (per_row * has).sum() / has.sum().clamp(min=1)
+
+
+def cgni_loss(zv: torch.Tensor, zg: torch.Tensor, labels: torch.Tensor, weights, tau: float) -> torch.Tensor:
+    """Eq. (5): lambda L(v,g) + sigma L(g,v) + gamma L(v,v) + theta L(g,g) on L2-normalised embeddings of one
+    batch (a term of weight 0 is not computed)."""
+    zv, zg = F.normalize(zv, dim=-1), F.normalize(zg, dim=-1)
+    terms = (lambda: cross_modal_term(zv, zg, tau), lambda: cross_modal_term(zg, zv, tau),
+             lambda: supervised_term(zv, labels, tau), lambda: supervised_term(zg, labels, tau))
+    return sum(w * term() for w, term in zip(weights, terms) if w)

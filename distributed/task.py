@@ -9,7 +9,8 @@ A task says:
 - `check_inputs(config)`: the driver's checks before Ray starts; returns the task's `info`, the input spec that
   sizes the model and travels with the exported weights (vocabularies, bin edges, feature sizes);
 - `input_path`: `resident` (each worker reads its shard of a small split once, `read_split`, keeps it on its device
-  and shuffles and slices it there every epoch: the fast path for small rows such as SNP-IDP pairs) or `streamed`
+  and shuffles (`shuffle`) and slices it there every epoch: the fast path for small rows such as SNP-IDP pairs) or
+  `streamed`
   (`datasets`: Ray Data datasets that Ray Train shards and `iter_torch_batches` streams with prefetching and a
   local shuffle buffer, for data that does not fit, such as image volumes);
 - `build_model(model_config, info)` and `prepare(batch, dtype)` (stored columns -> the model's inputs, with the
@@ -57,6 +58,11 @@ class Task:
     def read_split(self, data: str, split: str) -> dict:
         """Resident tasks: the whole split of the input folder `data` as numpy arrays, one per column."""
         raise NotImplementedError
+
+    def shuffle(self, shard: dict[str, torch.Tensor], batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Resident tasks: this epoch's row order of a worker's shard, cut into batches of `batch_size` (a task
+        whose batches must hold certain rows, such as both classes, orders them so)."""
+        return torch.randperm(len(next(iter(shard.values()))), generator=generator)
 
     def datasets(self, config) -> dict:
         """Streamed tasks: the Ray Data datasets of `train` and `val`."""

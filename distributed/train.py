@@ -130,13 +130,13 @@ def _common_steps(steps: int, device: torch.device, op: str = "min") -> int:
     return int(value.item())
 
 
-def _train_batches(data, epoch: int, rank: int, config: TrainConfig, device: torch.device):
+def _train_batches(data, epoch: int, rank: int, config: TrainConfig, device: torch.device, task: Task):
     """This epoch's training minibatches of `worker_batch_size` rows, shuffled by the seed, epoch and rank."""
     seed = config.seed * 1_000_003 + epoch * 101 + rank
     size = config.worker_batch_size
-    if isinstance(data, dict):  # resident: a permutation on the device, sliced
+    if isinstance(data, dict):  # resident: the task's permutation (seeded) on the device, sliced
         n = len(next(iter(data.values())))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+        order = task.shuffle(data, size, torch.Generator().manual_seed(seed)).to(device)
         for step in range(_common_steps(n // size, device)):
             rows = order[step * size:(step + 1) * size]
             yield {k: v[rows] for k, v in data.items()}
@@ -157,7 +157,7 @@ def _train_epoch(engine, task: Task, data, epoch: int, rank: int, world: int, co
     shown = start
     source = "" if isinstance(data, dict) else " from Ray Data"
     watchdog.tick(f"its first train batch{source} of epoch {epoch}")
-    for batch in _train_batches(data, epoch, rank, config, device):
+    for batch in _train_batches(data, epoch, rank, config, device, task):
         watchdog.tick(f"training step {steps + 1} of epoch {epoch} to finish (its gradient all-reduce waits for "
                       f"every worker)")
         outputs = engine(task.prepare(batch, engine.dtype))  # forward

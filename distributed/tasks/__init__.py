@@ -4,7 +4,11 @@ TASKS = {
     "comical": ("comical.distributed.tasks.comical", "ComicalTask"),  # paper 000: SNP-IDP pairs, resident
     "gemcont": ("comical.distributed.tasks.gemcont", "GemcontTask"),  # paper 001: genotypes vs images, streamed
     "toy": ("comical.distributed.tasks.toy", "ToyTask"),  # two noisy views of a Gaussian latent, streamed
-    "heads": ("comical.distributed.tasks.heads", "HeadsTask"),  # paper 000: outcome and risk-score heads, resident
+    "heads": ("comical.distributed.tasks.heads", "HeadsTask"),
+    # paper 002: brain-age pre-training, the per-fold transfer CNNs (streamed), the stage 2/3 networks (resident)
+    "cgni-age": ("comical.distributed.tasks.cgni", "CgniAgeTask"),
+    "cgni-cnn": ("comical.distributed.tasks.cgni", "CgniCnnTask"),
+    "cgni-bank": ("comical.distributed.tasks.cgni", "CgniBankTask"),  # paper 000: outcome and risk-score heads, resident
     # paper 001's simulation benchmark: rotated characters, four methods, resident
     "sim-gemcont": ("comical.distributed.tasks.rotation", "GemcontSimTask"),
     "sim-simclr": ("comical.distributed.tasks.rotation", "SimclrSimTask"),

@@ -1,0 +1,306 @@
+"""`comical cgni`: paper 002's three-stage imaging-guided SNP representation for working-memory classification.
+
+    comical cgni --cohort COHORT --out cgni/ [--loss-terms] [--loss-weights 0.7,0.3,0,0.4]
+
+Stages, each a Ray Train fit through the engine (distributed/tasks/cgni.py), one local Ray session for all:
+1. `runs/age`: the 3-D CNN pre-trained for brain age on every subject with an image but the hold-out;
+   `runs/cnn`: transferred to low vs high working memory, one network per cross-validation fold (first two blocks
+   frozen); its flattened last block is h_v.
+2. `runs/contrastive[_TERMS]`: the imaging (h_v) and genetic (SNP panel) encoders per fold, loss of eq. 5.
+3. `runs/classify`: per fold, the classifier on z_g + h_v and the neural baselines (the sparse genetic NN on the
+   panel, the NN on h_v + panel), side by side; the linear SVM on h_v + panel and the covariates-only reference
+   (age and sex, logistic) are fitted here with scikit-learn.
+Balanced accuracy (scikit-learn) of every model on each fold's training rows, its held-out fold and the 10%
+hold-out: mean +- SD over the folds (paper 002 Tables 1 and 2). Post-analysis (pipelines/cgni_post.py): sparse CCA
+between the main model's fold-0 embeddings, occlusion contributions, selected SNPs and regions against the truth.
+
+Outputs: table1.csv/md, table2.csv/md (with --loss-terms), cca.csv, contributions_{regions,snps}.csv,
+selected_{regions,snps}.csv, truth_scores.csv, cgni.md (all tables), summary.json, inputs/, runs/ (each fit's run
+folder without its per-epoch checkpoints: model/ keeps the best epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from comical.data_io.arrow_lists import from_fixed_list
+from comical.data_io.errors import InputError
+
+TERMS = ("L(v,g)", "L(g,v)", "L(v,v)", "L(g,g)")
+PAPER_WEIGHTS = (0.7, 0.3, 0.0, 0.4)  # paper 002's best: terms (1), (2), (4)
+L1 = 1e-5  # the sparse baselines' L1 weight on the summed absolute weights (paper: applied, value not stated)
+CLASSIFIER_HIDDEN = {"cgni": [250, 200, 150], "genetic": [800, 600, 400], "concat": [500, 200]}
+# paper 002 Table 1, balanced accuracy % (training / validation / hold-out), and the Table 2 rows it states
+PAPER_TABLE1 = {"Imaging CNN": (81.34, 75.32, 87.02), "Sparse genetic NN": (59.80, 59.35, 59.28),
+                "Imaging-genetic SVM (linear)": (95.5, 65.08, 65.23),
+                "Imaging-genetic NN": (87.47, 87.08, 87.02), "CGNI": (91.37, 90.39, 88.91)}
+PAPER_TABLE2 = {"L(v,g) + L(g,v) + L(g,g)": (91.37, 90.39, 88.91), "L(v,g)": (None, None, 88.31),
+                "L(g,g)": (None, None, 88.10)}
+
+
+@dataclasses.dataclass(frozen=True)
+class CgniSettings:
+    weights: tuple[float, ...] = PAPER_WEIGHTS  # lambda, sigma, gamma, theta of the main model
+    grid: bool = False  # --loss-terms: also every non-empty subset of the four terms (weight 1 each)
+    folds: int = 5
+    age_epochs: int = 8
+    cnn_epochs: int = 8
+    contrastive_epochs: int = 30
+    classify_epochs: int = 30
+    image_batch: int = 16  # volumes a step (paper: 25)
+    bank_batch: int = 64
+    workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    occlusion_subjects: int = 64
+    epoch_lines: bool = True
+
+    def __post_init__(self):
+        if len(self.weights) != 4 or min(self.weights) < 0 or not any(self.weights):
+            raise InputError(f"--loss-weights {self.weights}: expected four weights >= 0, not all 0")
+        if self.folds < 2:
+            raise InputError(f"--folds {self.folds}: expected at least 2")
+
+
+def combos(settings: CgniSettings) -> dict[str, tuple[float, ...]]:
+    """Model name -> the four loss weights: the main model, and with --loss-terms every subset of the terms."""
+    out = {"cgni": tuple(settings.weights)}
+    if settings.grid:
+        for k in range(1, 5):
+            for subset in itertools.combinations(range(4), k):
+                out["cgni_" + "".join(str(t + 1) for t in subset)] = tuple(1.0 if t in subset else 0.0 for t in range(4))
+    return out
+
+
+def terms_label(weights) -> str:
+    return " + ".join(t for t, w in zip(TERMS, weights) if w)
+
+
+def run_cgni(cohort_dir: str | Path, out: str | Path, *, settings: CgniSettings = CgniSettings(),
+             panel: str | Path | None = None, force: bool = False, verbose: bool = False, say=print) -> dict:
+    """`comical cgni` (module docstring): writes --out, returns the summary (also summary.json)."""
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.distributed.ray_session import init_ray, shutdown_ray
+
+    run = {"command": "cgni", "cohort": str(Path(cohort_dir).resolve()),
+           "panel": str(Path(panel).resolve()) if panel else None, "settings": dataclasses.asdict(settings)}
+    out = check_output_dir(out, run, force=force, inputs=(Path(cohort_dir),))
+    started = init_ray()
+    try:
+        with staged_output_dir(out, run) as stage:
+            summary = _stages(Path(cohort_dir), stage, settings, panel, verbose, say)
+    finally:
+        if started:
+            shutdown_ray()
+    return summary
+
+
+def _fit(stage: Path, name: str, spec: dict, settings: CgniSettings, verbose: bool) -> dict:
+    """One stage through the engine; its per-epoch checkpoints are dropped once model/ holds the best epoch."""
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.run import train_and_evaluate
+
+    config = TrainConfig.from_dict(spec | {"seed": settings.seed, "engine": {"workers": settings.workers,
+                                                                               "use_gpu": settings.use_gpu}})
+    metrics = train_and_evaluate(config, stage / "runs" / name, verbose=verbose, epoch_lines=settings.epoch_lines)
+    shutil.rmtree(stage / "runs" / name / "checkpoints", ignore_errors=True)
+    return metrics
+
+
+def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbose: bool, say) -> dict:
+    from comical.distributed.tasks.cgni import read_cgni_inputs, write_bank_inputs
+    from comical.pipelines.cgni_inputs import prepare_cgni_inputs
+    from comical.pipelines.cgni_post import post_analysis
+
+    inputs = stage / "inputs"
+    manifest = prepare_cgni_inputs(cohort_dir, inputs, panel=panel, folds=settings.folds, seed=settings.seed)
+    n = manifest["subjects"]
+    say(f"cgni: {n['low']} low (2-5) and {n['high']} high (9-12) working-memory subjects with images: "
+        f"{n['cross_validation']} in {settings.folds} folds, {n['holdout']} held out; "
+        f"{manifest['panel']['after_call_rate_and_maf']} panel SNPs")
+    age = _fit(stage, "age", {"task": "cgni-age", "data": str(inputs), "epochs": settings.age_epochs,
+                              "batch_size": settings.image_batch, "eval_batch_size": settings.image_batch}, settings,
+               verbose)
+    say(f"cgni stage 1: brain age MAE {age['mae_test']:.2f} y on the hold-out (mean-age predictor "
+        f"{age['mae_mean_predictor_test']:.2f} y)")
+    _fit(stage, "cnn", {"task": "cgni-cnn", "data": str(inputs), "epochs": settings.cnn_epochs,
+                        "batch_size": settings.image_batch, "eval_batch_size": settings.image_batch,
+                        "model": {"pretrained": str(stage / "runs" / "age" / "model")}}, settings, verbose)
+
+    _, subjects = read_cgni_inputs(inputs)
+    features = pq.read_table(stage / "runs" / "cnn" / "features.parquet")
+    rows = _rows(subjects, features, settings.folds)
+    bank = {"folds": settings.folds, "eid": rows["eid"], "label": rows["label"], "fold": rows["fold"]}
+    models = combos(settings)
+    z = {}
+    for model, weights in models.items():
+        name = "contrastive" if model == "cgni" else f"contrastive_{model[len('cgni_'):]}"
+        members = [{"name": f"{model}_f{k}", "model": model, "fold": k, "image": f"hv_{k}", "genetic": "g",
+                    "weights": list(weights)} for k in range(settings.folds)]
+        write_bank_inputs(stage / "inputs" / name, kind="contrastive", members=members,
+                          blocks={"g": rows["g"], **rows["hv"]}, **bank)
+        _fit(stage, name, {"task": "cgni-bank", "data": str(stage / "inputs" / name),
+                           "epochs": settings.contrastive_epochs, "batch_size": settings.bank_batch}, settings, verbose)
+        outputs = pq.read_table(stage / "runs" / name / "member_outputs.parquet")
+        for m in members:
+            z[m["name"]] = (from_fixed_list(outputs.column(f"zv:{m['name']}"), np.float32),
+                            from_fixed_list(outputs.column(f"zg:{m['name']}"), np.float32))
+    say(f"cgni stage 2: {len(models)} contrastive model(s) x {settings.folds} folds "
+        f"({', '.join(terms_label(w) for w in models.values())})")
+
+    members, blocks = [], {"g": rows["g"], **rows["hv"]}
+    for k in range(settings.folds):
+        for model in models:
+            blocks[f"zg_{model}_f{k}"] = z[f"{model}_f{k}"][1]
+            members.append({"name": f"{model}_f{k}", "model": model, "fold": k,
+                            "inputs": [f"zg_{model}_f{k}", f"hv_{k}"], "hidden": CLASSIFIER_HIDDEN["cgni"], "l1": 0})
+        members.append({"name": f"genetic_f{k}", "model": "genetic", "fold": k, "inputs": ["g"],
+                        "hidden": CLASSIFIER_HIDDEN["genetic"], "l1": L1})
+        members.append({"name": f"concat_f{k}", "model": "concat", "fold": k, "inputs": [f"hv_{k}", "g"],
+                        "hidden": CLASSIFIER_HIDDEN["concat"], "l1": L1})
+    write_bank_inputs(stage / "inputs" / "classify", kind="classify", members=members, blocks=blocks, **bank)
+    _fit(stage, "classify", {"task": "cgni-bank", "data": str(stage / "inputs" / "classify"),
+                             "epochs": settings.classify_epochs, "batch_size": settings.bank_batch}, settings, verbose)
+    outputs = pq.read_table(stage / "runs" / "classify" / "member_outputs.parquet")
+
+    logits = {"Imaging CNN": rows["cnn_logit"]}
+    logits["Sparse genetic NN"] = _by_fold(outputs, "genetic", settings.folds)
+    logits["Imaging-genetic SVM (linear)"] = _svm(rows, settings)
+    logits["Imaging-genetic NN"] = _by_fold(outputs, "concat", settings.folds)
+    for model in models:
+        logits[model] = _by_fold(outputs, model, settings.folds)
+    logits["Covariates only (age, sex)"] = _covariates(rows, settings)
+    table1 = accuracy_table(logits, rows["label"], rows["fold"], [m for m in logits if not m.startswith("cgni_")])
+    table1 = table1.with_columns(pl.col("model").replace({"cgni": "CGNI"}))
+    table1.write_csv(stage / "table1.csv")
+    text = ["# CGNI on a simulated cohort (paper 002)", "", _table1_markdown(table1, settings), ""]
+    summary = {"subjects": n, "panel": manifest["panel"], "brain_age": age,
+               "table1": table1.to_dicts()}
+    if settings.grid:
+        table2 = accuracy_table(logits, rows["label"], rows["fold"], list(models))
+        table2 = table2.with_columns(pl.Series("terms", [terms_label(models[m]) for m in table2["model"]]),
+                                     pl.Series("weights", [",".join(f"{w:g}" for w in models[m])
+                                                           for m in table2["model"]]))
+        table2.write_csv(stage / "table2.csv")
+        text += [_table2_markdown(table2), ""]
+        summary["table2"] = table2.to_dicts()
+    say(f"cgni stage 3: {table1_line(summary)}")
+
+    post = post_analysis(stage, cohort_dir, rows, z, settings)
+    text += [post["markdown"]]
+    summary["post"] = {k: v for k, v in post.items() if k != "markdown"}
+    (stage / "cgni.md").write_text("\n".join(text) + "\n")
+    (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def _rows(subjects, features, folds: int) -> dict:
+    """The two groups' rows in the CNN features' order: eid, label, fold, age, sex, g, cnn_logit (rows x folds),
+    hv (fold k -> h_v standardised on fold k's training rows), hv_scale (fold k -> that mean and SD)."""
+    eid = features.column("eid").to_numpy()
+    all_eids = subjects.column("eid").to_numpy()
+    order = np.argsort(all_eids)
+    at = order[np.searchsorted(all_eids[order], eid)]
+    pick = lambda c: subjects.column(c).to_numpy(zero_copy_only=False)[at]  # noqa: E731
+    fold = pick("fold").astype(np.int64)
+    hv, scale = {}, {}
+    for k in range(folds):
+        h = from_fixed_list(features.column(f"hv_{k}"), np.float32)
+        fit = (fold >= 0) & (fold != k)
+        scale[k] = h[fit].mean(0), np.where(h[fit].std(0) > 0, h[fit].std(0), 1)
+        hv[f"hv_{k}"] = ((h - scale[k][0]) / scale[k][1]).astype(np.float32)
+    return {"eid": eid, "label": pick("label").astype(np.int64), "fold": fold, "age": pick("age"),
+            "sex": pick("sex"), "g": from_fixed_list(subjects.column("g"), np.float32)[at],
+            "cnn_logit": from_fixed_list(features.column("logit"), np.float32), "hv": hv, "hv_scale": scale}
+
+
+def _by_fold(outputs, model: str, folds: int) -> np.ndarray:
+    return np.column_stack([outputs.column(f"logit:{model}_f{k}").to_numpy() for k in range(folds)])
+
+
+def _svm(rows: dict, settings: CgniSettings) -> np.ndarray:
+    """Paper 002's linear SVM on h_v + the panel (scikit-learn SVC, C = 1, standardised on each fold's training
+    rows: the panel already is, h_v per fold)."""
+    from sklearn.svm import SVC
+
+    out = np.zeros((len(rows["eid"]), settings.folds))
+    for k in range(settings.folds):
+        x = np.hstack([rows["hv"][f"hv_{k}"], rows["g"]])
+        fit = (rows["fold"] >= 0) & (rows["fold"] != k)
+        out[:, k] = SVC(kernel="linear", C=1.0).fit(x[fit], rows["label"][fit]).decision_function(x)
+    return out
+
+
+def _covariates(rows: dict, settings: CgniSettings) -> np.ndarray:
+    """The trivial reference: a logistic regression on age and sex alone, per fold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.column_stack([rows["age"], rows["sex"]]).astype(float)
+    out = np.zeros((len(x), settings.folds))
+    for k in range(settings.folds):
+        fit = (rows["fold"] >= 0) & (rows["fold"] != k)
+        model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x[fit], rows["label"][fit])
+        out[:, k] = model.decision_function(x)
+    return out
+
+
+def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.ndarray, models: list[str]):
+    """model, train, validation, holdout (mean balanced accuracy over folds), *_sd: fold k's model scored on its
+    training rows, its held-out fold and the hold-out (fold -1); chance is 0.5."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    out = []
+    for model in models:
+        scores = {"train": [], "validation": [], "holdout": []}
+        for k in range(logits[model].shape[1]):
+            hit = logits[model][:, k] > 0
+            for split, rows in (("train", (fold >= 0) & (fold != k)), ("validation", fold == k),
+                                ("holdout", fold == -1)):
+                scores[split].append(balanced_accuracy_score(label[rows], hit[rows]))
+        out.append({"model": model, **{s: float(np.mean(v)) for s, v in scores.items()},
+                    **{f"{s}_sd": float(np.std(v)) for s, v in scores.items()}})
+    return pl.DataFrame(out)
+
+
+def _cell(row: dict, split: str) -> str:
+    return f"{100 * row[split]:.1f} ± {100 * row[f'{split}_sd']:.1f}"
+
+
+def _paper(values) -> str:
+    return " / ".join("–" if v is None else f"{v:.1f}" for v in values) if values else "–"
+
+
+def _table1_markdown(table: pl.DataFrame, settings: CgniSettings) -> str:
+    lines = ["## Table 1: balanced accuracy (%), mean ± SD over the folds (simulated cohort; chance 50)", "",
+             f"CGNI: loss {terms_label(settings.weights)}, weights {','.join(f'{w:g}' for w in settings.weights)}.",
+             "", "| model | training | validation | hold-out | paper 002 (train / val / hold-out) |",
+             "|---|---|---|---|---|"]
+    for row in table.iter_rows(named=True):
+        lines.append(f"| {row['model']} | {_cell(row, 'train')} | {_cell(row, 'validation')} | "
+                     f"{_cell(row, 'holdout')} | {_paper(PAPER_TABLE1.get(row['model']))} |")
+    return "\n".join(lines)
+
+
+def _table2_markdown(table: pl.DataFrame) -> str:
+    lines = ["## Table 2: loss-term combinations (weight 1 each), balanced accuracy (%)", "",
+             "| terms | training | validation | hold-out | paper 002 |", "|---|---|---|---|---|"]
+    for row in table.iter_rows(named=True):
+        lines.append(f"| {row['terms']} | {_cell(row, 'train')} | {_cell(row, 'validation')} | "
+                     f"{_cell(row, 'holdout')} | {_paper(PAPER_TABLE2.get(row['terms']))} |")
+    return "\n".join(lines)
+
+
+def table1_line(summary: dict) -> str:
+    """One line: hold-out balanced accuracy of each Table 1 model."""
+    return "hold-out balanced accuracy " + ", ".join(f"{r['model']} {r['holdout']:.3f}" for r in summary["table1"]) \
+        + " (chance 0.5)"

@@ -1,0 +1,233 @@
+"""CGNI (paper 002): the simulated working memory, the loss terms, the batches, the splits, occlusion, end to end."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.nn import functional as F
+
+from comical.data_io.errors import InputError
+from comical.distributed.losses import cgni_loss, cross_modal_term, supervised_term
+
+
+# ---------------------------------------------------------------- the simulated trait
+
+
+def test_working_memory_is_simulated_with_its_truth(mini_cohort):
+    from comical.data_io.simulate_wm import N_CAUSAL, PANEL_SIZE, wm_group
+
+    cognition = pl.read_csv(mini_cohort / "cognition.csv")
+    digits = cognition["wm_digits"].to_numpy().astype(float)
+    tested = ~np.isnan(digits)
+    assert 0.6 < tested.mean() < 0.72 and set(np.unique(digits[tested])) <= set(range(2, 13))
+    groups = wm_group(digits)
+    assert 0.07 < (groups == 0).sum() / tested.sum() < 0.13 and 0.07 < (groups == 1).sum() / tested.sum() < 0.13
+    age = pl.read_csv(mini_cohort / "covariates.csv")["age"].to_numpy()
+    assert np.corrcoef(age[tested], digits[tested])[0, 1] < -0.2  # older: shorter span, as planted
+    panel = (mini_cohort / "wm_panel.txt").read_text().split()
+    effects = pl.read_parquet(mini_cohort / "truth" / "wm_snp_effects.parquet")
+    assert len(panel) == PANEL_SIZE and effects["variant_id"].to_list() == panel
+    assert effects["causal"].sum() == N_CAUSAL and (effects.filter(~pl.col("causal"))["beta"] == 0).all()
+    assert pl.read_parquet(mini_cohort / "truth" / "wm_regions.parquet").height == 7
+
+
+def test_a_bad_digit_span_is_refused_naming_the_line(cohort_copy, tmp_path):
+    from comical.pipelines.cgni_inputs import read_digit_span
+    from comical.data_io.cohort import load_cohort
+
+    path = cohort_copy / "cognition.csv"
+    lines = path.read_text().splitlines()
+    eid = lines[5].split(",")[0]
+    lines[5] = f"{eid},13"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"cognition.csv line 6, column wm_digits: 13; expected a whole number 2-12"):
+        read_digit_span(path, load_cohort(cohort_copy).eids)
+
+
+# ---------------------------------------------------------------- the loss (eqs. 1-5)
+
+
+def _direct_cross(a, b, tau):
+    """Eq. (1) written out: -log(exp(a_i.b_i/tau) / sum_{j != i} exp(a_i.b_j/tau)), averaged over i."""
+    total = 0.0
+    for i in range(len(a)):
+        below = sum(math.exp(float(a[i] @ b[j]) / tau) for j in range(len(a)) if j != i)
+        total += -math.log(math.exp(float(a[i] @ b[i]) / tau) / below)
+    return total / len(a)
+
+
+def _direct_supervised(z, labels, tau):
+    """Eq. (3) written out, with P(i) the other rows of i's label; rows without a positive are left out."""
+    per_row = []
+    for i in range(len(z)):
+        positives = [p for p in range(len(z)) if p != i and labels[p] == labels[i]]
+        if not positives:
+            continue
+        below = sum(math.exp(float(z[i] @ z[j]) / tau) for j in range(len(z)) if j != i)
+        per_row.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / below) for p in positives) / len(positives))
+    return sum(per_row) / len(per_row)
+
+
+def test_each_loss_term_matches_its_equation():
+    g = torch.Generator().manual_seed(0)
+    zv, zg = (F.normalize(torch.randn(9, 6, generator=g, dtype=torch.float64), dim=1) for _ in range(2))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0, 2])  # label 2 has one row: no positive, left out of eq. 3
+    tau = 0.1
+    assert cross_modal_term(zv, zg, tau).item() == pytest.approx(_direct_cross(zv, zg, tau), rel=1e-10)
+    assert cross_modal_term(zg, zv, tau).item() == pytest.approx(_direct_cross(zg, zv, tau), rel=1e-10)
+    assert supervised_term(zv, labels, tau).item() == pytest.approx(_direct_supervised(zv, labels, tau), rel=1e-10)
+    assert supervised_term(zg, labels, tau).item() == pytest.approx(_direct_supervised(zg, labels, tau), rel=1e-10)
+    weights = (0.7, 0.3, 0.2, 0.4)
+    expected = (0.7 * _direct_cross(zv, zg, tau) + 0.3 * _direct_cross(zg, zv, tau)
+                + 0.2 * _direct_supervised(zv, labels, tau) + 0.4 * _direct_supervised(zg, labels, tau))
+    # cgni_loss normalises its inputs: unnormalised embeddings give the same loss
+    assert cgni_loss(3 * zv, 2 * zg, labels, weights, tau).item() == pytest.approx(expected, rel=1e-10)
+    # a supervised term moves the same-label rows together: its gradient flows
+    z = zv.clone().requires_grad_(True)
+    supervised_term(z, labels, tau).backward()
+    assert z.grad[:8].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- batches, folds and the hold-out
+
+
+def _shard(n=113, folds=5, seed=1):
+    rng = np.random.default_rng(seed)
+    return {"fold": torch.from_numpy(rng.integers(0, folds, n).astype(np.int8)),
+            "label": torch.from_numpy((rng.random(n) < 0.45).astype(np.int8)),
+            "eid": torch.arange(n), "g": torch.zeros(n, 3)}
+
+
+def test_every_training_batch_holds_both_labels_for_every_fold():
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.tasks.cgni import CgniBankTask, fold_masks
+    from comical.distributed.train import _train_batches
+
+    task = CgniBankTask().bind({"blocks": {"g": 3}, "folds": 5})
+    shard = _shard()
+    config = TrainConfig.from_dict({"task": "cgni-bank", "batch_size": 20, "seed": 3})  # 2 x the 10 cells
+    checked = 0
+    for epoch in range(30):
+        batches = list(_train_batches(shard, epoch, 0, config, torch.device("cpu"), task))
+        assert len(batches) == len(shard["eid"]) // 20
+        seen = torch.cat([b["eid"] for b in batches])
+        assert len(seen.unique()) == len(seen)  # a permutation, sliced
+        for batch in batches:
+            # every (fold, label) cell in every batch (a random order of 20 of 113 rows misses one ~13% of the
+            # time per cell), so each member's training rows hold both labels
+            assert len(set((2 * batch["fold"] + batch["label"]).tolist())) == 10
+            train = fold_masks(batch["fold"], 5, training=True)
+            for k in range(5):
+                assert set(batch["label"][train[:, k]].tolist()) == {0, 1}
+                checked += 1
+    assert checked == 30 * 5 * 5
+
+
+def test_fold_masks_keep_each_members_rows_apart():
+    from comical.distributed.tasks.cgni import fold_masks
+
+    fold = torch.tensor([0, 1, 2, -1, 1, 0])
+    train, val = fold_masks(fold, 3, True), fold_masks(fold, 3, False)
+    assert train.tolist() == [[False, True, True], [True, False, True], [True, True, False], [False] * 3,
+                              [True, False, True], [False, True, True]]
+    assert val.tolist() == [[True, False, False], [False, True, False], [False, False, True], [False] * 3,
+                            [False, True, False], [True, False, False]]
+    assert not (train & val).any()
+
+
+@pytest.fixture(scope="module")
+def cgni_inputs(image_cohort, tmp_path_factory):
+    from comical.pipelines.cgni_inputs import prepare_cgni_inputs
+
+    out = tmp_path_factory.mktemp("cgni") / "inputs"
+    manifest = prepare_cgni_inputs(image_cohort, out, seed=0)
+    return out, manifest
+
+
+def test_folds_are_by_subject_and_the_holdout_is_in_no_training_data(cgni_inputs):
+    from comical.distributed.tasks.cgni import CgniAgeTask, CgniCnnTask, read_cgni_inputs
+
+    folder, manifest = cgni_inputs
+    _, table = read_cgni_inputs(folder)
+    s = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("eid", "label", "fold", "age_split")}
+    assert len(np.unique(s["eid"])) == len(s["eid"])  # one row per subject
+    groups = s["label"] >= 0
+    assert ((s["fold"] >= -1) == groups).all()  # every subject of the two groups has a fold or is held out
+    holdout = s["fold"] == -1
+    assert holdout.sum() == manifest["subjects"]["holdout"] and 0.08 < holdout.sum() / groups.sum() < 0.12
+    for label in (0, 1):  # stratified: both groups held out in proportion
+        share = (holdout & (s["label"] == label)).sum() / (groups & (s["label"] == label)).sum()
+        assert 0.06 < share < 0.14
+    sizes = np.bincount(s["fold"][s["fold"] >= 0])
+    assert len(sizes) == 5 and sizes.max() - sizes.min() <= 2
+    # the hold-out is the brain-age test split, and in neither image task's training or validation data
+    assert (s["age_split"][holdout] == "test").all() and (s["age_split"] == "test").sum() == holdout.sum()
+    info = {"data": str(folder), "folds": 5}
+    for task in (CgniAgeTask().bind(info), CgniCnnTask().bind(info)):
+        for split in ("train", "val"):
+            assert not np.isin(task._eids(task._keep(split)), s["eid"][holdout]).any()
+    cnn = CgniCnnTask().bind(info)
+    assert set(cnn._eids(cnn._keep("train"))) == set(s["eid"][s["fold"] >= 0])
+
+
+# ---------------------------------------------------------------- occlusion (eq. 6)
+
+
+def test_occlusion_recovers_a_known_linear_contribution():
+    from comical.pipelines.cgni_post import occlusion_contributions, selected
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 1.0, (50, 4, 5))  # 50 "volumes" of 20 entries
+    w = rng.normal(0, 0.1, (20, 2))
+    w[7] = [5.0, -4.0]  # one entry dominates both components
+    score = lambda v: v.reshape(len(v), -1) @ w  # noqa: E731
+    regions = [np.array([0, 1, 2]), np.array([7]), np.array([3, 10, 19])] + [np.array([j]) for j in (4, 5, 6, 8, 9)]
+    out = occlusion_contributions(score, x, regions)
+    flat = x.reshape(50, -1)
+    expected = np.stack([flat[:, r].mean(0) @ w[r] for r in regions])  # mean of u(x) - u(x with r zeroed)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    chosen = selected(out, 2.0)
+    assert chosen.tolist() == [False, True] + [False] * 6
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_cgni_end_to_end(image_cohort, ray_session, tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from comical.cli import main
+
+    out = tmp_path / "cgni"
+    assert main(["cgni", "--cohort", str(image_cohort), "--out", str(out), "--epochs", "1,1,2,2",
+                 "--workers", "2"]) == 0
+    table = pl.read_csv(out / "table1.csv")
+    assert table["model"].to_list() == ["Imaging CNN", "Sparse genetic NN", "Imaging-genetic SVM (linear)",
+                                        "Imaging-genetic NN", "CGNI", "Covariates only (age, sex)"]
+    assert table.select(pl.col("train", "validation", "holdout").is_between(0, 1).all()).row(0) == (True,) * 3
+    # the table's hold-out figure is what the fold networks' stored outputs give (recomputed here)
+    inputs = pq.read_table(out / "inputs" / "classify" / "rows.parquet")
+    outputs = pq.read_table(out / "runs" / "classify" / "member_outputs.parquet")
+    assert outputs.column("eid").to_pylist() == inputs.column("eid").to_pylist()
+    held = inputs.column("fold").to_numpy() == -1
+    label = inputs.column("label").to_numpy()
+    expected = np.mean([balanced_accuracy_score(label[held], outputs.column(f"logit:cgni_f{k}").to_numpy()[held] > 0)
+                        for k in range(5)])
+    assert table.filter(pl.col("model") == "CGNI")["holdout"][0] == pytest.approx(expected)
+    # the post-analysis tables, and no per-epoch checkpoints left behind
+    cca = pl.read_csv(out / "cca.csv")
+    assert 1 <= cca.height <= 5 and cca["train"].abs().max() <= 1
+    scores = pl.read_csv(out / "truth_scores.csv")
+    assert scores["features"].to_list() == ["SNPs", "regions"]
+    assert scores.filter(pl.col("features") == "SNPs")["planted"][0] == 40
+    contributions = pl.read_csv(out / "contributions_snps.csv")
+    assert contributions.height == pl.read_csv(out / "inputs" / "panel.tsv", separator="\t").height
+    assert not list(out.glob("runs/*/checkpoints"))
+    assert "Table 1" in (out / "cgni.md").read_text()
+    shutil.rmtree(out)
