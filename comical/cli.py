@@ -220,6 +220,16 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="every log line on the console")
     p.set_defaults(handler=_cgni)
 
+    p = sub.add_parser("heritability", help="SNP heritability of each embedding dimension (Haseman-Elston on a GRM), "
+                                            "and genetic correlations")
+    p.add_argument("--embeddings", type=Path, required=True, help="a .parquet of eid + numeric columns")
+    p.add_argument("--cohort", type=Path, required=True, help="the cohort whose genotypes the GRM is built from")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rg", help="PREFIX1,PREFIX2: genetic correlation of each PREFIX1X column with PREFIX2X")
+    p.add_argument("--seed", type=int, default=0, help="the jackknife's block assignment")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    p.set_defaults(handler=_heritability)
+
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
     p.add_argument("task", choices=["gemcont"])
     p.add_argument("--run", type=Path, required=True, help="a `comical train --task gemcont` run folder")
@@ -557,6 +567,24 @@ def _cgni(args) -> int:
                        verbose=args.verbose)
     print((args.out / "cgni.md").read_text(), end="")
     print(f"cgni: {table1_line(summary)} -> {args.out}")
+    return 0
+
+
+def _heritability(args) -> int:
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.pipelines.heritability import heritability
+
+    prefixes = tuple(args.rg.split(",")) if args.rg else None
+    if prefixes is not None and len(prefixes) != 2:
+        raise InputError(f"--rg {args.rg}: expected two column prefixes, e.g. t1_,t2_")
+    run = {"command": "heritability", "embeddings": str(args.embeddings.resolve()),
+           "cohort": str(args.cohort.resolve()), "rg": args.rg, "seed": args.seed}
+    out = check_output_dir(args.out, run, force=args.force, inputs=(args.embeddings, args.cohort))
+    with staged_output_dir(out, run) as stage:
+        summary = heritability(args.embeddings, args.cohort, stage, rg_prefixes=prefixes, seed=args.seed)
+    rg = f", mean rg {summary['mean_rg']:.3f}" if "mean_rg" in summary else ""
+    print(f"heritability: mean h2 {summary['mean_h2']:.3f} over {summary['n_subjects']} subjects and "
+          f"{summary['n_variants']} pruned variants (HE regression, jackknife se){rg} -> {out}")
     return 0
 
 
