@@ -7,7 +7,8 @@ What the cohort gets (`write_working_memory`, called by the cohort simulator):
 - `wm_panel.txt`: the candidate panel, one variant ID per line (plink's --extract format): about 1,060 variants
   (paper 002 selects 1,060 brain-eQTL SNPs in the amyloid protein-interaction network; here: every AD catalog
   variant plus random others), of which a minority are causal;
-- truth/wm_snp_effects.parquet (variant_id, causal, beta: effect of one standardised allele count on the liability),
+- truth/wm_snp_effects.parquet (variant_id, causal, beta: effect of one standardised allele count on the liability;
+  ad_causal: one of AD's causal catalog variants, which with images also drive the image latent),
   truth/wm_regions.parquet (idp, weight) and truth/wm.json (the model and its variance shares).
 
 The trait: a liability = age (older: lower) + genetics (the causal panel variants' standardised true genotypes) +
@@ -95,8 +96,8 @@ def write_working_memory(out: Path, rng: np.random.Generator, *, eid: np.ndarray
     truth.mkdir(exist_ok=True)
     effect = np.zeros(panel.size)
     effect[np.searchsorted(panel, causal)] = beta
-    pl.DataFrame({"variant_id": ids[panel], "causal": effect != 0, "beta": effect}).write_parquet(
-        truth / "wm_snp_effects.parquet")
+    pl.DataFrame({"variant_id": ids[panel], "causal": effect != 0, "beta": effect,
+                  "ad_causal": np.isin(panel, ad_causal)}).write_parquet(truth / "wm_snp_effects.parquet")
     pl.DataFrame({"idp": REGIONS, "weight": weights}).write_parquet(truth / "wm_regions.parquet")
     (truth / "wm.json").write_text(json.dumps({
         "trait": "wm_digits (cognition.csv): backward digit span 2-12, UK Biobank field 20240",

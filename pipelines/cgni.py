@@ -3,7 +3,7 @@
     comical cgni --cohort COHORT --out cgni/ [--loss-terms] [--loss-weights 0.7,0.3,0,0.4]
 
 Stages, each a Ray Train fit through the engine (distributed/tasks/cgni.py), one local Ray session for all:
-1. `runs/age`: the 3-D CNN pre-trained for brain age on every subject with an image but the hold-out;
+1. `runs/age`: the 3-D CNN pre-trained for brain age on the subjects with an image outside the two groups;
    `runs/cnn`: transferred to low vs high working memory, one network per cross-validation fold (first two blocks
    frozen); its flattened last block is h_v.
 2. `runs/contrastive[_TERMS]`: the imaging (h_v) and genetic (SNP panel) encoders per fold, loss of eq. 5.
@@ -42,6 +42,7 @@ CLASSIFIER_HIDDEN = {"cgni": [250, 200, 150], "genetic": [800, 600, 400], "conca
 PAPER_TABLE1 = {"Imaging CNN": (81.34, 75.32, 87.02), "Sparse genetic NN": (59.80, 59.35, 59.28),
                 "Imaging-genetic SVM (linear)": (95.5, 65.08, 65.23),
                 "Imaging-genetic NN": (87.47, 87.08, 87.02), "CGNI": (91.37, 90.39, 88.91)}
+COVARIATES = "Covariates only (age, sex)"
 PAPER_TABLE2 = {"L(v,g) + L(g,v) + L(g,g)": (91.37, 90.39, 88.91), "L(v,g)": (None, None, 88.31),
                 "L(g,g)": (None, None, 88.10)}
 
@@ -76,7 +77,8 @@ def combos(settings: CgniSettings) -> dict[str, tuple[float, ...]]:
     if settings.grid:
         for k in range(1, 5):
             for subset in itertools.combinations(range(4), k):
-                out["cgni_" + "".join(str(t + 1) for t in subset)] = tuple(1.0 if t in subset else 0.0 for t in range(4))
+                name = "cgni_" + "".join(str(t + 1) for t in subset)
+                out[name] = tuple(1.0 if t in subset else 0.0 for t in range(4))
     return out
 
 
@@ -129,8 +131,8 @@ def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbos
     age = _fit(stage, "age", {"task": "cgni-age", "data": str(inputs), "epochs": settings.age_epochs,
                               "batch_size": settings.image_batch, "eval_batch_size": settings.image_batch}, settings,
                verbose)
-    say(f"cgni stage 1: brain age MAE {age['mae_test']:.2f} y on the hold-out (mean-age predictor "
-        f"{age['mae_mean_predictor_test']:.2f} y)")
+    say(f"cgni stage 1: brain age MAE {age['mae_test']:.2f} y on the {age['n_test']} working-memory subjects, "
+        f"unseen in pre-training (mean-age predictor {age['mae_mean_predictor_test']:.2f} y)")
     _fit(stage, "cnn", {"task": "cgni-cnn", "data": str(inputs), "epochs": settings.cnn_epochs,
                         "batch_size": settings.image_batch, "eval_batch_size": settings.image_batch,
                         "model": {"pretrained": str(stage / "runs" / "age" / "model")}}, settings, verbose)
@@ -177,15 +179,16 @@ def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbos
     logits["Imaging-genetic NN"] = _by_fold(outputs, "concat", settings.folds)
     for model in models:
         logits[model] = _by_fold(outputs, model, settings.folds)
-    logits["Covariates only (age, sex)"] = _covariates(rows, settings)
-    table1 = accuracy_table(logits, rows["label"], rows["fold"], [m for m in logits if not m.startswith("cgni_")])
+    logits[COVARIATES] = _covariates(rows, settings)
+    table1 = accuracy_table(logits, rows["label"], rows["fold"], [m for m in logits if not m.startswith("cgni_")],
+                            seed=settings.seed)
     table1 = table1.with_columns(pl.col("model").replace({"cgni": "CGNI"}))
     table1.write_csv(stage / "table1.csv")
     text = ["# CGNI on a simulated cohort (paper 002)", "", _table1_markdown(table1, settings), ""]
     summary = {"subjects": n, "panel": manifest["panel"], "brain_age": age,
                "table1": table1.to_dicts()}
     if settings.grid:
-        table2 = accuracy_table(logits, rows["label"], rows["fold"], list(models))
+        table2 = accuracy_table(logits, rows["label"], rows["fold"], list(models), seed=settings.seed)
         table2 = table2.with_columns(pl.Series("terms", [terms_label(models[m]) for m in table2["model"]]),
                                      pl.Series("weights", [",".join(f"{w:g}" for w in models[m])
                                                            for m in table2["model"]]))
@@ -254,11 +257,31 @@ def _covariates(rows: dict, settings: CgniSettings) -> np.ndarray:
     return out
 
 
-def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.ndarray, models: list[str]):
-    """model, train, validation, holdout (mean balanced accuracy over folds), *_sd: fold k's model scored on its
-    training rows, its held-out fold and the hold-out (fold -1); chance is 0.5."""
-    from sklearn.metrics import balanced_accuracy_score
+def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.ndarray, models: list[str], *,
+                   reference: str = COVARIATES, seed: int = 0, resamples: int = 1000):
+    """Balanced accuracy (scikit-learn) of each model; chance is 0.5.
 
+    Paper-style columns (mean over folds, *_sd its SD over folds): train (fold k's model on its training rows),
+    validation (on its held-out fold: the rows its epoch was selected on, so optimistic), holdout (on the 10%
+    hold-out; the SD is the spread of 5 models on the same subjects, not sampling error).
+    Pooled columns, with 95% stratified bootstrap intervals (`resamples`, seeded): cv (every cross-validation
+    subject scored by the fold model that held it out), cv_minus_reference (paired difference from `reference`,
+    the covariates-only model), holdout_mean (the hold-out scored by the mean of the fold models' logits)."""
+    from sklearn.metrics import balanced_accuracy_score as bacc
+
+    rng = np.random.default_rng(seed)
+    cv_rows, held = np.flatnonzero(fold >= 0), np.flatnonzero(fold == -1)
+    draws = {name: [np.concatenate([rng.choice(r[label[r] == c], (label[r] == c).sum()) for c in (0, 1)])
+                    for _ in range(resamples)] for name, r in (("cv", cv_rows), ("holdout", held))}
+
+    def out_of_fold(model: str) -> np.ndarray:
+        return logits[model][cv_rows, fold[cv_rows]] > 0
+
+    def interval(values) -> tuple[float, float]:
+        return tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
+
+    base = out_of_fold(reference) if reference in logits else None
+    position = {r: i for i, r in enumerate(cv_rows)}
     out = []
     for model in models:
         scores = {"train": [], "validation": [], "holdout": []}
@@ -266,9 +289,23 @@ def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.nd
             hit = logits[model][:, k] > 0
             for split, rows in (("train", (fold >= 0) & (fold != k)), ("validation", fold == k),
                                 ("holdout", fold == -1)):
-                scores[split].append(balanced_accuracy_score(label[rows], hit[rows]))
-        out.append({"model": model, **{s: float(np.mean(v)) for s, v in scores.items()},
-                    **{f"{s}_sd": float(np.std(v)) for s, v in scores.items()}})
+                scores[split].append(bacc(label[rows], hit[rows]))
+        row = {"model": model, **{s: float(np.mean(v)) for s, v in scores.items()},
+               **{f"{s}_sd": float(np.std(v)) for s, v in scores.items()}}
+        hit = out_of_fold(model)
+        cv_label = label[cv_rows]
+        at = [np.array([position[r] for r in d]) for d in draws["cv"]]
+        row["cv"] = float(bacc(cv_label, hit))
+        row["cv_low"], row["cv_high"] = interval([bacc(cv_label[i], hit[i]) for i in at])
+        if base is not None:
+            row["cv_minus_reference"] = row["cv"] - float(bacc(cv_label, base))
+            row["cv_minus_reference_low"], row["cv_minus_reference_high"] = interval(
+                [bacc(cv_label[i], hit[i]) - bacc(cv_label[i], base[i]) for i in at])
+        mean_hit = logits[model].mean(1) > 0
+        row["holdout_mean"] = float(bacc(label[held], mean_hit[held]))
+        row["holdout_mean_low"], row["holdout_mean_high"] = interval([bacc(label[d], mean_hit[d])
+                                                                      for d in draws["holdout"]])
+        out.append(row)
     return pl.DataFrame(out)
 
 
@@ -280,27 +317,43 @@ def _paper(values) -> str:
     return " / ".join("–" if v is None else f"{v:.1f}" for v in values) if values else "–"
 
 
+def _interval(row: dict, name: str) -> str:
+    return f"{100 * row[name]:.1f} ({100 * row[name + '_low']:.1f} to {100 * row[name + '_high']:.1f})"
+
+
 def _table1_markdown(table: pl.DataFrame, settings: CgniSettings) -> str:
-    lines = ["## Table 1: balanced accuracy (%), mean ± SD over the folds (simulated cohort; chance 50)", "",
-             f"CGNI: loss {terms_label(settings.weights)}, weights {','.join(f'{w:g}' for w in settings.weights)}.",
-             "", "| model | training | validation | hold-out | paper 002 (train / val / hold-out) |",
+    lines = ["## Table 1: balanced accuracy (%) on the simulated cohort (chance 50)", "",
+             f"CGNI: loss {terms_label(settings.weights)}, weights {','.join(f'{w:g}' for w in settings.weights)}. "
+             "Paper-style columns: mean ± SD over the folds' models; validation is the fold each model's epoch was "
+             "selected on (optimistic); the hold-out SD is the 5 models' spread on the same subjects.", "",
+             "| model | training | validation | hold-out | paper 002 (train / val / hold-out) |",
              "|---|---|---|---|---|"]
     for row in table.iter_rows(named=True):
         lines.append(f"| {row['model']} | {_cell(row, 'train')} | {_cell(row, 'validation')} | "
                      f"{_cell(row, 'holdout')} | {_paper(PAPER_TABLE1.get(row['model']))} |")
+    lines += ["", "Pooled, with 95% stratified bootstrap intervals: every cross-validation subject scored by the "
+              "model that held it out, its paired difference from the covariates-only model, and the hold-out "
+              "scored by the mean of the fold models' logits.", "",
+              "| model | cross-validated | minus covariates only | hold-out |", "|---|---|---|---|"]
+    for row in table.iter_rows(named=True):
+        lines.append(f"| {row['model']} | {_interval(row, 'cv')} | {_interval(row, 'cv_minus_reference')} | "
+                     f"{_interval(row, 'holdout_mean')} |")
     return "\n".join(lines)
 
 
 def _table2_markdown(table: pl.DataFrame) -> str:
     lines = ["## Table 2: loss-term combinations (weight 1 each), balanced accuracy (%)", "",
-             "| terms | training | validation | hold-out | paper 002 |", "|---|---|---|---|---|"]
+             "| terms | training | validation | hold-out | paper 002 | cross-validated (95% CI) | "
+             "minus covariates only |",
+             "|---|---|---|---|---|---|---|"]
     for row in table.iter_rows(named=True):
         lines.append(f"| {row['terms']} | {_cell(row, 'train')} | {_cell(row, 'validation')} | "
-                     f"{_cell(row, 'holdout')} | {_paper(PAPER_TABLE2.get(row['terms']))} |")
+                     f"{_cell(row, 'holdout')} | {_paper(PAPER_TABLE2.get(row['terms']))} | {_interval(row, 'cv')} | "
+                     f"{_interval(row, 'cv_minus_reference')} |")
     return "\n".join(lines)
 
 
 def table1_line(summary: dict) -> str:
-    """One line: hold-out balanced accuracy of each Table 1 model."""
-    return "hold-out balanced accuracy " + ", ".join(f"{r['model']} {r['holdout']:.3f}" for r in summary["table1"]) \
+    """One line: each Table 1 model's cross-validated balanced accuracy (pooled out-of-fold), chance 0.5."""
+    return "cross-validated balanced accuracy " + ", ".join(f"{r['model']} {r['cv']:.3f}" for r in summary["table1"]) \
         + " (chance 0.5)"

@@ -4,15 +4,17 @@
       manifest.json      task, cohort, image store, modality, counts, the panel's QC, folds, seed
       subjects.parquet   eid, age, sex, label (0 low 2-5, 1 high 9-12, -1 neither or not tested), fold (0..folds-1: the
                          cross-validation fold of a training subject; -1: the hold-out; -2: not in the two groups),
-                         age_split (train / val / test: the brain-age pre-training's split of every subject with an
-                         image; the hold-out is its test split, so no stage ever sees a hold-out subject's image
-                         in training), g (the panel's dosages, standardised; zeros outside the two groups)
-      panel.tsv          variant_id, chromosome, base_pair_location, effect_allele, other_allele, maf
+                         age_split (train / val: the brain-age pre-training's subjects, those with an image outside
+                         the two groups; test: the two groups, whose images no pre-training sees), g (the panel's
+                         dosages, standardised; zeros outside the two groups)
+      panel.tsv          variant_id, chromosome, base_pair_location, effect_allele, other_allele, maf, dosage_mean,
+                         dosage_sd (of the effect allele on the training set: g = (dosage - mean) / sd)
 
 Subjects: those with an image and a digit span in either group. The hold-out is a stratified 10% of them, the rest
 are cut into `folds` stratified cross-validation folds (scikit-learn, seeded). The panel (`wm_panel.txt`, or the
 file given) is kept where a variant has >= 90% calls and MAF >= 1% on the 90% training set; dosages are
-mean-imputed and standardised with that set's means and SDs.
+mean-imputed and standardised with that set's means and SDs (so a cross-validation fold's own rows take part in its
+panel QC and scaling: no labels are used, and the effect is small).
 """
 
 from __future__ import annotations
@@ -92,11 +94,16 @@ def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str |
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for k, (_, rows) in enumerate(cv.split(train, label[train])):
         fold[train[rows]] = k
-    # brain-age pre-training: every subject with an image; the WM hold-out is its test split
+    # brain-age pre-training: the subjects with an image outside the two groups (age drives working memory, so a
+    # CNN fitted to the ages of cross-validation subjects would carry their labels' main signal into validation);
+    # the two groups are its test split
     age_split = np.full(len(eids), "", dtype=object)
-    others = np.flatnonzero(has_image & (fold != -1))
+    others = np.flatnonzero(has_image & (label < 0))
+    if others.size < 20:
+        raise InputError(f"{cohort_dir}: {others.size} subjects with images outside the two working-memory groups; "
+                         "the brain-age pre-training needs at least 20")
     val = np.random.default_rng(seed).permutation(others)[:max(1, len(others) // 10)]
-    age_split[others], age_split[val], age_split[holdout] = "train", "val", "test"
+    age_split[others], age_split[val], age_split[groups] = "train", "val", "test"
 
     # the panel's dosages on the two groups: QC, imputation and scaling from the training set
     g = cohort.genotypes.read(samples=cohort.sample_index[groups], variants=panel_rows, dtype=np.float64)
@@ -107,7 +114,8 @@ def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str |
     usable = (np.mean(~np.isnan(g[fit]), axis=0) >= 0.9) & (maf >= 0.01)
     g, panel_rows, maf = g[:, usable], panel_rows[usable], maf[usable]
     g = np.where(np.isnan(g), np.nanmean(g[fit], axis=0), g)
-    g = (g - g[fit].mean(0)) / g[fit].std(0)
+    dosage_mean, dosage_sd = g[fit].mean(0), g[fit].std(0)
+    g = (g - dosage_mean) / dosage_sd
     dosages = np.zeros((len(eids), g.shape[1]), np.float32)
     dosages[groups] = g
 
@@ -126,7 +134,8 @@ def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str |
         variants = cohort.genotypes.variants[panel_rows]
         variants.select("variant_id", pl.col("chrom").alias("chromosome"), pl.col("pos").alias("base_pair_location"),
                         pl.col("allele1").alias("effect_allele"), pl.col("allele2").alias("other_allele"),
-                        pl.Series("maf", np.round(maf, 5))).write_csv(stage / "panel.tsv", separator="\t")
+                        pl.Series("maf", np.round(maf, 5)), pl.Series("dosage_mean", dosage_mean),
+                        pl.Series("dosage_sd", dosage_sd)).write_csv(stage / "panel.tsv", separator="\t")
         manifest = {
             "task": "cgni", "cohort": str(cohort_dir.resolve()), "images": str(store.folder.resolve()),
             "images_sha256": store_identity(store.folder), "modality": modality, "image_shape": list(store.shape),

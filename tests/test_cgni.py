@@ -166,8 +166,8 @@ def test_folds_are_by_subject_and_the_holdout_is_in_no_training_data(cgni_inputs
         assert 0.06 < share < 0.14
     sizes = np.bincount(s["fold"][s["fold"] >= 0])
     assert len(sizes) == 5 and sizes.max() - sizes.min() <= 2
-    # the hold-out is the brain-age test split, and in neither image task's training or validation data
-    assert (s["age_split"][holdout] == "test").all() and (s["age_split"] == "test").sum() == holdout.sum()
+    # brain-age pre-training sees only subjects outside the two groups; the groups (hold-out included) are its test
+    assert (s["age_split"][groups] == "test").all() and set(s["age_split"][~groups]) == {"train", "val"}
     info = {"data": str(folder), "folds": 5}
     for task in (CgniAgeTask().bind(info), CgniCnnTask().bind(info)):
         for split in ("train", "val"):
@@ -183,17 +183,34 @@ def test_occlusion_recovers_a_known_linear_contribution():
     from comical.pipelines.cgni_post import occlusion_contributions, selected
 
     rng = np.random.default_rng(0)
-    x = rng.normal(1.0, 1.0, (50, 4, 5))  # 50 "volumes" of 20 entries
+    x = rng.normal(0.0, 1.0, (50, 4, 5))
+    x -= x.mean(0)  # 50 "volumes" of 20 entries, centred (as standardised dosages are on their training rows)
     w = rng.normal(0, 0.1, (20, 2))
     w[7] = [5.0, -4.0]  # one entry dominates both components
     score = lambda v: v.reshape(len(v), -1) @ w  # noqa: E731
+    fill = np.full(20, -1.5)  # e.g. a dosage of 0, standardised
     regions = [np.array([0, 1, 2]), np.array([7]), np.array([3, 10, 19])] + [np.array([j]) for j in (4, 5, 6, 8, 9)]
-    out = occlusion_contributions(score, x, regions)
+    out = occlusion_contributions(score, x, regions, fill)
     flat = x.reshape(50, -1)
-    expected = np.stack([flat[:, r].mean(0) @ w[r] for r in regions])  # mean of u(x) - u(x with r zeroed)
+    expected = np.stack([(flat[:, r] - fill[r]).mean(0) @ w[r] for r in regions])  # mean of u(x) - u(x occluded)
     np.testing.assert_allclose(out, expected, rtol=1e-12)
     chosen = selected(out, 2.0)
     assert chosen.tolist() == [False, True] + [False] * 6
+    # occluding centred data to its mean (0) would leave every contribution, the dominant one too, at 0
+    np.testing.assert_allclose(occlusion_contributions(score, x, regions, np.zeros(20)), 0, atol=1e-12)
+
+
+def test_truth_score_counts_hits_beside_a_random_selection():
+    from comical.pipelines.cgni_post import truth_score
+
+    names = [f"v{i}" for i in range(100)]
+    chosen = np.zeros(100, bool)
+    chosen[[0, 1, 2, 50]] = True
+    score = truth_score(names, chosen, {"v0", "v1", "v2", "v3", "v4"})
+    assert (score["selected"], score["selected_planted"], score["planted"]) == (4, 3, 5)
+    assert score["precision"] == 0.75 and score["recall"] == 0.6
+    assert score["precision_random"] == 0.05 and score["recall_random"] == 0.04
+    assert (score["random_planted_low"], score["random_planted_high"]) == (0, 1)  # 4 drawn from 100 with 5 planted
 
 
 # ---------------------------------------------------------------- end to end
@@ -211,6 +228,14 @@ def test_cgni_end_to_end(image_cohort, ray_session, tmp_path):
     assert table["model"].to_list() == ["Imaging CNN", "Sparse genetic NN", "Imaging-genetic SVM (linear)",
                                         "Imaging-genetic NN", "CGNI", "Covariates only (age, sex)"]
     assert table.select(pl.col("train", "validation", "holdout").is_between(0, 1).all()).row(0) == (True,) * 3
+    rows = dict(zip(table["model"], table.iter_rows(named=True)))
+    # age drives the planted trait: the trivial reference is well above chance, and every pooled interval holds
+    # its estimate
+    assert rows["Covariates only (age, sex)"]["cv"] > 0.65
+    for row in rows.values():
+        assert row["cv_low"] <= row["cv"] <= row["cv_high"]
+        assert row["holdout_mean_low"] <= row["holdout_mean"] <= row["holdout_mean_high"]
+    assert rows["Covariates only (age, sex)"]["cv_minus_reference"] == 0
     # the table's hold-out figure is what the fold networks' stored outputs give (recomputed here)
     inputs = pq.read_table(out / "inputs" / "classify" / "rows.parquet")
     outputs = pq.read_table(out / "runs" / "classify" / "member_outputs.parquet")
@@ -224,7 +249,8 @@ def test_cgni_end_to_end(image_cohort, ray_session, tmp_path):
     cca = pl.read_csv(out / "cca.csv")
     assert 1 <= cca.height <= 5 and cca["train"].abs().max() <= 1
     scores = pl.read_csv(out / "truth_scores.csv")
-    assert scores["features"].to_list() == ["SNPs", "regions"]
+    assert scores["features"].to_list() == ["SNPs", "SNPs: AD's (also the image latent)", "SNPs: working memory only",
+                                            "regions"]
     assert scores.filter(pl.col("features") == "SNPs")["planted"][0] == 40
     contributions = pl.read_csv(out / "contributions_snps.csv")
     assert contributions.height == pl.read_csv(out / "inputs" / "panel.tsv", separator="\t").height

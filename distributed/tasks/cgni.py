@@ -2,10 +2,11 @@
 
 - `cgni-age` (images streamed by Ray Data): paper 002's 3-D CNN, five blocks of conv (3^3, stride 1), batch norm,
   max pool (2, rounding up) and ReLU with 32-64-128-256-256 channels, flattened, dropout 0.2, one output,
-  pre-trained to predict age (in SD units, MSE) on every subject with an image except the working-memory hold-out,
-  which is its test split. The paper's convolutions have no padding; ours pad by one, or volumes below ~100 voxels a
-  side would vanish before the fifth block. The flattened size is 256 x what the five pools leave (256 at 8-12 mm;
-  the paper's h_v has 512).
+  pre-trained to predict age (in SD units, MSE) on the subjects with an image outside the two working-memory
+  groups; the two groups are its test split (age drives working memory: pre-training on the cross-validation
+  subjects' ages would carry their labels' main signal into validation). The paper's convolutions have no
+  padding; ours pad by one, or volumes below ~100 voxels a side would vanish before the fifth block. The
+  flattened size is 256 x what the five pools leave (256 at 8-12 mm; the paper's h_v has 512).
 - `cgni-cnn` (images streamed): the transfer to the low/high classification, one CNN per cross-validation fold in
   one module. Every fold's CNN starts from the brain-age weights; the first `frozen_blocks` blocks (paper: the first
   two) stay frozen and are shared, computed once per batch; the later blocks are fine-tuned with their batch-norm
@@ -252,7 +253,8 @@ class CgniAgeTask(_ImageTask):
         """Absolute error in years, beside predicting the training subjects' mean age."""
         age, = self._columns(batch, "age")
         predicted = outputs.float() * self.info["age_sd"] + self.info["age_mean"]
-        return {"mae": (predicted - age).abs().sum(), "mae_mean_predictor": (age - self.info["age_mean"]).abs().sum()}, {}
+        return {"mae": (predicted - age).abs().sum(),
+                "mae_mean_predictor": (age - self.info["age_mean"]).abs().sum()}, {}
 
     def epoch_line(self, m: dict) -> str:
         return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, val age MAE "
@@ -261,7 +263,8 @@ class CgniAgeTask(_ImageTask):
 
     @torch.no_grad()
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
-        """Age MAE on the validation and test (the WM hold-out) subjects beside the mean-age predictor's."""
+        """Age MAE on the validation subjects and on the test split (the two working-memory groups, never seen in
+        pre-training) beside the mean-age predictor's."""
         self.bind(info)
         s = self._subjects()
         model.eval()
@@ -277,8 +280,8 @@ class CgniAgeTask(_ImageTask):
         return metrics
 
     def summary(self, m: dict) -> str:
-        return (f"brain age MAE {m['mae_test']:.2f} y on {m['n_test']} test subjects (mean-age predictor "
-                f"{m['mae_mean_predictor_test']:.2f} y)")
+        return (f"brain age MAE {m['mae_test']:.2f} y on the {m['n_test']} working-memory subjects, unseen in "
+                f"pre-training (mean-age predictor {m['mae_mean_predictor_test']:.2f} y)")
 
 
 class CgniCnnTask(_ImageTask):
@@ -321,8 +324,8 @@ class CgniCnnTask(_ImageTask):
     def batch_metrics(self, outputs, batch: dict):
         """Cross-validated accuracy: each row scored by the fold's network that did not train on it (chance 0.5)."""
         label, fold = self._columns(batch, "label", "fold")
-        correct = ((outputs["logits"].float() > 0) == (label[:, None] == 1)) & fold_masks(fold, self.info["folds"], False)
-        return {"cv_accuracy": correct.sum()}, {}
+        held = fold_masks(fold, self.info["folds"], False)
+        return {"cv_accuracy": (((outputs["logits"].float() > 0) == (label[:, None] == 1)) & held).sum()}, {}
 
     def epoch_line(self, m: dict) -> str:
         return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, "
