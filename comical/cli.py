@@ -399,6 +399,9 @@ def _pairs(args) -> int:
     return 0
 
 
+MOMENTUM_TASKS = ("momentum-t1t2", "momentum-t1", "momentum-t2", "autoencoder-t1t2")
+
+
 def _train(args) -> int:
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.task import get_task
@@ -409,14 +412,21 @@ def _train(args) -> int:
 
         from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
 
+        from comical.pipelines.momentum_inputs import prepare_momentum_inputs
+
         if args.data is not None:
-            raise InputError("give --cohort (GEMCONT makes its inputs from it) or --data, not both")
+            raise InputError("give --cohort (GEMCONT and the T1/T2 tasks make their inputs from it) or --data, not both")
         data = args.out.resolve() / "inputs"
         config = _config_from_args(_train_config_class(), args, "comical train", data=str(data))
-        if config.task != "gemcont":
-            raise InputError(f"--cohort makes GEMCONT's inputs; --task {config.task} reads --data")
-        prepare = functools.partial(prepare_gemcont_inputs, args.cohort, disease=args.disease, seed=config.seed)
-        prepared_from = {"cohort": str(args.cohort.resolve()), "disease": args.disease}
+        if config.task == "gemcont":
+            prepare = functools.partial(prepare_gemcont_inputs, args.cohort, disease=args.disease, seed=config.seed)
+            prepared_from = {"cohort": str(args.cohort.resolve()), "disease": args.disease}
+        elif config.task in MOMENTUM_TASKS:
+            prepare = functools.partial(prepare_momentum_inputs, args.cohort, seed=config.seed)
+            prepared_from = {"cohort": str(args.cohort.resolve())}
+        else:
+            raise InputError(f"--cohort makes the inputs of gemcont and {', '.join(MOMENTUM_TASKS)}; --task "
+                             f"{config.task} reads --data")
     elif args.data is None:
         raise InputError("--data (or --pairs) is required: the task's input folder")
     else:

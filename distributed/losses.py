@@ -199,3 +199,10 @@ def cgni_loss(zv: torch.Tensor, zg: torch.Tensor, labels: torch.Tensor, weights,
     terms = (lambda: cross_modal_term(zv, zg, tau), lambda: cross_modal_term(zg, zv, tau),
              lambda: supervised_term(zv, labels, tau), lambda: supervised_term(zg, labels, tau))
     return sum(w * term() for w, term in zip(weights, terms) if w)
+
+
+def queue_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
+    """MoCo's InfoNCE: each query's positive is its own key k_i, its negatives the queue's keys (all normalised):
+    mean over i of -log(exp(q_i.k_i / tau) / (exp(q_i.k_i / tau) + sum_j exp(q_i.queue_j / tau)))."""
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / tau
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

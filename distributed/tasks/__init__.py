@@ -8,7 +8,12 @@ TASKS = {
     # paper 002: brain-age pre-training, the per-fold transfer CNNs (streamed), the stage 2/3 networks (resident)
     "cgni-age": ("comical.distributed.tasks.cgni", "CgniAgeTask"),
     "cgni-cnn": ("comical.distributed.tasks.cgni", "CgniCnnTask"),
-    "cgni-bank": ("comical.distributed.tasks.cgni", "CgniBankTask"),  # paper 000: outcome and risk-score heads, resident
+    "cgni-bank": ("comical.distributed.tasks.cgni", "CgniBankTask"),
+    # paper 003: momentum contrast of T1 and T2 volumes, its single-modality counterparts, a reconstruction baseline
+    "momentum-t1t2": ("comical.distributed.tasks.momentum", "MomentumTask"),
+    "momentum-t1": ("comical.distributed.tasks.momentum", "MomentumT1Task"),
+    "momentum-t2": ("comical.distributed.tasks.momentum", "MomentumT2Task"),
+    "autoencoder-t1t2": ("comical.distributed.tasks.momentum", "AutoencoderTask"),  # paper 000: outcome and risk-score heads, resident
     # paper 001's simulation benchmark: rotated characters, four methods, resident
     "sim-gemcont": ("comical.distributed.tasks.rotation", "GemcontSimTask"),
     "sim-simclr": ("comical.distributed.tasks.rotation", "SimclrSimTask"),

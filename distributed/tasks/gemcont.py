@@ -72,9 +72,9 @@ class ImageEncoder(nn.Module):
     nearly the same features (each channel's mean is the norm's bias), erasing the differences between subjects
     that the model is to align with their genotypes."""
 
-    def __init__(self, channels: tuple[int, ...], features: int):
+    def __init__(self, channels: tuple[int, ...], features: int, in_channels: int = 1):
         super().__init__()
-        layers, previous = [], 1
+        layers, previous = [], in_channels
         for width in channels:
             layers += [nn.Conv3d(previous, width, 3, stride=2, padding=1), nn.BatchNorm3d(width),
                        nn.GELU()]
