@@ -231,8 +231,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=_heritability)
 
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
-    p.add_argument("task", choices=["gemcont"])
-    p.add_argument("--run", type=Path, required=True, help="a `comical train --task gemcont` run folder")
+    p.add_argument("task", choices=["gemcont", "momentum"])
+    p.add_argument("--run", type=Path, help="gemcont: a `comical train --task gemcont` run folder")
+    p.add_argument("--runs", help="momentum: NAME=RUN,... with names joint, t1, t2, autoencoder (`comical train "
+                                  "--task momentum-t1t2 / momentum-t1 / momentum-t2 / autoencoder-t1t2` runs)")
     p.add_argument("--cohort", type=Path, required=True, help="the cohort the run was trained on (with images)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=1, help="Ray workers for the embedding GWAS")
@@ -415,7 +417,8 @@ def _train(args) -> int:
         from comical.pipelines.momentum_inputs import prepare_momentum_inputs
 
         if args.data is not None:
-            raise InputError("give --cohort (GEMCONT and the T1/T2 tasks make their inputs from it) or --data, not both")
+            raise InputError("give --cohort (GEMCONT and the T1/T2 tasks make their inputs from it) or --data, "
+                             "not both")
         data = args.out.resolve() / "inputs"
         config = _config_from_args(_train_config_class(), args, "comical train", data=str(data))
         if config.task == "gemcont":
@@ -633,11 +636,35 @@ def _evaluate(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.pipelines.gemcont_eval import evaluate_gemcont, summary_line
 
+    if args.task == "momentum":
+        return _evaluate_momentum(args)
+    if args.run is None:
+        raise InputError("evaluate gemcont: --run is required")
     run = {"command": "evaluate gemcont", "run": str(args.run.resolve()), "cohort": str(args.cohort.resolve())}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.run, args.cohort))
     with staged_output_dir(out, run) as stage:
         summary = evaluate_gemcont(args.run, args.cohort, stage, workers=args.workers)
     print(f"evaluate: {summary_line(summary)} -> {out}")
+    return 0
+
+
+def _evaluate_momentum(args) -> int:
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.pipelines.momentum_eval import evaluate_momentum
+
+    if not args.runs:
+        raise InputError("evaluate momentum: --runs NAME=RUN,... is required (names: joint, t1, t2, autoencoder)")
+    pairs = [item.split("=", 1) for item in args.runs.split(",")]
+    if any(len(p) != 2 for p in pairs):
+        raise InputError(f"--runs {args.runs}: expected NAME=RUN,... (names: joint, t1, t2, autoencoder)")
+    runs = {name: Path(path) for name, path in pairs}
+    run = {"command": "evaluate momentum", "runs": {k: str(v.resolve()) for k, v in runs.items()},
+           "cohort": str(args.cohort.resolve())}
+    out = check_output_dir(args.out, run, force=args.force, inputs=(*runs.values(), args.cohort))
+    with staged_output_dir(out, run) as stage:
+        evaluate_momentum(runs, args.cohort, stage, workers=args.workers)
+    print((out / "evaluation.md").read_text(), end="")
+    print(f"evaluate: T1/T2 momentum model and its baselines -> {out}")
     return 0
 
 

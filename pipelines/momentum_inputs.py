@@ -48,7 +48,8 @@ def prepare_momentum_inputs(cohort_dir: str | Path, out: str | Path, *, seed: in
     try:
         pq.write_table(pa.table({"eid": eids.astype(np.int64), "split": pa.array(split.astype(str))}),
                        stage / "subjects.parquet")
-        manifest = {"task": "momentum", "cohort": str(Path(cohort_dir).resolve()), "images": str(store.folder.resolve()),
+        manifest = {"task": "momentum", "cohort": str(Path(cohort_dir).resolve()),
+                    "images": str(store.folder.resolve()),
                     "images_sha256": store_identity(store.folder), "image_shape": list(store.shape), "seed": seed,
                     "splits": {name: int((split == name).sum()) for name in SPLITS}}
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
