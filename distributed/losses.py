@@ -201,8 +201,12 @@ def cgni_loss(zv: torch.Tensor, zg: torch.Tensor, labels: torch.Tensor, weights,
     return sum(w * term() for w, term in zip(weights, terms) if w)
 
 
-def queue_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
-    """MoCo's InfoNCE: each query's positive is its own key k_i, its negatives the queue's keys (all normalised):
-    mean over i of -log(exp(q_i.k_i / tau) / (exp(q_i.k_i / tau) + sum_j exp(q_i.queue_j / tau)))."""
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / tau
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+def queue_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """InfoNCE with a queue (MoCo): each query's positive is its own key k_i; its negatives are the batch's other
+    keys and the queue's (all normalised): mean over i of
+    -log(exp(q_i.k_i / tau) / (sum_j exp(q_i.k_j / tau) + sum_m exp(q_i.queue_m / tau))).
+    The batch's own keys are negatives too: with batch norm in the towers a positive shares its batch's statistics
+    and the queue's keys do not, so with queue negatives only a model could find the positive by those statistics
+    (what MoCo's shuffled batch norm prevents). `queue` None: the batch's keys only."""
+    logits = q @ k.T if queue is None else torch.cat([q @ k.T, q @ queue.T], 1)
+    return F.cross_entropy(logits / tau, torch.arange(len(q), device=q.device))

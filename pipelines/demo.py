@@ -78,6 +78,15 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
             evaluation = evaluate_gemcont(stage / "gemcont", stage / "cohort", stage / "gemcont_eval", workers=2)
             say(f"demo: evaluated GEMCONT (embedding GWAS, latent, AD AUC; each beside a random encoder): "
                 f"{summary_line(evaluation)} -> {out / 'gemcont_eval'}")
+            from comical.pipelines.momentum_inputs import prepare_momentum_inputs
+
+            config = TrainConfig.from_dict({"task": "momentum-t1t2", "data": str(stage / "momentum" / "inputs"),
+                                            "seed": seed, "epochs": 2, "batch_size": 32, "engine": {"workers": 2}})
+            test = train_and_evaluate(config, stage / "momentum", verbose=verbose,
+                                      prepared_from={"cohort": str(stage / "cohort")},
+                                      prepare=partial(prepare_momentum_inputs, stage / "cohort", seed=seed))
+            say(f"demo: trained the T1/T2 momentum model (EMA key towers, a queue shared by 2 workers): "
+                f"{get_task('momentum-t1t2').summary(test)} -> {out / 'momentum'}")
         from comical.pipelines.downstream import (HeadSettings, predict_line, predict_outcomes, risk_scores,
                                                   riskscore_line)
 

@@ -31,11 +31,13 @@ COVARIATES = ["age", "sex"] + [f"PC{i}" for i in range(1, 11)]
 
 
 def relationship_matrix(genotypes: np.ndarray) -> np.ndarray:
-    """A = Z Z' / m from int8 allele counts (-127 missing; standardised, missing at the mean)."""
+    """A = Z Z' / m from int8 allele counts (-127 missing; standardised, missing at the mean; m counts the variants
+    polymorphic in these subjects)."""
     from comical.data_io.pca import standardized_genotypes
 
     z = standardized_genotypes(genotypes).astype(np.float64)
-    return z @ z.T / z.shape[1]
+    polymorphic = int((z.std(0) > 0).sum())  # a variant monomorphic in these subjects is a zero column
+    return z @ z.T / max(polymorphic, 1)
 
 
 def _residualised(y: np.ndarray, covariates: np.ndarray) -> np.ndarray:
@@ -97,7 +99,8 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
                  rg_prefixes: tuple[str, str] | None = None, seed: int = 0) -> dict:
     """`comical heritability`: writes OUT/h2.csv (dimension, h2, se, n_subjects, n_variants), with `rg_prefixes`
     OUT/rg.csv (dimension_1, dimension_2, rg, se: each column of the first prefix with the column of the second
-    prefix that has the same suffix), and OUT/summary.json; returns the summary."""
+    prefix that has the same suffix; NA with a note unless both columns' h2 exceed 2 se), and OUT/summary.json; returns
+    the summary."""
     import json
 
     from comical.data_io.cohort import load_cohort
@@ -142,9 +145,13 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
     if pairs:
         rg, rg_se = genetic_correlation(a, order.select([p[0] for p in pairs]).to_numpy(),
                                         order.select([p[1] for p in pairs]).to_numpy(), x, seed=seed)
-        write_atomic(out / "rg.csv", pl.DataFrame({"dimension_1": [p[0] for p in pairs],
-                                                   "dimension_2": [p[1] for p in pairs], "rg": rg,
-                                                   "se": rg_se}).write_csv())
+        z = dict(zip(columns, h2 / np.where(se > 0, se, np.nan)))
+        # rg divides by sqrt(h2_1 h2_2): only reported where both heritabilities are clearly above 0
+        weak = np.array([not (z[p[0]] > 2 and z[p[1]] > 2) for p in pairs])
+        rg, rg_se = np.where(weak, np.nan, rg), np.where(weak, np.nan, rg_se)
+        write_atomic(out / "rg.csv", pl.DataFrame({
+            "dimension_1": [p[0] for p in pairs], "dimension_2": [p[1] for p in pairs], "rg": rg, "se": rg_se,
+            "note": ["h2 of a side not above 2 se: rg not estimable" if w else "" for w in weak]}).write_csv())
         summary["mean_rg"] = float(np.nanmean(rg)) if np.isfinite(rg).any() else math.nan
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

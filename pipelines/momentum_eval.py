@@ -3,15 +3,21 @@ single-modality counterparts and the reconstruction baseline.
 
     comical evaluate momentum --runs joint=RUN,t1=RUN,t2=RUN,autoencoder=RUN --cohort COHORT --out DIR
 
-For each run's embeddings (`embeddings.parquet`; joint: the T1 and T2 sides concatenated):
+For each run's embeddings (`embeddings.parquet`; joint: the T1 and T2 sides concatenated), and two trivial
+references made here (the joint run's architecture at its initial weights; the top 64 PCs of the raw T1 + T2 voxels):
 - age: MAE of a ridge regression (5-fold out-of-fold on the runs' test subjects), beside the mean age's;
 - disease: AUC for AD (the disease whose genetic liability the simulated images carry) of an L2 logistic regression,
   5-fold out-of-fold on the test subjects, with a 95% bootstrap interval, beside age + sex alone;
+- the planted genetic image latent (AD's liability, truth/image_latent.parquet): 5-fold ridge R^2 on the test
+  subjects;
 - genetics: a multi-trait GWAS of the embedding (its top PCs, rank-normalised, age, sex, PC1-20; every subject, the
   GWAS uses no label) per side (T1 side, T2 side): loci at 5e-8 and the planted image-latent variants found; the
   agreement of the T1 and T2 sides (variants at 5e-8 on both / on either; for the single-modality models, the T1
-  model's side against the T2 model's); the mean HE heritability of the side's top PCs and the genetic correlation
-  of the two sides' first PCs (pipelines/heritability.py, jackknife se).
+  model's side against the T2 model's); the HE heritability of the side's top PCs (how many exceed 2 se, and their
+  mean) and the phenotypic and genetic correlation of the two sides' first PCs (pipelines/heritability.py, jackknife
+  se; signed so the phenotypic correlation is positive). The multi-trait test's p-values are uniform on null data
+  (tests/test_gwas.py). T1 and T2 render the same simulated anatomy, so agreement and rg between sides are high for
+  any model that summarises anatomy: the planted latent's R^2 and its variants are the measures of learning.
 Writes evaluation.csv, evaluation.md, evaluation.png, gwas/ (one folder per run and side), summary.json.
 """
 
@@ -27,7 +33,7 @@ from comical.data_io.errors import InputError
 
 GENOME_WIDE = 5e-8
 PCS = 10  # embedding PCs per side for the GWAS and the heritabilities
-SIDES = {"joint": ("t1", "t2"), "t1": ("t1",), "t2": ("t2",), "autoencoder": ("z",)}
+RUN_NAMES = ("joint", "t1", "t2", "autoencoder")
 
 
 def _sides(frame: pl.DataFrame, prefix: str) -> np.ndarray:
@@ -45,13 +51,14 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     from sklearn.model_selection import KFold, cross_val_predict
 
     from comical.data_io.cohort import load_cohort
-    from comical.pipelines.gemcont_eval import _auc, _covariates, _embedding_gwas, _labels, _oof_scores
+    from comical.distributed.tasks.toy import ridge_r2
+    from comical.pipelines.gemcont_eval import _auc, _covariates, _embedding_gwas, _labels, _latent, _oof_scores
     from comical.pipelines.heritability import genetic_correlation, he_regression, relationship_matrix
     from comical.pipelines.qc import run_qc
 
-    unknown = [r for r in runs if r not in SIDES]
+    unknown = [r for r in runs if r not in RUN_NAMES]
     if unknown:
-        raise InputError(f"--runs: {unknown} unknown; name runs joint, t1, t2, autoencoder")
+        raise InputError(f"--runs: {unknown} unknown; name runs {', '.join(RUN_NAMES)}")
     cohort = load_cohort(cohort_dir)
     frames = {}
     for name, run in runs.items():
@@ -60,14 +67,18 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
             raise InputError(f"--runs {name}={run}: no embeddings.parquet (a finished `comical train --task "
                              f"momentum-*` or `autoencoder-t1t2` run)")
         frames[name] = pl.read_parquet(path).sort("eid")
-    eids = {n: f["eid"].to_numpy() for n, f in frames.items()}
-    first = next(iter(eids.values()))
-    if any(not np.array_equal(e, first) for e in eids.values()):
+    first = next(iter(frames.values()))["eid"].to_numpy()
+    if any(not np.array_equal(f["eid"].to_numpy(), first) for f in frames.values()):
         raise InputError("--runs: the runs embed different subjects; train them on the same cohort and seed")
     split = next(iter(frames.values()))["split"].to_numpy()
+    # the trivial references: the joint architecture untrained, and PCs of the raw voxels
+    reference = runs.get("joint") or next(iter(runs.values()))
+    frames["untrained"] = _untrained(Path(reference), first, split, seed)
+    frames["raw voxels"] = _raw_voxels(Path(reference), first, split, seed)
     test = split == "test"
     age = _covariates(cohort, first, ["age"])[:, 0].astype(float)
     ad = _labels(cohort, "AD", first[test])
+    latent = _latent(Path(cohort_dir) / "truth", first)
     covariates_auc = _auc(ad, _oof_scores(_covariates(cohort, first[test], ["age", "sex"]).astype(float), ad, seed),
                           seed)
     folds = KFold(5, shuffle=True, random_state=seed)
@@ -84,40 +95,37 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     in_grm = np.searchsorted(first, cohort_eids[use])
     h2_covariates = _covariates(cohort, cohort_eids[use], ["age", "sex"] + [f"PC{i}" for i in range(1, 11)])
 
-    rows, hits = [], {}
+    rows, hits, first_pcs = [], {}, {}
     for name, frame in frames.items():
-        x = np.column_stack([_sides(frame, s) for s in SIDES[name]])
+        sides = [p for p in ("t1", "t2", "z", "raw") if f"{p}_0" in frame.columns]
+        x = np.column_stack([_sides(frame, s) for s in sides])
         row = {"model": name, "dims": int(x.shape[1]), "n_test": int(test.sum())}
         predicted = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), x[test], age[test], cv=folds)
         row |= {"age_mae": float(np.abs(predicted - age[test]).mean()), "age_mae_mean_predictor": mean_mae}
         row |= {f"ad_{k}": v for k, v in _auc(ad, _oof_scores(x[test], ad, seed), seed).items()}
         row |= {f"ad_covariates_{k}": v for k, v in covariates_auc.items()}
-        side_pcs = {}
-        for side in SIDES[name]:
+        if latent is not None:  # the planted genetic image latent, 5-fold ridge on the test subjects
+            row["latent_r2"] = ridge_r2(x[test], latent[test])
+        for side in sides:
             pcs = _pcs(_sides(frame, side))
-            side_pcs[side] = pcs
+            first_pcs[(name, side)] = pcs[in_grm, :1]
             gwas = _embedding_gwas(pl.DataFrame({"eid": first, **{f"pc{k}": pcs[:, k] for k in range(pcs.shape[1])}}),
-                                   Path(cohort_dir), stage / "gwas" / f"{name}_{side}", workers)
+                                   Path(cohort_dir), stage / "gwas" / f"{name.replace(' ', '_')}_{side}", workers)
             significant = set(gwas.filter(pl.col("p_value") < GENOME_WIDE)["variant_id"].to_list())
             hits[(name, side)] = significant
+            h2, se = he_regression(grm, pcs[in_grm], h2_covariates, seed=seed)
             row |= {f"{side}_loci": int(gwas["loci"][0]), f"{side}_variants_at_5e-8": len(significant),
                     f"{side}_lambda_gc": float(gwas["lambda_gc"][0]),
-                    f"{side}_latent_variants_at_5e-8": len(significant & latent_variants) if latent_variants else None}
-            h2, se = he_regression(grm, pcs[in_grm], h2_covariates, seed=seed)
-            row |= {f"{side}_mean_h2": float(h2.mean()),
-                    f"{side}_mean_h2_se": float(np.sqrt((se ** 2).mean() / len(se)))}  # as if independent
-        if name == "joint":
-            row |= _agreement(hits[("joint", "t1")], hits[("joint", "t2")])
-            rg, rg_se = _first_pc_rg(grm, side_pcs["t1"][in_grm], side_pcs["t2"][in_grm], h2_covariates, seed,
-                                     genetic_correlation)
-            row |= {"rg_t1_t2": rg, "rg_t1_t2_se": rg_se}
+                    f"{side}_latent_variants_at_5e-8": len(significant & latent_variants),
+                    f"{side}_mean_h2": float(h2.mean()), f"{side}_pcs_h2_above_2se": int((h2 > 2 * se).sum())}
+        if len(sides) == 2:
+            row |= _sides_compared(hits[(name, "t1")], hits[(name, "t2")], first_pcs[(name, "t1")],
+                                   first_pcs[(name, "t2")], grm, h2_covariates, seed, genetic_correlation)
         rows.append(row)
     if ("t1", "t1") in hits and ("t2", "t2") in hits:  # the two single-modality models against each other
-        single = {"model": "t1 + t2 (single-modality models)", **_agreement(hits[("t1", "t1")], hits[("t2", "t2")])}
-        t1_pcs, t2_pcs = (_pcs(_sides(frames[m], m))[in_grm] for m in ("t1", "t2"))
-        single["rg_t1_t2"], single["rg_t1_t2_se"] = _first_pc_rg(grm, t1_pcs, t2_pcs, h2_covariates, seed,
-                                                                 genetic_correlation)
-        rows.append(single)
+        rows.append({"model": "t1 + t2 (single-modality models)",
+                     **_sides_compared(hits[("t1", "t1")], hits[("t2", "t2")], first_pcs[("t1", "t1")],
+                                       first_pcs[("t2", "t2")], grm, h2_covariates, seed, genetic_correlation)})
     table = pl.DataFrame(rows, infer_schema_length=None)
     table.write_csv(stage / "evaluation.csv")
     (stage / "evaluation.md").write_text(_markdown(table))
@@ -127,15 +135,59 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     return summary
 
 
+def _sides_compared(hits_a: set, hits_b: set, pc_a: np.ndarray, pc_b: np.ndarray, grm, covariates, seed,
+                    genetic_correlation) -> dict:
+    """Hit agreement of two sides and the correlations of their first PCs: phenotypic, and genetic (bivariate HE,
+    signed so that the phenotypic correlation is positive: a PC's sign is arbitrary)."""
+    r = float(np.corrcoef(pc_a[:, 0], pc_b[:, 0])[0, 1])
+    b = pc_b * (1 if r >= 0 else -1)
+    rg, se = genetic_correlation(grm, pc_a, b, covariates, seed=seed)
+    return {**_agreement(hits_a, hits_b), "r_t1_t2": abs(r), "rg_t1_t2": float(rg[0]), "rg_t1_t2_se": float(se[0])}
+
+
+def _untrained(run: Path, eids: np.ndarray, split: np.ndarray, seed: int) -> pl.DataFrame:
+    """The run's architecture at its initial weights (the seed's), embedding the same subjects."""
+    import torch
+
+    from comical.distributed.task import get_task
+
+    spec = json.loads((run / "model" / "model.json").read_text())
+    task = get_task(spec["task"]).bind(spec["input"])
+    torch.manual_seed(seed)
+    model = task.build_model(task.model_config.from_dict(spec["model"]), spec["input"])
+    stored, embeddings = task.embed(model, eids)
+    at = _positions(stored, eids)
+    columns = {f"{prefix}_{k}": v[at, k] for prefix, v in embeddings.items() for k in range(v.shape[1])}
+    return pl.DataFrame({"eid": eids, "split": split, **columns})
+
+
+def _raw_voxels(run: Path, eids: np.ndarray, split: np.ndarray, seed: int, components: int = 64) -> pl.DataFrame:
+    """The top PCs of the raw T1 and T2 voxels (PCA fitted on the training split)."""
+    from sklearn.decomposition import PCA
+
+    from comical.data_io.images import open_image_store
+
+    spec = json.loads((run / "model" / "model.json").read_text())
+    store = open_image_store(spec["input"]["images"])
+    volumes = []
+    for m in ("t1", "t2"):
+        values, stored = store.read(m, eids)
+        volumes.append(values.reshape(len(values), -1)[_positions(stored, eids)])
+    x = np.hstack(volumes)
+    pca = PCA(components, random_state=seed).fit(x[split == "train"])
+    scores = pca.transform(x)
+    return pl.DataFrame({"eid": eids, "split": split, **{f"raw_{k}": scores[:, k] for k in range(components)}})
+
+
+def _positions(stored: np.ndarray, eids: np.ndarray) -> np.ndarray:
+    """Rows of `stored` holding each of `eids`."""
+    order = np.argsort(stored)
+    return order[np.searchsorted(stored[order], eids)]
+
+
 def _agreement(a: set, b: set) -> dict:
     return {"variants_both_sides": len(a & b), "variants_either_side": len(a | b),
             "side_agreement": len(a & b) / len(a | b) if a | b else None}
-
-
-def _first_pc_rg(grm, a: np.ndarray, b: np.ndarray, covariates, seed, genetic_correlation) -> tuple[float, float]:
-    """|rg| of the two sides' first PCs (a PC's sign is arbitrary)."""
-    rg, se = genetic_correlation(grm, a[:, :1], b[:, :1], covariates, seed=seed)
-    return float(abs(rg[0])), float(se[0])
 
 
 def _latent_variants(cohort_dir: Path) -> set[str]:
@@ -157,24 +209,30 @@ def _rg_cell(r: dict) -> str:
 
 def _markdown(table: pl.DataFrame) -> str:
     lines = ["# T1/T2 momentum model against single-modality and reconstruction baselines (simulated cohort)", "",
-             "Age and AD: 5-fold out-of-fold on the runs' test subjects (in brackets: the mean age; age + sex alone). "
-             "GWAS and heritability: every subject, top 10 PCs of each side's embedding.", "",
-             "| model | age MAE (mean age) | AD AUC (age + sex) | loci at 5e-8 (T1 side / T2 side) | "
-             "planted latent variants found | sides agree (both / either) | mean h2 of top PCs | rg T1-T2 (se) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Age, AD and the planted latent: 5-fold out-of-fold on the runs' test subjects (in brackets: the mean "
+             "age; age + sex alone). GWAS and heritability: every subject, top 10 PCs of each side's embedding "
+             "(T1 / T2 side; z: the autoencoder; raw: PCs of the voxels). `untrained`: the joint architecture at its "
+             "initial weights. Sides compared: variants at 5e-8 on both / either, the phenotypic and the genetic "
+             "correlation of the two sides' first PCs (T1 and T2 show the same simulated anatomy, so any "
+             "anatomical summary correlates across them).", "",
+             "| model | age MAE (mean age) | AD AUC (age + sex) | planted latent R^2 | loci at 5e-8 per side | "
+             "planted latent variants found per side | PCs with h2 > 2 se per side (mean h2) | variants both / "
+             "either side | r, rg (se) of the sides' first PCs |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table.iter_rows(named=True):
-        sides = [s for s in ("t1", "t2", "z") if r.get(f"{s}_loci") is not None]
-        lines.append(
-            f"| {r['model']} | "
-            + (f"{_fmt(r.get('age_mae'), 2)} ({_fmt(r.get('age_mae_mean_predictor'), 2)}) | "
-               f"{_fmt(r.get('ad_auc'))} ({_fmt(r.get('ad_covariates_auc'))}) | "
-               if r.get("age_mae") is not None else " | | ")
-            + " / ".join(str(r[f"{s}_loci"]) for s in sides) + " | "
-            + " / ".join(str(r[f"{s}_latent_variants_at_5e-8"]) for s in sides) + " | "
-            + (f"{r['variants_both_sides']} / {r['variants_either_side']}" if r.get("variants_either_side")
-               is not None else "") + " | "
-            + " / ".join(_fmt(r[f"{s}_mean_h2"]) for s in sides) + " | "
-            + _rg_cell(r) + " |")
+        sides = [s for s in ("t1", "t2", "z", "raw") if r.get(f"{s}_loci") is not None]
+        cells = [r["model"]]
+        if r.get("age_mae") is not None:
+            cells += [f"{_fmt(r['age_mae'], 2)} ({_fmt(r['age_mae_mean_predictor'], 2)})",
+                      f"{_fmt(r.get('ad_auc'))} ({_fmt(r.get('ad_covariates_auc'))})", _fmt(r.get("latent_r2"))]
+        else:
+            cells += ["", "", ""]
+        cells += [" / ".join(str(r[f"{s}_loci"]) for s in sides),
+                  " / ".join(str(r[f"{s}_latent_variants_at_5e-8"]) for s in sides),
+                  " / ".join(f"{r[f'{s}_pcs_h2_above_2se']} ({_fmt(r[f'{s}_mean_h2'], 2)})" for s in sides),
+                  f"{r['variants_both_sides']} / {r['variants_either_side']}" if r.get("variants_either_side")
+                  is not None else "",
+                  f"{_fmt(r.get('r_t1_t2'), 2)}, {_rg_cell(r)}" if r.get("r_t1_t2") is not None else ""]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,20 +243,19 @@ def _figure(table: pl.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = table.filter(pl.col("age_mae").is_not_null())
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     names = models["model"].to_list()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     axes[0].bar(names, models["age_mae"].to_list())
     axes[0].axhline(models["age_mae_mean_predictor"][0], color="grey", ls="--", label="mean age")
     axes[0].set_title("age MAE (years)")
     axes[0].legend()
-    auc = models["ad_auc"].to_list()
-    axes[1].bar(names, [a if a is not None else 0 for a in auc])
+    axes[1].bar(names, [a if a is not None else 0 for a in models["ad_auc"].to_list()])
     axes[1].axhline(models["ad_covariates_auc"][0] or 0.5, color="grey", ls="--", label="age + sex")
     axes[1].set_title("AD AUC")
     axes[1].legend()
-    loci = [sum(r.get(f"{s}_loci") or 0 for s in ("t1", "t2", "z")) for r in models.iter_rows(named=True)]
-    axes[2].bar(names, loci)
-    axes[2].set_title("embedding GWAS loci at 5e-8 (all sides)")
+    if "latent_r2" in models.columns:
+        axes[2].bar(names, models["latent_r2"].to_list())
+    axes[2].set_title("planted genetic image latent, R^2")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()

@@ -33,10 +33,14 @@ def test_queue_infonce_equals_the_written_out_loss():
     g = torch.Generator().manual_seed(0)
     q, k = (F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=1) for _ in range(2))
     queue = F.normalize(torch.randn(7, 4, generator=g, dtype=torch.float64), dim=1)
-    expected = np.mean([-np.log(np.exp(float(q[i] @ k[i]) / 0.1) / (np.exp(float(q[i] @ k[i]) / 0.1)
+    # every key of the batch and of the queue in the denominator, the query's own key on top
+    expected = np.mean([-np.log(np.exp(float(q[i] @ k[i]) / 0.1) / (np.exp((k @ q[i]).numpy() / 0.1).sum()
                                                                      + np.exp((queue @ q[i]).numpy() / 0.1).sum()))
                         for i in range(5)])
     assert queue_infonce(q, k, queue, 0.1).item() == pytest.approx(expected, rel=1e-10)
+    batch_only = np.mean([-np.log(np.exp(float(q[i] @ k[i]) / 0.1) / np.exp((k @ q[i]).numpy() / 0.1).sum())
+                          for i in range(5)])
+    assert queue_infonce(q, k, None, 0.1).item() == pytest.approx(batch_only, rel=1e-10)
 
 
 def _queue_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
@@ -53,6 +57,8 @@ def _queue_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
                    "queue_a": model.queue_a.clone(), "queue_b": model.queue_b.clone()}
         task.loss(outputs, {}, config, rank=rank, world_size=world)
         task.after_step(model)
+        # the loss saw the queue as it was before this step's keys went in
+        assert not torch.equal(outputs["queue_a"], model.queue_a)
         sent.append(keys["ka"])
     gathered = [torch.empty_like(model.queue_a) for _ in range(world)]
     dist.all_gather(gathered, model.queue_a)
@@ -132,17 +138,23 @@ def test_the_single_modality_and_autoencoder_models_keep_their_shapes():
     assert y["reconstruction"].shape == y["target"].shape == (2, 2, 7, 9, 8) and y["z"].shape == (2, 8)
 
 
-def test_momentum_t1t2_trains_with_two_workers(image_cohort, ray_session, tmp_path):
+@pytest.fixture(scope="module")
+def momentum_run(image_cohort, ray_session, tmp_path_factory):
+    from comical.cli import main
+
+    out = tmp_path_factory.mktemp("momentum") / "run"
+    assert main(["train", "--task", "momentum-t1t2", "--cohort", str(image_cohort), "--out", str(out),
+                 "--workers", "2", "--epochs", "2", "--batch-size", "32"]) == 0
+    return out
+
+
+def test_momentum_t1t2_trains_with_two_workers(momentum_run):
     import json
 
     import polars as pl
     from safetensors.torch import load_file
 
-    from comical.cli import main
-
-    out = tmp_path / "momentum"
-    assert main(["train", "--task", "momentum-t1t2", "--cohort", str(image_cohort), "--out", str(out),
-                 "--workers", "2", "--epochs", "2", "--batch-size", "32"]) == 0
+    out = momentum_run
     embeddings = pl.read_parquet(out / "embeddings.parquet")
     assert embeddings.height == 2000 and {"t1_0", "t2_127", "split"} <= set(embeddings.columns)
     metrics = json.loads((out / "test_metrics.json").read_text())
@@ -151,12 +163,24 @@ def test_momentum_t1t2_trains_with_two_workers(image_cohort, ray_session, tmp_pa
     enqueued, ptr = int(weights["enqueued"]), int(weights["queue_ptr"])
     # every step enqueued the 32 keys of both workers; the pointer followed them around the 512 slots
     assert enqueued > 0 and enqueued % 32 == 0 and ptr == enqueued % 512
-    assert not torch.equal(weights["key.t1.0.head.weight"], weights["query.t1.0.head.weight"])  # an EMA, not a copy
+    # the key towers moved from their initial weights (a copy of the initial query towers) towards the trained query
+    # towers: the EMA ran in the distributed run
+    torch.manual_seed(0)
+    spec = json.loads((out / "model" / "model.json").read_text())
+    task = MomentumTask().bind(spec["input"])
+    initial = task.build_model(MomentumConfig.from_dict(spec["model"]), spec["input"]).state_dict()
+    name = "t1.0.head.weight"
+    key, query, start = weights[f"key.{name}"], weights[f"query.{name}"], initial[f"key.{name}"]
+    assert not torch.equal(key, start) and (key - query).norm() < (start - query).norm()
 
 
-def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries_it(image_cohort, tmp_path):
+def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries_it(image_cohort, momentum_run,
+                                                                                     tmp_path):
     """Stand-in runs: a "joint" model whose T1 and T2 sides both carry the planted image latent (the AD liability of
-    its causal variants) and a reconstruction baseline of pure noise; the evaluation must tell them apart."""
+    its causal variants) and a reconstruction baseline of pure noise; the evaluation must tell them apart. (The
+    trained run lends its model/ folder: the untrained-encoder reference is built from it.)"""
+    import shutil
+
     import polars as pl
 
     from comical.cli import main
@@ -168,9 +192,10 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     split = np.where(rng.random(n) < 0.7, "train", np.where(rng.random(n) < 0.5, "val", "test"))
     z = latent["latent"].to_numpy()
 
-    def side(prefix: str) -> dict:
-        cols = {f"{prefix}_0": z + 0.3 * rng.normal(size=n), f"{prefix}_1": (age - age.mean()) / age.std()}
-        return cols | {f"{prefix}_{k}": rng.normal(size=n) for k in range(2, 6)}
+    def side(prefix: str) -> dict:  # the latent in three columns (so it is the first PC), age, two of noise
+        cols = {f"{prefix}_{k}": z + 0.3 * rng.normal(size=n) for k in range(3)}
+        cols[f"{prefix}_3"] = (age - age.mean()) / age.std()
+        return cols | {f"{prefix}_{k}": rng.normal(size=n) for k in range(4, 6)}
 
     runs = {}
     for name, columns in (("joint", side("t1") | side("t2")),
@@ -178,6 +203,7 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
         runs[name] = tmp_path / name
         runs[name].mkdir()
         pl.DataFrame({"eid": latent["eid"], "split": split, **columns}).write_parquet(runs[name] / "embeddings.parquet")
+    shutil.copytree(momentum_run / "model", runs["joint"] / "model")
     out = tmp_path / "eval"
     assert main(["evaluate", "momentum", "--runs", f"joint={runs['joint']},autoencoder={runs['autoencoder']}",
                  "--cohort", str(image_cohort), "--out", str(out)]) == 0
@@ -188,4 +214,9 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     assert joint["t1_mean_h2"] > noise["z_mean_h2"]
     assert joint["age_mae"] < 0.5 * joint["age_mae_mean_predictor"]  # age is a column of the embedding
     assert noise["age_mae"] > 0.9 * noise["age_mae_mean_predictor"]
+    assert joint["latent_r2"] > 0.8 and abs(noise["latent_r2"]) < 0.1
+    assert joint["r_t1_t2"] > 0.5 and joint["rg_t1_t2"] > 0.5  # the sides share the latent
+    # the references are there: the joint architecture untrained, and the raw voxels' PCs
+    assert {"untrained", "raw voxels"} <= set(table) and table["untrained"]["dims"] == 256
+    assert table["raw voxels"]["dims"] == 64
     assert (out / "evaluation.png").is_file() and "momentum" in (out / "evaluation.md").read_text()

@@ -4,12 +4,16 @@ reconstruction baseline, as engine tasks (images streamed by Ray Data).
 - `momentum-t1t2`: a query tower per modality (3-D CNN + projection MLP) and a key tower per modality that is an
   exponential moving average of it (key <- m key + (1 - m) query after every optimizer step, `after_step`; m =
   `momentum`, 0.99). T1 queries are contrasted with T2 keys and T2 queries with T1 keys: InfoNCE
-  (`losses.queue_infonce`) with the subject's other-modality key as the positive and a queue of past keys of that
-  modality as negatives (MoCo, He et al. 2020). After each step every worker's keys are gathered in rank order and
+  (`losses.queue_infonce`) with the subject's other-modality key as the positive and the batch's other keys and a
+  queue of past keys of that modality as negatives (MoCo, He et al. 2020; the batch's keys are negatives too so
+  that batch-norm statistics cannot identify the positive); validation and model selection use the batch's keys
+  only (a queue-free loss, comparable across epochs). After each step every worker's keys are gathered in rank order and
   enqueued on every worker, so all workers hold the same queue (FIFO, `queue_size` keys, a pointer); the queues,
   their pointer and the key towers are module buffers/parameters, saved in every checkpoint and restored with it.
+  The EMA updates parameters in place: ZeRO-3 (partitioned) and bf16 (a 1% update rounds away) are refused. The
+  key towers' batch-norm running statistics come from their own forward passes, not from the EMA.
 - `momentum-t1`, `momentum-t2`: the same scheme between two augmented views of one modality (one query tower,
-  its key tower, one queue per view).
+  its key tower, one queue per view); validation augments both views with fixed draws.
 - `autoencoder-t1t2`: reconstruction instead of contrast: a CNN encoder of the two-channel (T1, T2) volume to the
   same embedding size, a transposed-convolution decoder, mean squared error.
 Inputs: the folder `pipelines.momentum_inputs` writes (subject splits among subjects with T1 and T2 images).
@@ -108,6 +112,12 @@ class MomentumModel(nn.Module):
         a, b = batch["a"], batch["b"]
         if self.training:
             a, b = self.augment(a), self.augment(b)
+        elif self.views[0] == self.views[1] and self.config.augment != "off":
+            # one modality: the two views differ only by augmentation, here the same draws every validation
+            from comical.distributed.augment import VolumeAugment
+
+            a = VolumeAugment(self.shape, seed=self.seed * 7 + 1, level=self.config.augment)(a)
+            b = VolumeAugment(self.shape, seed=self.seed * 7 + 2, level=self.config.augment)(b)
         va, vb = self.views
         out = {"qa": self.encode(va, a), "qb": self.encode(vb, b), "training": self.training,
                "queue_a": self.queue_a.clone(), "queue_b": self.queue_b.clone()}
@@ -180,9 +190,16 @@ class MomentumTask(Task):
         if config.worker_batch_size > n_train // config.engine.workers:
             raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the {n_train} "
                              "training subjects")
-        if self.name.startswith("momentum") and config.model.queue_size < config.batch_size:
-            raise InputError(f"model.queue_size {config.model.queue_size}: smaller than a step's keys "
-                             f"(--batch-size {config.batch_size})")
+        if self.name.startswith("momentum"):
+            if config.engine.zero_stage == 3 or config.engine.precision == "bf16":
+                raise InputError("the momentum tasks update the key towers in place after each step: ZeRO-3 "
+                                 "partitions them and bf16 rounds a 1% update away; use --zero-stage 0-2 and fp32")
+            if not config.batch_size <= config.model.queue_size <= n_train // 2:
+                raise InputError(f"model.queue_size {config.model.queue_size}: expected at least a step's keys "
+                                 f"(--batch-size {config.batch_size}) and at most half the {n_train} training "
+                                 "subjects (a subject's own stale key would be its negative)")
+            if self.views[0] == self.views[1] and config.model.augment == "off":
+                raise InputError(f"--task {self.name}: model.augment off would make its two views identical")
         return {"data": str(Path(config.data).resolve()), "images": str(store.folder.resolve()),
                 "image_shape": list(store.shape), "seed": config.seed, "n_train": n_train}
 
@@ -208,11 +225,13 @@ class MomentumTask(Task):
         return {"a": self._volume(batch, self.views[0], dtype), "b": self._volume(batch, self.views[1], dtype)}
 
     def loss(self, outputs, batch: dict, config, *, rank: int, world_size: int) -> torch.Tensor:
-        tau = config.model.temperature
+        """Training: InfoNCE against the batch's keys and the queue. Validation: against the batch's keys only, so
+        the selection metric does not move with the queue's contents."""
+        tau, training = config.model.temperature, outputs["training"]
         qa, qb, ka, kb = (outputs[k].float() for k in ("qa", "qb", "ka", "kb"))
-        loss = (queue_infonce(qa, kb, outputs["queue_b"].float(), tau)
-                + queue_infonce(qb, ka, outputs["queue_a"].float(), tau)) / 2
-        if outputs["training"]:  # every worker enqueues every worker's keys after the step: one queue everywhere
+        queue_a, queue_b = (outputs[k].float() if training else None for k in ("queue_a", "queue_b"))
+        loss = (queue_infonce(qa, kb, queue_b, tau) + queue_infonce(qb, ka, queue_a, tau)) / 2
+        if training:  # every worker enqueues every worker's keys after the step: one queue everywhere
             self._pending = (_gather(ka), _gather(kb))
         return loss
 
