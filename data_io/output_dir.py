@@ -88,6 +88,22 @@ def staged_output_dir(out: str | Path, run: dict[str, Any]) -> Iterator[Path]:
             shutil.rmtree(stage)
 
 
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """Yield a temp folder beside `out`; when the block ends without error it replaces `out` (a folder of inputs a
+    command makes: readers never see half of one), otherwise it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a file under a temp name in its folder, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -20,9 +20,6 @@ panel QC and scaling: no labels are used, and the effect is small).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ import pyarrow.parquet as pq
 
 from comical.data_io.cohort import load_cohort
 from comical.data_io.errors import InputError
+from comical.data_io.output_dir import staged_folder
 from comical.data_io.images import open_image_store, store_identity
 from comical.data_io.simulate_wm import wm_group
 from comical.data_io.tables import read_table
@@ -119,10 +117,7 @@ def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str |
     dosages = np.zeros((len(eids), g.shape[1]), np.float32)
     dosages[groups] = g
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out) as stage:
         keep = np.flatnonzero(has_image)
         age = cohort.covariates["age"].to_numpy().astype(np.float32)
         sex = cohort.covariates["sex"].to_numpy().astype(np.int8)
@@ -148,10 +143,5 @@ def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str |
                       "dosages: mean-imputed, standardised with the 90% training set's means and SDs"],
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return manifest
 

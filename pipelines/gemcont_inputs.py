@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ import pyarrow.parquet as pq
 
 from comical.data_io.cohort import load_cohort
 from comical.data_io.errors import InputError
+from comical.data_io.output_dir import staged_folder
 from comical.data_io.images import open_image_store, store_identity
 from comical.data_io.traits import load_trait_map
 from comical.data_io.ukb_fields import DISEASES
@@ -113,10 +112,7 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
     sd = g[fit].std(0)
     g = g / np.where(sd > 0, sd, 1.0)
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out) as stage:
         panel_out = panel.select("variant_id", pl.col("chrom").alias("chromosome"), pl.col("pos").alias("base_pair_location"),
                                  pl.col("allele1").alias("effect_allele"), pl.col("allele2").alias("other_allele"),
                                  "p_value", "effect")
@@ -128,7 +124,7 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
         manifest = {
             "task": "gemcont", "cohort": str(Path(cohort_dir).resolve()), "images": str(store.folder.resolve()),
             # also relative to this folder: a run folder moved with its cohort (the demo's staging) still finds them
-            "images_relative": os.path.relpath(store.folder.resolve(), out.resolve()),
+            "images_relative": os.path.relpath(store.folder.resolve(), Path(out).resolve()),
             "images_sha256": store_identity(store.folder),  # which store these features belong to (`comical embed`)
             "modality": modality, "image_shape": list(store.shape), "disease": disease, "seed": seed,
             "splits": {name: int((split == name).sum()) for name in SPLITS},
@@ -140,9 +136,4 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
                       "genotypes: mean-imputed, PCs regressed out on the training subjects, standardised"],
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return manifest

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ import pyarrow.parquet as pq
 
 from comical.data_io.cohort import load_cohort
 from comical.data_io.errors import InputError
+from comical.data_io.output_dir import staged_folder
 from comical.data_io.images import open_image_store, store_identity
 
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -42,10 +40,7 @@ def prepare_momentum_inputs(cohort_dir: str | Path, out: str | Path, *, seed: in
     split = np.empty(eids.size, dtype=object)
     for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
         split[order[lo:hi]] = name
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out) as stage:
         pq.write_table(pa.table({"eid": eids.astype(np.int64), "split": pa.array(split.astype(str))}),
                        stage / "subjects.parquet")
         manifest = {"task": "momentum", "cohort": str(Path(cohort_dir).resolve()),
@@ -53,9 +48,4 @@ def prepare_momentum_inputs(cohort_dir: str | Path, out: str | Path, *, seed: in
                     "images_sha256": store_identity(store.folder), "image_shape": list(store.shape), "seed": seed,
                     "splits": {name: int((split == name).sum()) for name in SPLITS}}
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return manifest
