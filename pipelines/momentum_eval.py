@@ -99,6 +99,9 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     for name, frame in frames.items():
         sides = [p for p in ("t1", "t2", "z", "raw") if f"{p}_0" in frame.columns]
         x = np.column_stack([_sides(frame, s) for s in sides])
+        # standardised columns (no label used): embeddings are unit vectors whose dimensions can vary by 1e-3, which
+        # a ridge penalty would shrink to the mean whatever they hold
+        x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
         row = {"model": name, "dims": int(x.shape[1]), "n_test": int(test.sum())}
         predicted = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), x[test], age[test], cv=folds)
         row |= {"age_mae": float(np.abs(predicted - age[test]).mean()), "age_mae_mean_predictor": mean_mae}
