@@ -404,32 +404,35 @@ def _pairs(args) -> int:
 MOMENTUM_TASKS = ("momentum-t1t2", "momentum-t1", "momentum-t2", "autoencoder-t1t2")
 
 
+def _cohort_inputs(config, args):
+    """`train --cohort`: the function that makes the task's inputs from the cohort, and what it was given."""
+    import functools
+
+    from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+    from comical.pipelines.momentum_inputs import prepare_momentum_inputs
+
+    if config.task == "gemcont":
+        return (functools.partial(prepare_gemcont_inputs, args.cohort, disease=args.disease, seed=config.seed),
+                {"cohort": str(args.cohort.resolve()), "disease": args.disease})
+    if config.task in MOMENTUM_TASKS:
+        return (functools.partial(prepare_momentum_inputs, args.cohort, seed=config.seed),
+                {"cohort": str(args.cohort.resolve())})
+    raise InputError(f"--cohort makes the inputs of gemcont and {', '.join(MOMENTUM_TASKS)}; --task {config.task} "
+                     "reads --data")
+
+
 def _train(args) -> int:
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.task import get_task
 
     prepare = prepared_from = None
-    if args.cohort is not None:  # inputs made from a cohort (GEMCONT) into the run folder
-        import functools
-
-        from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
-
-        from comical.pipelines.momentum_inputs import prepare_momentum_inputs
-
+    if args.cohort is not None:  # inputs made from a cohort (GEMCONT, T1/T2) into the run folder
         if args.data is not None:
             raise InputError("give --cohort (GEMCONT and the T1/T2 tasks make their inputs from it) or --data, "
                              "not both")
-        data = args.out.resolve() / "inputs"
-        config = _config_from_args(_train_config_class(), args, "comical train", data=str(data))
-        if config.task == "gemcont":
-            prepare = functools.partial(prepare_gemcont_inputs, args.cohort, disease=args.disease, seed=config.seed)
-            prepared_from = {"cohort": str(args.cohort.resolve()), "disease": args.disease}
-        elif config.task in MOMENTUM_TASKS:
-            prepare = functools.partial(prepare_momentum_inputs, args.cohort, seed=config.seed)
-            prepared_from = {"cohort": str(args.cohort.resolve())}
-        else:
-            raise InputError(f"--cohort makes the inputs of gemcont and {', '.join(MOMENTUM_TASKS)}; --task "
-                             f"{config.task} reads --data")
+        config = _config_from_args(_train_config_class(), args, "comical train",
+                                   data=str(args.out.resolve() / "inputs"))
+        prepare, prepared_from = _cohort_inputs(config, args)
     elif args.data is None:
         raise InputError("--data (or --pairs) is required: the task's input folder")
     else:
