@@ -271,17 +271,24 @@ def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.nd
 
     rng = np.random.default_rng(seed)
     cv_rows, held = np.flatnonzero(fold >= 0), np.flatnonzero(fold == -1)
-    draws = {name: [np.concatenate([rng.choice(r[label[r] == c], (label[r] == c).sum()) for c in (0, 1)])
-                    for _ in range(resamples)] for name, r in (("cv", cv_rows), ("holdout", held))}
+    # stratified resamples as (resamples, n) row matrices: each class drawn with replacement within itself
+    draws = {name: np.hstack([rng.choice(r[label[r] == c], (resamples, int((label[r] == c).sum()))) for c in (0, 1)])
+             for name, r in (("cv", cv_rows), ("holdout", held))}
 
     def out_of_fold(model: str) -> np.ndarray:
-        return logits[model][cv_rows, fold[cv_rows]] > 0
+        hit = np.zeros(len(label), bool)  # indexed by row, like the draws
+        hit[cv_rows] = logits[model][cv_rows, fold[cv_rows]] > 0
+        return hit
+
+    def resampled(hit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Balanced accuracy of each resample (rows: resamples x n), vectorised (equal to scikit-learn's)."""
+        y, h = label[rows] == 1, hit[rows]
+        return ((h & y).sum(1) / y.sum(1) + (~h & ~y).sum(1) / (~y).sum(1)) / 2
 
     def interval(values) -> tuple[float, float]:
         return tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
 
     base = out_of_fold(reference) if reference in logits else None
-    position = {r: i for i, r in enumerate(cv_rows)}
     out = []
     for model in models:
         scores = {"train": [], "validation": [], "holdout": []}
@@ -293,18 +300,15 @@ def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.nd
         row = {"model": model, **{s: float(np.mean(v)) for s, v in scores.items()},
                **{f"{s}_sd": float(np.std(v)) for s, v in scores.items()}}
         hit = out_of_fold(model)
-        cv_label = label[cv_rows]
-        at = [np.array([position[r] for r in d]) for d in draws["cv"]]
-        row["cv"] = float(bacc(cv_label, hit))
-        row["cv_low"], row["cv_high"] = interval([bacc(cv_label[i], hit[i]) for i in at])
+        row["cv"] = float(bacc(label[cv_rows], hit[cv_rows]))
+        row["cv_low"], row["cv_high"] = interval(resampled(hit, draws["cv"]))
         if base is not None:
-            row["cv_minus_reference"] = row["cv"] - float(bacc(cv_label, base))
+            row["cv_minus_reference"] = row["cv"] - float(bacc(label[cv_rows], base[cv_rows]))
             row["cv_minus_reference_low"], row["cv_minus_reference_high"] = interval(
-                [bacc(cv_label[i], hit[i]) - bacc(cv_label[i], base[i]) for i in at])
+                resampled(hit, draws["cv"]) - resampled(base, draws["cv"]))
         mean_hit = logits[model].mean(1) > 0
         row["holdout_mean"] = float(bacc(label[held], mean_hit[held]))
-        row["holdout_mean_low"], row["holdout_mean_high"] = interval([bacc(label[d], mean_hit[d])
-                                                                      for d in draws["holdout"]])
+        row["holdout_mean_low"], row["holdout_mean_high"] = interval(resampled(mean_hit, draws["holdout"]))
         out.append(row)
     return pl.DataFrame(out)
 

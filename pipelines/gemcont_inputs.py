@@ -35,6 +35,17 @@ from comical.data_io.ukb_fields import DISEASES
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
+def split_subjects(n: int, seed: int) -> np.ndarray:
+    """train / val / test (SPLITS' shares; test takes the remainder) for n subjects, by a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(n)
+    bounds = np.cumsum([0] + [math.floor(f * n) for f in SPLITS.values()])
+    bounds[-1] = n
+    split = np.empty(n, dtype=object)
+    for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+        split[order[lo:hi]] = name
+    return split
+
+
 def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: str, modality: str = "t1",
                            n_pcs: int = 20, seed: int = 0, clump_r2: float = 0.05, window_kb: float = 5000.0) -> dict:
     """Write the inputs folder `out` (staged, renamed into place when whole); returns its manifest."""
@@ -57,12 +68,7 @@ def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: 
     rows = np.flatnonzero(np.isin(eids, store.eids))
     if rows.size < 20:
         raise InputError(f"{store.folder}: {rows.size} cohort subjects have images; GEMCONT needs at least 20")
-    order = np.random.default_rng(seed).permutation(rows.size)
-    bounds = np.cumsum([0] + [math.floor(f * rows.size) for f in SPLITS.values()])
-    bounds[-1] = rows.size
-    split = np.empty(rows.size, dtype=object)
-    for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-        split[order[lo:hi]] = name
+    split = split_subjects(rows.size, seed)
     train = rows[split == "train"]
 
     # the disease's catalog variants, harmonised to the counted allele, with the catalog's odds ratio

@@ -30,8 +30,8 @@ import numpy as np
 import polars as pl
 
 from comical.data_io.errors import InputError
+from comical.pipelines.gwas import GENOME_WIDE
 
-GENOME_WIDE = 5e-8
 PCS = 10  # embedding PCs per side for the GWAS and the heritabilities
 RUN_NAMES = ("joint", "t1", "t2", "autoencoder")
 

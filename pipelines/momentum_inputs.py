@@ -9,7 +9,6 @@ momentum tasks read (`comical train --task momentum-t1t2 --cohort DIR`).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,8 @@ import pyarrow.parquet as pq
 from comical.data_io.cohort import load_cohort
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import staged_folder
+from comical.pipelines.gemcont_inputs import SPLITS, split_subjects
 from comical.data_io.images import open_image_store, store_identity
-
-SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
-
 
 def prepare_momentum_inputs(cohort_dir: str | Path, out: str | Path, *, seed: int = 0) -> dict:
     """Write the inputs folder `out` (staged, renamed into place when whole); returns its manifest."""
@@ -34,12 +31,7 @@ def prepare_momentum_inputs(cohort_dir: str | Path, out: str | Path, *, seed: in
     eids = np.sort(np.intersect1d(cohort.eids.cast(int).to_numpy(), store.eids))
     if eids.size < 20:
         raise InputError(f"{store.folder}: {eids.size} cohort subjects have images; expected at least 20")
-    order = np.random.default_rng(seed).permutation(eids.size)
-    bounds = np.cumsum([0] + [math.floor(f * eids.size) for f in SPLITS.values()])
-    bounds[-1] = eids.size
-    split = np.empty(eids.size, dtype=object)
-    for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-        split[order[lo:hi]] = name
+    split = split_subjects(eids.size, seed)  # GEMCONT's 70/15/15
     with staged_folder(out) as stage:
         pq.write_table(pa.table({"eid": eids.astype(np.int64), "split": pa.array(split.astype(str))}),
                        stage / "subjects.parquet")

@@ -258,3 +258,33 @@ def test_cgni_end_to_end(image_cohort, ray_session, tmp_path):
     assert not list(out.glob("runs/*/checkpoints"))
     assert "Table 1" in (out / "cgni.md").read_text()
     shutil.rmtree(out)
+
+
+def test_accuracy_table_intervals_equal_scikit_learn_on_the_same_resamples():
+    from sklearn.metrics import balanced_accuracy_score as bacc
+
+    from comical.pipelines.cgni import accuracy_table
+
+    rng = np.random.default_rng(0)
+    label = (rng.random(120) < 0.5).astype(int)
+    fold = np.where(rng.random(120) < 0.1, -1, rng.integers(0, 3, 120))
+    logits = {m: rng.normal(size=(120, 3)) + 0.8 * (label[:, None] - 0.5) * k for k, m in enumerate(["ref", "a"])}
+    table = accuracy_table(logits, label, fold, ["a"], reference="ref", resamples=200, seed=5).row(0, named=True)
+    # the same stratified draws, scored one by one with scikit-learn
+    draw = np.random.default_rng(5)
+    cv, held = np.flatnonzero(fold >= 0), np.flatnonzero(fold == -1)
+    draws = {n: np.hstack([draw.choice(r[label[r] == c], (200, int((label[r] == c).sum()))) for c in (0, 1)])
+             for n, r in (("cv", cv), ("holdout", held))}
+    hit = {m: np.zeros(120, bool) for m in logits}
+    for m in logits:
+        hit[m][cv] = logits[m][cv, fold[cv]] > 0
+    a = np.array([bacc(label[d], hit["a"][d]) for d in draws["cv"]])
+    ref = np.array([bacc(label[d], hit["ref"][d]) for d in draws["cv"]])
+    assert table["cv"] == pytest.approx(bacc(label[cv], hit["a"][cv]))
+    assert (table["cv_low"], table["cv_high"]) == pytest.approx(tuple(np.percentile(a, [2.5, 97.5])))
+    assert (table["cv_minus_reference_low"], table["cv_minus_reference_high"]) == pytest.approx(
+        tuple(np.percentile(a - ref, [2.5, 97.5])))
+    mean_hit = logits["a"].mean(1) > 0
+    h = np.array([bacc(label[d], mean_hit[d]) for d in draws["holdout"]])
+    assert (table["holdout_mean_low"], table["holdout_mean_high"]) == pytest.approx(
+        tuple(np.percentile(h, [2.5, 97.5])))

@@ -26,6 +26,7 @@ Rows never mix folds: a member's loss counts its training rows (fold != k) in tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -121,7 +122,7 @@ class FoldCNN(nn.Module):
         self.tails = nn.ModuleList()
         for _ in range(folds):
             tail = nn.Module()
-            tail.blocks = _copy(base.blocks[cut:])
+            tail.blocks = copy.deepcopy(base.blocks[cut:])
             tail.dropout = nn.Dropout(config.dropout)
             tail.out = nn.Linear(flat_size(config.channels, shape), 1)  # new: a class, not an age
             self.tails.append(tail)
@@ -142,12 +143,6 @@ class FoldCNN(nn.Module):
     def forward(self, batch: dict) -> dict:
         logits = [tail.out(tail.dropout(h)) for tail, h in zip(self.tails, self.features(batch["image"]))]
         return {"logits": torch.cat(logits, 1), "training": self.training}
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def fold_masks(fold: torch.Tensor, folds: int, training: bool) -> torch.Tensor:
