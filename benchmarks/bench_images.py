@@ -50,7 +50,7 @@ def main() -> None:
         if not (cohort / "images" / "manifest.json").is_file():
             subprocess.run([sys.executable, "-m", "comical", "simulate", "--preset", "mini", "--images", "t1",
                             "--voxel-mm", str(args.voxel_mm), "--out", str(cohort)], check=True)
-        from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+        from comical.pipelines.gemcont.inputs import prepare_gemcont_inputs
 
         inputs = args.work / f"inputs_{args.voxel_mm:g}mm"
         if not (inputs / "manifest.json").is_file():

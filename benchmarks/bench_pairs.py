@@ -48,10 +48,10 @@ def part_b(tmp: Path) -> None:
     from comical.data_io.tokenizers import fit_ple_edges, ple_encode
     from comical.data_io.traits import load_trait_map
     from comical.data_io.ukb_fields import IDPS, PAIR_DISEASES
-    from comical.pipelines.catalog_sets import catalog_snp_sets
-    from comical.pipelines.pairs import PairsConfig, make_pairs
-    from comical.pipelines.phewas import run_phewas
-    from comical.pipelines.qc import run_qc
+    from comical.pipelines.comical.catalog_sets import catalog_snp_sets
+    from comical.pipelines.comical.pairs import PairsConfig, make_pairs
+    from comical.pipelines.statgen.phewas import run_phewas
+    from comical.pipelines.statgen.qc import run_qc
 
     (tmp / "mini").mkdir()
     write_cohort(tmp / "mini", preset="mini", seed=0)

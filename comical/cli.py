@@ -37,9 +37,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="write a simulated UK-Biobank-like cohort in real file formats")
-    p.add_argument("--preset", choices=["mini", "paper"], default="mini")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--preset", choices=["mini", "paper"], default="mini",
+                   help="mini: 2,000 subjects, 3,000 variants (tests, demo); paper: 40,426 subjects, 20,000 variants")
+    p.add_argument("--seed", type=int, default=0, help="the simulation's seed: the same seed writes the same files")
+    p.add_argument("--out", type=Path, required=True, help="the cohort folder to write")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.add_argument("--images", type=_modalities, default=(),
                    help="also write 3-D brain volumes of these modalities, comma-separated: t1,t2")
@@ -48,33 +49,33 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("qc", help="sample/variant QC, LD pruning and genetic PCs of a cohort")
     p.add_argument("--cohort", type=Path, required=True, help="cohort folder (see `comical simulate`)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the QC tables, kept-variant list and PCs")
     p.add_argument("--config", type=Path, help="YAML of QC settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     if command == "qc":
-        _add_config_flags(p, _config_class("qc", "QCConfig"))
+        _add_config_flags(p, _config_class("statgen.qc", "QCConfig"))
     p.set_defaults(handler=_qc)
 
     p = sub.add_parser("phewas", help="every IDP against every pair-making disease; the IDP -> disease map")
-    p.add_argument("--cohort", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cohort", type=Path, required=True, help="cohort folder (see `comical simulate`)")
+    p.add_argument("--out", type=Path, required=True, help="folder for phewas.tsv and the IDP -> disease map")
     p.add_argument("--qc", type=Path, help="a `comical qc` output to reuse (default: run QC first)")
     p.add_argument("--config", type=Path, help="YAML of PheWAS settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     if command == "phewas":
-        _add_config_flags(p, _config_class("phewas", "PhewasConfig"))
+        _add_config_flags(p, _config_class("statgen.phewas", "PhewasConfig"))
     p.set_defaults(handler=_phewas)
 
     p = sub.add_parser("pairs", help="disease-mediated SNP-IDP pairs as a Parquet pair store")
-    p.add_argument("--cohort", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cohort", type=Path, required=True, help="cohort folder (see `comical simulate`)")
+    p.add_argument("--out", type=Path, required=True, help="the pair store to write (Parquet shards, manifest.json)")
     p.add_argument("--qc", type=Path, help="a `comical qc` output to reuse (default: run QC)")
     p.add_argument("--phewas", type=Path, help="a `comical phewas` output to reuse (default: run PheWAS)")
     p.add_argument("--trait-map", type=Path, help="CSV disease,trait,efo_uri mapping catalog traits to diagnoses")
     p.add_argument("--config", type=Path, help="YAML of pair settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     if command == "pairs":
-        _add_config_flags(p, _config_class("pairs", "PairsConfig"))
+        _add_config_flags(p, _config_class("comical.pairs", "PairsConfig"))
     p.set_defaults(handler=_pairs)
 
     p = sub.add_parser("train", help="train a model (COMICAL by default) with Ray Train (+ DeepSpeed)")
@@ -97,7 +98,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=10, help="trials to sample")
     p.add_argument("--out", type=Path, help="the sweep folder")
     p.add_argument("--max-epochs", type=int, default=5, help="epochs of a trial that ASHA never stops")
-    p.add_argument("--workers-per-trial", type=int, default=1)
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
     p.add_argument("--gpus-per-worker", type=int, default=0, help="0: CPU workers; 1: one GPU each")
     p.add_argument("--config", type=Path, help="YAML TrainConfig for the settings the space does not sample")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted sweep in DIR")
@@ -141,8 +142,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=Path, required=True, help="a pair store (`comical pairs`)")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts, e.g. 1,2,4,8")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--engine", choices=["deepspeed", "ddp"], default="deepspeed")
-    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=2)
+    p.add_argument("--engine", choices=["deepspeed", "ddp"], default="deepspeed",
+                   help="deepspeed, or ddp (plain torch DistributedDataParallel)")
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=2, help="DeepSpeed ZeRO stage (default 2)")
     p.add_argument("--epochs", type=int, default=3, help="the first is warm-up; later epochs are measured")
     p.add_argument("--batch-size", type=int, default=4096, help="global batch (the same at every worker count)")
     p.add_argument("--out", type=Path, required=True, help="folder for scaling.csv, scaling.md, scaling.png")
@@ -176,7 +178,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="per-subject SNP and IDP embeddings from a trained run's frozen encoders")
     p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
-    p.add_argument("--cohort", type=Path, required=True)
+    p.add_argument("--cohort", type=Path, required=True, help="the cohort the run was trained on")
     p.add_argument("--out", type=Path, required=True, help="a .parquet file")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=_embed)
@@ -193,10 +195,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
             p.add_argument("--outcomes", default="all", help="comma-separated subset of the 11 outcomes, or all")
         p.add_argument("--pairs", type=Path, help="the run's pair store, if it moved (default: the one run.json names)")
         p.add_argument("--epochs", type=int, default=15, help="head training epochs (best on validation kept)")
-        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--batch-size", type=int, default=128, help="head training batch (default 128)")
         p.add_argument("--workers", type=int, default=1, help="Ray Train workers per heads job")
-        p.add_argument("--use-gpu", action="store_true")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+        p.add_argument("--seed", type=int, default=0, help="splits and initial weights of the heads")
         p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
         p.add_argument("--verbose", action="store_true", help="every log line on the console")
         p.set_defaults(handler=_downstream)
@@ -204,18 +206,18 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("cgni", help="paper 002: imaging-guided SNP representation for working-memory classification "
                                     "(three stages, baselines, sparse CCA, occlusion)")
     p.add_argument("--cohort", type=Path, required=True, help="a cohort with images and cognition.csv")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the stages' runs, cgni.md and the post-analysis")
     p.add_argument("--panel", type=Path, help="SNP panel, one variant ID per line (default: the cohort's wm_panel.txt)")
     p.add_argument("--loss-weights", default="0.7,0.3,0,0.4",
                    help="lambda,sigma,gamma,theta of eq. 5 for the main model (default: the paper's best)")
     p.add_argument("--loss-terms", action="store_true",
                    help="also train every combination of the four loss terms (Table 2; 15 more stage-2 fits)")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (paper: 5)")
     p.add_argument("--epochs", default="8,8,30,30",
                    help="epochs of brain age, transfer CNN, contrastive and classifier stages")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per stage")
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--seed", type=int, default=0, help="groups, folds and initial weights")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.add_argument("--verbose", action="store_true", help="every log line on the console")
     p.set_defaults(handler=_cgni)
@@ -224,26 +226,28 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                             "and genetic correlations")
     p.add_argument("--embeddings", type=Path, required=True, help="a .parquet of eid + numeric columns")
     p.add_argument("--cohort", type=Path, required=True, help="the cohort whose genotypes the GRM is built from")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for h2.csv (and rg.csv)")
     p.add_argument("--rg", help="PREFIX1,PREFIX2: genetic correlation of each PREFIX1X column with PREFIX2X")
     p.add_argument("--seed", type=int, default=0, help="the jackknife's block assignment")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_heritability)
 
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
-    p.add_argument("task", choices=["gemcont", "momentum"])
+    p.add_argument("task", choices=["gemcont", "momentum"], metavar="{gemcont,momentum}",
+                   help="gemcont: paper 001's evaluation of one run; momentum: paper 003's of named runs")
     p.add_argument("--run", type=Path, help="gemcont: a `comical train --task gemcont` run folder")
     p.add_argument("--runs", help="momentum: NAME=RUN,... with names joint, t1, t2, autoencoder (`comical train "
                                   "--task momentum-t1t2 / momentum-t1 / momentum-t2 / autoencoder-t1t2` runs)")
     p.add_argument("--cohort", type=Path, required=True, help="the cohort the run was trained on (with images)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the evaluation tables and figure")
     p.add_argument("--workers", type=int, default=1, help="Ray workers for the embedding GWAS")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("demo", help="simulate the mini cohort, then run every step on it")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("demo-output"),
+                   help="folder for every step's outputs (default demo-output)")
+    p.add_argument("--seed", type=int, default=0, help="the cohort's and every step's seed")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.add_argument("--verbose", action="store_true", help="show Ray's logs and warnings (always in demo.log)")
     p.add_argument("--images", action="store_true", help="also simulate T1/T2 volumes and train GEMCONT on them")
@@ -271,11 +275,14 @@ _TRAIN_KEYS = {"task": str, "epochs": int, "batch_size": int, "seed": int, "stor
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class, keys: dict | None = None) -> None:
-    """One `--flag` per config key (its last part, underscores as dashes); unset flags leave the config alone.
+    """One `--flag` per config key (its last part, underscores as dashes); unset flags leave the config alone. Its
+    help is the field's comment in the config class (`field_comments`).
 
     `keys` picks nested keys (`section.key`: type); by default every field of a flat config. Tuple fields take
     comma-separated values; booleans take true/false, or nothing for true.
     """
+    from comical.data_io.configs import field_comments
+
     if keys is None:
         keys = {f.name: type(f.default) for f in dataclasses.fields(config_class)}
         keys.update({f.name: tuple[type(f.default[0]) if f.default else str] for f in dataclasses.fields(config_class)
@@ -285,13 +292,34 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class, keys: dict 
         extra = {}
         if kind is bool:
             convert = lambda text: text.lower() in ("1", "true", "yes")  # noqa: E731
-            extra = {"nargs": "?", "const": True}
+            extra = {"nargs": "?", "const": True, "metavar": "true|false"}
         elif getattr(kind, "__origin__", None) is tuple:
             convert = lambda text, kind=kind.__args__[0]: tuple(kind(x) for x in text.split(","))  # noqa: E731
+            extra = {"metavar": "A,B,..."}
         else:
             convert = kind
-        parser.add_argument(f"--{key.rpartition('.')[2].replace('_', '-')}", dest=f"cfg_{key.replace('.', '__')}",
-                            type=convert, default=None, **extra)
+            extra = {"metavar": {int: "N", float: "X"}.get(kind, "TEXT")}
+        owner, leaf = _key_owner(config_class, key)
+        default = next((f.default for f in dataclasses.fields(owner) if f.name == leaf), None)
+        shown = "" if default is None or default == "" else f" (default {default})"
+        parser.add_argument(f"--{leaf.replace('_', '-')}", dest=f"cfg_{key.replace('.', '__')}", type=convert,
+                            default=None, help=f"{field_comments(owner).get(leaf, key)}{shown}".replace("%", "%%"), **extra)
+
+
+def _key_owner(config_class, key: str):
+    """The config class holding a dotted key's last part, and that part (`model.` keys: COMICAL's model config)."""
+    import typing
+
+    *sections, leaf = key.split(".")
+    owner = config_class
+    for section in sections:
+        if section == "model":
+            from comical.distributed.task import get_task
+
+            owner = get_task("comical").model_config
+        else:
+            owner = typing.get_type_hints(owner)[section]
+    return owner, leaf
 
 
 def _config_from_args(config_class, args, source: str, **values):
@@ -342,9 +370,9 @@ def _simulate(args) -> int:
 def _qc(args) -> int:
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.qc import QCConfig
+    from comical.pipelines.statgen.qc import QCConfig
 
-    from comical.pipelines.pair_chain import write_qc
+    from comical.pipelines.comical.chain import write_qc
 
     config = _config_from_args(QCConfig, args, "comical qc")
     run = {"command": "qc", "cohort": str(args.cohort.resolve()), "config": config.to_dict()}
@@ -358,10 +386,10 @@ def _qc(args) -> int:
 def _phewas(args) -> int:
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.phewas import PhewasConfig, run_phewas, write_phewas
-    from comical.pipelines.qc import QCResult
+    from comical.pipelines.statgen.phewas import PhewasConfig, run_phewas, write_phewas
+    from comical.pipelines.statgen.qc import QCResult
 
-    from comical.pipelines.pair_chain import qc_of
+    from comical.pipelines.comical.chain import qc_of
 
     config = _config_from_args(PhewasConfig, args, "comical phewas")
     run = {"command": "phewas", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "config": config.to_dict()}
@@ -382,9 +410,9 @@ def _pairs(args) -> int:
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.data_io.traits import load_trait_map
-    from comical.pipelines.pairs import PairsConfig
+    from comical.pipelines.comical.pairs import PairsConfig
 
-    from comical.pipelines.pair_chain import write_pair_store
+    from comical.pipelines.comical.chain import write_pair_store
 
     config = _config_from_args(PairsConfig, args, "comical pairs")
     run = {"command": "pairs", "cohort": str(args.cohort.resolve()), "qc": str(args.qc), "phewas": str(args.phewas),
@@ -401,29 +429,10 @@ def _pairs(args) -> int:
     return 0
 
 
-MOMENTUM_TASKS = ("momentum-t1t2", "momentum-t1", "momentum-t2", "autoencoder-t1t2")
-
-
-def _cohort_inputs(config, args):
-    """`train --cohort`: the function that makes the task's inputs from the cohort, and what it was given."""
-    import functools
-
-    from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
-    from comical.pipelines.momentum_inputs import prepare_momentum_inputs
-
-    if config.task == "gemcont":
-        return (functools.partial(prepare_gemcont_inputs, args.cohort, disease=args.disease, seed=config.seed),
-                {"cohort": str(args.cohort.resolve()), "disease": args.disease})
-    if config.task in MOMENTUM_TASKS:
-        return (functools.partial(prepare_momentum_inputs, args.cohort, seed=config.seed),
-                {"cohort": str(args.cohort.resolve())})
-    raise InputError(f"--cohort makes the inputs of gemcont and {', '.join(MOMENTUM_TASKS)}; --task {config.task} "
-                     "reads --data")
-
-
 def _train(args) -> int:
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.task import get_task
+    from comical.pipelines.registry import inputs_maker
 
     prepare = prepared_from = None
     if args.cohort is not None:  # inputs made from a cohort (GEMCONT, T1/T2) into the run folder
@@ -432,7 +441,7 @@ def _train(args) -> int:
                              "not both")
         config = _config_from_args(_train_config_class(), args, "comical train",
                                    data=str(args.out.resolve() / "inputs"))
-        prepare, prepared_from = _cohort_inputs(config, args)
+        prepare, prepared_from = inputs_maker(config.task, args.cohort, seed=config.seed, disease=args.disease)
     elif args.data is None:
         raise InputError("--data (or --pairs) is required: the task's input folder")
     else:
@@ -445,6 +454,8 @@ def _train(args) -> int:
 
 
 def _tune(args) -> int:
+    from comical.distributed.config import TrainConfig
+    from comical.pipelines.registry import model
     from comical.tuning.sweep import new_request, resumed_request, tune
 
     if args.resume:
@@ -453,16 +464,17 @@ def _tune(args) -> int:
         request, out = new_request(args.pairs, args.out, space=args.space, num_samples=args.num_samples,
                                    max_epochs=args.max_epochs, workers_per_trial=args.workers_per_trial,
                                    gpus_per_worker=args.gpus_per_worker, config=args.config)
-    table, best = tune(request, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
-    table1 = f", {out / 'table1.md'}" if (out / "table1.md").exists() else ""
+    table1 = model(TrainConfig.from_dict(request["base"], source="comical tune").task).table1
+    table, best = tune(request, out, resume=bool(args.resume), force=args.force, verbose=args.verbose, table1=table1)
+    table1_file = f", {out / 'table1.md'}" if (out / "table1.md").exists() else ""
     print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA, "
           f"{int(table['errored'].sum())} failed); best validation loss {best['best_val_loss']:.4f} -> "
-          f"{out / 'best_config.yaml'}{table1}")
+          f"{out / 'best_config.yaml'}{table1_file}")
     return 0
 
 
 def _gwas(args) -> int:
-    from comical.pipelines.gwas import run_gwas, tables_reader
+    from comical.pipelines.statgen.gwas import run_gwas, tables_reader
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     read_tables = tables_reader(cohort=args.cohort, bfile=args.bfile, pfile=args.pfile, bgen=args.bgen,
@@ -519,7 +531,7 @@ def _bench_scaling(args) -> int:
 
 
 def _bench_gemcont_sim(args) -> int:
-    from comical.pipelines.gemcont_sim import QUICK, SimBench, run_benchmark
+    from comical.pipelines.gemcont.simulation import QUICK, SimBench, run_benchmark
 
     bench = QUICK if args.quick else SimBench()
     changes = {k: v for k, v in (("splits", args.splits), ("epochs", args.epochs), ("n_test", args.n_test)) if v}
@@ -540,7 +552,8 @@ def _bench_gemcont_sim(args) -> int:
 
 
 def _downstream(args) -> int:
-    from comical.pipelines.downstream import HeadSettings, predict_line, predict_outcomes, risk_scores, riskscore_line
+    from comical.pipelines.downstream.heads import (HeadSettings, predict_line, predict_outcomes, risk_scores,
+                                                    riskscore_line)
 
     if min(args.epochs, args.batch_size, args.workers) < 1:
         raise InputError("--epochs, --batch-size and --workers must be >= 1")
@@ -570,7 +583,7 @@ def _numbers(text: str, flag: str, count: int, kind=float) -> tuple:
 
 
 def _cgni(args) -> int:
-    from comical.pipelines.cgni import CgniSettings, run_cgni, table1_line
+    from comical.pipelines.cgni.run import CgniSettings, run_cgni, table1_line
 
     epochs = _numbers(args.epochs, "--epochs", 4, int)
     if min(*epochs, args.workers) < 1:
@@ -588,7 +601,7 @@ def _cgni(args) -> int:
 
 def _heritability(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.heritability import heritability
+    from comical.pipelines.statgen.heritability import heritability
 
     prefixes = tuple(args.rg.split(",")) if args.rg else None
     if prefixes is not None and len(prefixes) != 2:
@@ -605,7 +618,7 @@ def _heritability(args) -> int:
 
 
 def _associate(args) -> int:
-    from comical.pipelines.associations import associate_run, truth_summary
+    from comical.pipelines.comical.associations import associate_run, truth_summary
 
     summary = associate_run(args.run, test=args.test, cohort=args.cohort)
     print(f"associate: {summary['n_pairs']} SNP-IDP pairs ({summary['test']} test), {summary['n_fdr05']} at FDR 5%, "
@@ -637,7 +650,7 @@ def _embed(args) -> int:
 
 def _evaluate(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.gemcont_eval import evaluate_gemcont, summary_line
+    from comical.pipelines.gemcont.evaluate import evaluate_gemcont, summary_line
 
     if args.task == "momentum":
         return _evaluate_momentum(args)
@@ -653,7 +666,7 @@ def _evaluate(args) -> int:
 
 def _evaluate_momentum(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.momentum_eval import evaluate_momentum
+    from comical.pipelines.momentum.evaluate import evaluate_momentum
 
     if not args.runs:
         raise InputError("evaluate momentum: --runs NAME=RUN,... is required (names: joint, t1, t2, autoencoder)")

@@ -1,4 +1,4 @@
-"""A cohort directory (DESIGN.md): every file checked, samples aligned by eid across genotypes and tables."""
+"""A cohort directory (docs/cohort.md): every file checked, samples aligned by eid across genotypes and tables."""
 
 from __future__ import annotations
 

@@ -147,3 +147,39 @@ def _describe(kind, *, plural: bool = False) -> str:
     if kind in _NAMES:
         return _NAMES[kind][plural]
     return getattr(kind, "__name__", str(kind))
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source (the one after it on its line, else the block just above it), to
+    its first sentence: the `--help` of the flag a field becomes, so a field's meaning is written once, beside it."""
+    import inspect
+    import re
+
+    comments = {}
+    for base in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(base) or base is Config:
+            continue
+        names = {f.name for f in dataclasses.fields(base)}
+        above, trailing = [], None
+        for line in inspect.getsource(base).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                text = stripped.lstrip("# ")
+                if trailing and text[:1].islower():  # a trailing comment that goes on below its field
+                    comments[trailing] += " " + text
+                else:
+                    trailing = None
+                    above.append(text)
+                continue
+            field = re.match(r"\s+(\w+)\s*:\s*[^=#]+?(?:=[^#]*)?(?:#\s*(.*))?$", line)
+            trailing = None
+            if field and field.group(1) in names and (field.group(2) or above):
+                comments[field.group(1)] = field.group(2) or " ".join(above)
+                trailing = field.group(1) if field.group(2) else None
+            above = []
+    return {name: _first_sentence(text) for name, text in comments.items()}
+
+
+def _first_sentence(text: str) -> str:
+    end = text.find(". ")
+    return text if end < 0 else text[:end]

@@ -1,4 +1,4 @@
-"""The pair store (DESIGN.md): Parquet shards of small integer columns, read by Ray Data, expanded in torch.
+"""The pair store (docs/architecture.md): Parquet shards of small integer columns, read by Ray Data, expanded in torch.
 
 Worker-side code: imports only numpy, pyarrow, torch and ray (the GPU image has no polars).
 

@@ -104,7 +104,7 @@ _COMPONENTS = ["samples", "variants", "genotypes", "missing", "diseases", "idps"
 
 def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images: tuple[str, ...] = (),
                  voxel_mm: float = 4.0) -> dict:
-    """Write the cohort directory of DESIGN.md into the existing folder `out`; return its manifest.
+    """Write the cohort directory of docs/cohort.md into the existing folder `out`; return its manifest.
 
     Files: genotypes.bed/.bim/.fam, idps.csv, covariates.csv, diagnoses.csv, eprs.csv, gwas_catalog.tsv,
     truth/*.parquet, manifest.json (seed, preset, sizes, version, notes, sha256 of every file); with `images`

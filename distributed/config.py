@@ -34,7 +34,7 @@ class EngineConfig(Config):
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     precision: str = "fp32"  # fp32, or bf16 (GPU; or a CPU with bf16 support)
     workers: int = 1  # Ray Train workers: one per GPU or per CPU slot
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 0.5  # fractional, so Ray Data's read tasks still get a CPU on a small machine
     gather_negatives: bool = True  # negatives from all workers (the loss of the concatenated batch)
     max_failures: int = 2  # Ray Train FailureConfig: restarts from the last checkpoint
@@ -67,12 +67,13 @@ class TrainConfig(Config):
     task: str = "comical"  # the model to train (distributed/tasks/)
     data: str = ""  # the task's input folder (COMICAL: a pair store from `comical pairs`)
     epochs: int = 5  # enough for the mini cohort on CPU; the paper-size store wants more
-    batch_size: int = 4096  # samples per step over all workers, the loss's batch (paper Table 1: 4096 pairs)
+    # samples per step over all workers, the loss's batch (paper Table 1: 4096 pairs; a task may bring its paper's)
+    batch_size: int = 4096
     # Validation and test batches: one size for every run, because a contrastive loss and its chance levels depend
     # on how many candidates a batch holds (ln B with no signal), so runs that train at different batch sizes
     # (a Tune sweep over Table 1) are compared, and their best epochs chosen, on the same footing.
     eval_batch_size: int = 4096
-    seed: int = 0
+    seed: int = 0  # initial weights, shuffles and augmentation: the same seed gives the same run on CPU
     storage_path: str = ""  # Ray Train storage for checkpoints (local run dir by default; s3://, gs://, NFS)
     # The task's model and loss settings, typed by the task (`Task.model_config`; COMICAL: models.ModelConfig).
     model: dict = dataclasses.field(default_factory=dict)
@@ -91,7 +92,7 @@ class TrainConfig(Config):
         if isinstance(model, dict):
             values = {**values, "model": task.model_config._from_mapping(model, source, f"{path}model.")}
         if isinstance(values.get("optim", {}), dict):  # the task's paper settings, under what the config gives
-            values = {**values, "optim": {**task.optim_defaults, **values.get("optim", {})}}
+            values = {**task.run_defaults, **values, "optim": {**task.optim_defaults, **values.get("optim", {})}}
         return super()._from_mapping(values, source, path)
 
     def __post_init__(self):

@@ -1,7 +1,7 @@
 """The engines a worker trains with: DeepSpeed (ZeRO 0-3, fp32/bf16) or plain DDP, behind one small interface.
 
 The DeepSpeed config is derived from the training config (batch sizes cannot disagree). On CPU two slow
-first-use compiles are avoided (DESIGN.md): the shm comm op is switched off before `init_distributed`, and a
+first-use compiles are avoided (docs/architecture.md): the shm comm op is switched off before `init_distributed`, and a
 torch optimizer is passed in instead of naming one in the config (which would build FusedAdam).
 """
 

@@ -1,7 +1,8 @@
-"""Retrieval metrics of a contrastive batch, each with the level a model without genotype-phenotype signal reaches.
+"""The metrics every task and evaluation shares: retrieval in a contrastive batch, each with the level a model
+without genotype-phenotype signal reaches, and the cross-validated ridge R^2 of a planted latent.
 
-Imports only torch. For a batch of B pairs and logits[a, b] = scale * snp_a . idp_b, each pair is queried both
-ways (SNP -> IDP over the columns, IDP -> SNP over the rows):
+Imports torch and numpy (scikit-learn inside `ridge_r2`). For a batch of B pairs and logits[a, b] = scale *
+snp_a . idp_b, each pair is queried both ways (SNP -> IDP over the columns, IDP -> SNP over the rows):
 - bucket_accuracy (the paper's `pair accuracy`): the top-1 retrieved partner shares the query's disease bucket.
   Every SNP of a bucket is paired with every IDP of it, so identities alone reach 1.0: it measures bucket
   membership, not association. `bucket_accuracy_chance`: a uniformly random pick (share of same-bucket candidates).
@@ -21,6 +22,7 @@ ways (SNP -> IDP over the columns, IDP -> SNP over the rows):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -81,3 +83,13 @@ def paired_epoch_line(m: dict, unit: str = "samples") -> str:
     return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}, val top-1 "
             f"{m['val_top1_accuracy']:.3f} (chance {m['val_top1_accuracy_chance']:.4f}), "
             f"{m['samples_per_s']:,.0f} {unit}/s")
+
+
+def ridge_r2(x: np.ndarray, y: np.ndarray) -> float:
+    """5-fold cross-validated R^2 of a ridge regression of y on x (scikit-learn), averaged over y's columns."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.metrics import r2_score
+
+    predicted = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), x, y, cv=5)
+    return float(r2_score(y, predicted))

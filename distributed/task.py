@@ -21,13 +21,19 @@ A task says:
 - hooks: `after_step(module)` after every optimizer step (a momentum encoder's EMA); `after_validation(module,
   metrics)` after each epoch's validation (per-head model selection), whose returned metrics join the epoch's;
 - `epoch_line(metrics)` and `test(...)`: the console line of an epoch and the best model's evaluation on the test
-  split, run on the driver, which writes the task's own outputs into the run folder.
+  split, run on the driver, which writes the task's own outputs into the run folder;
+- `n_train()`: the training rows of an epoch, which size a cosine schedule (streamed tasks put `n_train` in `info`);
+- `embed(model, eids)`: per-subject embeddings from the frozen model, for tasks that have them;
+- `run_defaults` and `optim_defaults`: its paper's batch size, epochs and optimiser, under what a config gives.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -44,8 +50,12 @@ class Task:
     columns: tuple[str, ...] = ()  # the dataset columns a worker reads
     row_order: tuple[str, ...] = ()  # resident shards are sorted by these (default: all columns) before shuffling
     selection_metric: str = "loss"  # minimised on the validation split
-    optim_defaults: dict = {}  # the task's own optimiser settings (its paper's), under what a config gives
-    info: dict = {}
+    # its paper's settings, under what a config gives: `optim:` keys, and top-level ones (batch_size, epochs)
+    optim_defaults: Mapping = MappingProxyType({})
+    run_defaults: Mapping = MappingProxyType({})
+
+    def __init__(self) -> None:
+        self.info: dict = {}
 
     def bind(self, info: dict) -> Task:
         """This task over inputs described by `info` (what `check_inputs` returned, or an exported model.json)."""
@@ -98,6 +108,18 @@ class Task:
 
     def summary(self, metrics: dict) -> str:
         return f"test loss {metrics['loss']:.4f}"
+
+    def n_train(self) -> int | None:
+        """Training rows of an epoch where the engine cannot count them (streamed tasks: `info['n_train']`, which
+        `check_inputs` must set); None leaves a cosine schedule without its length, which the engine refuses."""
+        return self.info.get("n_train")
+
+    def embed(self, model: nn.Module, eids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(the eids embedded, in the order of the rows, {column prefix: rows x dims}) from the frozen `model` of the
+        bound inputs; tasks without per-subject embeddings refuse."""
+        from comical.data_io.errors import InputError
+
+        raise InputError(f"a {self.name!r} model has no per-subject embeddings of its own inputs")
 
 
 def get_task(name: str) -> Task:

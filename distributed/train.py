@@ -34,7 +34,7 @@ from ray.train import UserCallback
 
 from comical.data_io.errors import InputError, RunFailed
 from comical.distributed.config import TrainConfig
-from comical.distributed.task import RESIDENT, Task, get_task
+from comical.distributed.task import RESIDENT, STREAMED, Task, get_task
 from comical.distributed.watchdog import STALL_FILE, Watchdog, cluster_free, read_stall
 
 RUN_NAME = "comical-train"
@@ -66,7 +66,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     from comical.distributed.engine import make_engine
 
     # the run's optimizer steps (a cosine schedule ends at the last): streamed tasks say how many training rows
-    rows = len(next(iter(train.values()))) * world if task.input_path == RESIDENT else task.info.get("n_train")
+    rows = len(next(iter(train.values()))) * world if task.input_path == RESIDENT else task.n_train()
     total_steps = rows // config.batch_size * config.epochs if rows else None
     engine = make_engine(task.build_model(config.model, task.info), config, world, device, total_steps)
     start_epoch, best = 0, None
@@ -264,7 +264,11 @@ def check_cluster_fits(config: TrainConfig, driver_cpus: float = 0.5) -> None:
 
 def check_train_inputs(config: TrainConfig) -> dict:
     """Everything that can be checked before Ray starts; returns the task's input spec (`info`)."""
-    info = get_task(config.task).check_inputs(config)
+    task = get_task(config.task)
+    info = task.check_inputs(config)
+    if config.optim.schedule == "cosine" and task.input_path == STREAMED and task.bind(info).n_train() is None:
+        raise InputError(f"optim.schedule cosine: task {config.task} does not say how many training rows an epoch "
+                         "has (its check_inputs must set n_train), so the schedule has no length")
     if config.engine.precision == "bf16" and not config.engine.use_gpu and not cpu_supports_bf16():
         raise InputError("--precision bf16 on CPU needs avx512_bf16 or amx_bf16, which this CPU lacks; use fp32")
     return info

@@ -1,1 +1,2 @@
-"""The science steps as functions over tables: QC, PheWAS, pair-making, GWAS, associations."""
+"""The science steps as functions over tables, one package per paper (comical, gemcont, cgni, momentum), the
+statistical genetics they share (statgen), the heads on frozen encoders (downstream), and the registry of models."""

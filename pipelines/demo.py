@@ -26,10 +26,10 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
     from comical.distributed.ray_session import init_ray, shutdown_ray
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.task import get_task
-    from comical.pipelines.associations import associate_run, truth_summary
-    from comical.pipelines.gwas import run_gwas, tables_from_cohort
-    from comical.pipelines.pair_chain import write_pair_store
-    from comical.pipelines.pairs import PairsConfig
+    from comical.pipelines.comical.associations import associate_run, truth_summary
+    from comical.pipelines.statgen.gwas import run_gwas, tables_from_cohort
+    from comical.pipelines.comical.chain import write_pair_store
+    from comical.pipelines.comical.pairs import PairsConfig
 
     run = {"command": "demo", "seed": seed, **({"images": True} if images else {})}
     out = check_output_dir(out, run, force=force)
@@ -64,30 +64,29 @@ def run_demo(out: Path, *, seed: int = 0, force: bool = False, verbose: bool = F
               f"{sorted(lambdas)[len(lambdas) // 2]:.3f}, {sum(hits.values())} hits at 5e-8 in {len(hits)} IDPs "
               f"-> {out / 'gwas'} (idps.manhattan.png)")
         if images:
-            from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+            from comical.pipelines.registry import inputs_maker
 
             config = TrainConfig.from_dict({"task": "gemcont", "data": str(stage / "gemcont" / "inputs"), "seed": seed,
-                                            "epochs": 3, "batch_size": 128, "engine": {"workers": 2}})
-            test = train_and_evaluate(config, stage / "gemcont", verbose=verbose, prepared_from={"cohort": str(stage / "cohort"), "disease": "AD"},
-                                      prepare=partial(prepare_gemcont_inputs, stage / "cohort", disease="AD", seed=seed))
+                                            "epochs": 3, "engine": {"workers": 2}})
+            prepare, prepared_from = inputs_maker("gemcont", stage / "cohort", seed=seed, disease="AD")
+            test = train_and_evaluate(config, stage / "gemcont", verbose=verbose, prepared_from=prepared_from,
+                                      prepare=prepare)
             say(f"demo: trained GEMCONT on T1 volumes streamed by Ray Data (2 workers, DeepSpeed): "
                 f"{get_task('gemcont').summary(test)} -> {out / 'gemcont'}")
-            from comical.pipelines.gemcont_eval import evaluate_gemcont, summary_line
+            from comical.pipelines.gemcont.evaluate import evaluate_gemcont, summary_line
 
             (stage / "gemcont_eval").mkdir()
             evaluation = evaluate_gemcont(stage / "gemcont", stage / "cohort", stage / "gemcont_eval", workers=2)
             say(f"demo: evaluated GEMCONT (embedding GWAS, latent, AD AUC; each beside a random encoder): "
                 f"{summary_line(evaluation)} -> {out / 'gemcont_eval'}")
-            from comical.pipelines.momentum_inputs import prepare_momentum_inputs
-
             config = TrainConfig.from_dict({"task": "momentum-t1t2", "data": str(stage / "momentum" / "inputs"),
-                                            "seed": seed, "epochs": 2, "batch_size": 32, "engine": {"workers": 2}})
-            test = train_and_evaluate(config, stage / "momentum", verbose=verbose,
-                                      prepared_from={"cohort": str(stage / "cohort")},
-                                      prepare=partial(prepare_momentum_inputs, stage / "cohort", seed=seed))
+                                            "seed": seed, "epochs": 2, "engine": {"workers": 2}})
+            prepare, prepared_from = inputs_maker("momentum-t1t2", stage / "cohort", seed=seed)
+            test = train_and_evaluate(config, stage / "momentum", verbose=verbose, prepared_from=prepared_from,
+                                      prepare=prepare)
             say(f"demo: trained the T1/T2 momentum model (EMA key towers, a queue shared by 2 workers): "
                 f"{get_task('momentum-t1t2').summary(test)} -> {out / 'momentum'}")
-        from comical.pipelines.downstream import (HeadSettings, predict_line, predict_outcomes, risk_scores,
+        from comical.pipelines.downstream.heads import (HeadSettings, predict_line, predict_outcomes, risk_scores,
                                                   riskscore_line)
 
         heads = HeadSettings(epochs=DEMO_HEAD_EPOCHS, seed=seed, epoch_lines=False)

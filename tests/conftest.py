@@ -127,3 +127,77 @@ def hold_cpus(ray_session):
     yield hold
     for holder in holders:
         ray_session.kill(holder)
+
+
+class _InProcessResult:
+    """What `run_training`'s callers read of Ray's Result."""
+
+    def __init__(self, best_checkpoints: list):
+        self.best_checkpoints, self.error = best_checkpoints, None
+
+
+@pytest.fixture
+def in_process(monkeypatch, ray_session):
+    """`comical train` (and everything that trains through `run_training`: heads, CGNI's stages, the simulation
+    benchmark) as one worker in this process: the same worker loop, engine (DeepSpeed or DDP over a gloo group of
+    one), checkpoints, best-epoch choice, export and test as a Ray Train fit, without starting Ray Train's controller
+    and workers (seconds instead of a minute). Streamed tasks still read through Ray Data. What only a real fit shows
+    (several workers, restarts, the watchdog, placement) is tested by the few Ray Train runs kept for it
+    (test_train, test_tune, the demo)."""
+    import socket
+    from types import SimpleNamespace
+
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from comical.distributed import run as driver
+    from comical.distributed import train as engine
+    from comical.distributed.task import RESIDENT, get_task
+
+    class Quiet(engine.Watchdog):  # its os._exit would end pytest itself
+        def __init__(self, seconds, rank, stall_file):
+            super().__init__(0, rank, None)
+
+    def run_training(config, storage, info, *, name=engine.RUN_NAME, callbacks=()):
+        assert config.engine.workers == 1, "in-process training is one worker"
+        task = get_task(config.task).bind(info)
+        datasets = task.datasets(config) if task.input_path != RESIDENT else {}
+        folder = Path(storage) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = sorted(folder.glob("checkpoint_*"))
+        reported = []
+
+        def report(metrics, checkpoint=None):  # Ray Train keeps each rank's checkpoint folder in its storage
+            kept = folder / f"checkpoint_{len(previous) + len(reported):06d}"
+            shutil.copytree(checkpoint.path, kept)
+            reported.append((ray.train.Checkpoint.from_directory(str(kept)), dict(metrics)))
+            for callback in callbacks:
+                callback.after_report(None, [metrics], reported[-1][0])
+
+        context = SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1)
+        monkeypatch.setattr(ray.train, "get_context", lambda: context)
+        monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+        monkeypatch.setattr(ray.train, "get_checkpoint",
+                            lambda: ray.train.Checkpoint.from_directory(str(previous[-1])) if previous else None)
+        monkeypatch.setattr(ray.train, "report", report)
+        monkeypatch.setattr(ray.train, "get_dataset_shard", lambda split: datasets[split].iterator())
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                               LOCAL_RANK="0").items():
+            monkeypatch.setenv(key, value)
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        try:
+            engine.train_loop_per_worker({"config": config.to_dict(), "info": info, "stall_file": None})
+        finally:
+            dist.destroy_process_group()
+        return _InProcessResult(reported)
+
+    monkeypatch.setattr(engine, "Watchdog", Quiet)
+    monkeypatch.setattr(engine, "run_training", run_training)
+    monkeypatch.setattr(driver, "run_training", run_training)
+    monkeypatch.setattr(driver, "check_cluster_fits", lambda *args, **kwargs: None)
+    return run_training

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from comical.cli import main
-from comical.pipelines.associations import pair_associations, permutation_p, permutation_z
+from comical.pipelines.comical.associations import pair_associations, permutation_p, permutation_z
 from conftest import TRAIN_ARGS
 
 

@@ -10,7 +10,7 @@ import pytest
 from comical.data_io.errors import InputError
 from comical.data_io.traits import load_trait_map
 from comical.data_io.ukb_fields import PAIR_DISEASES
-from comical.pipelines.catalog_sets import catalog_snp_sets, snp_set_report
+from comical.pipelines.comical.catalog_sets import catalog_snp_sets, snp_set_report
 
 
 @pytest.fixture(scope="module")

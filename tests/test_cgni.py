@@ -38,7 +38,7 @@ def test_working_memory_is_simulated_with_its_truth(mini_cohort):
 
 
 def test_a_bad_digit_span_is_refused_naming_the_line(cohort_copy, tmp_path):
-    from comical.pipelines.cgni_inputs import read_digit_span
+    from comical.pipelines.cgni.inputs import read_digit_span
     from comical.data_io.cohort import load_cohort
 
     path = cohort_copy / "cognition.csv"
@@ -143,7 +143,7 @@ def test_fold_masks_keep_each_members_rows_apart():
 
 @pytest.fixture(scope="module")
 def cgni_inputs(image_cohort, tmp_path_factory):
-    from comical.pipelines.cgni_inputs import prepare_cgni_inputs
+    from comical.pipelines.cgni.inputs import prepare_cgni_inputs
 
     out = tmp_path_factory.mktemp("cgni") / "inputs"
     manifest = prepare_cgni_inputs(image_cohort, out, seed=0)
@@ -180,7 +180,7 @@ def test_folds_are_by_subject_and_the_holdout_is_in_no_training_data(cgni_inputs
 
 
 def test_occlusion_recovers_a_known_linear_contribution():
-    from comical.pipelines.cgni_post import occlusion_contributions, selected
+    from comical.pipelines.cgni.post import occlusion_contributions, selected
 
     rng = np.random.default_rng(0)
     x = rng.normal(0.0, 1.0, (50, 4, 5))
@@ -201,7 +201,7 @@ def test_occlusion_recovers_a_known_linear_contribution():
 
 
 def test_truth_score_counts_hits_beside_a_random_selection():
-    from comical.pipelines.cgni_post import truth_score
+    from comical.pipelines.cgni.post import truth_score
 
     names = [f"v{i}" for i in range(100)]
     chosen = np.zeros(100, bool)
@@ -263,7 +263,7 @@ def test_cgni_end_to_end(image_cohort, ray_session, tmp_path):
 def test_accuracy_table_intervals_equal_scikit_learn_on_the_same_resamples():
     from sklearn.metrics import balanced_accuracy_score as bacc
 
-    from comical.pipelines.cgni import accuracy_table
+    from comical.pipelines.cgni.run import accuracy_table
 
     rng = np.random.default_rng(0)
     label = (rng.random(120) < 0.5).astype(int)

@@ -13,8 +13,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from comical.cli import main
-from comical.pipelines import downstream_stats as st
-from comical.pipelines.downstream import OUTCOMES, outcome_table, riskscore_design
+from comical.pipelines.downstream import stats as st
+from comical.pipelines.downstream.heads import OUTCOMES, outcome_table, riskscore_design
 
 
 def test_auc_bootstrap_and_nri_match_scikit_learn_on_fixed_scores():
@@ -104,11 +104,11 @@ def test_meta_outcome_is_the_and_of_the_ten_indicators():
 
 
 def test_riskscore_design_respects_the_paper_caps(monkeypatch):
-    from comical.pipelines import downstream
+    from comical.pipelines.downstream import heads
 
-    monkeypatch.setattr(downstream, "PAPER_TRAIN", 20)
-    monkeypatch.setattr(downstream, "PAPER_VAL", 8)
-    monkeypatch.setattr(downstream, "PAPER_TEST", 30)
+    monkeypatch.setattr(heads, "PAPER_TRAIN", 20)
+    monkeypatch.setattr(heads, "PAPER_VAL", 8)
+    monkeypatch.setattr(heads, "PAPER_TEST", 30)
     diagnoses, encoder = _cohort_labels(2000, 0.05, seed=6)
     split, masks = riskscore_design(diagnoses, encoder, seed=0)
     assert (split == "test").sum() == 30

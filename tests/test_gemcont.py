@@ -16,13 +16,13 @@ from sklearn.metrics import roc_auc_score
 from comical.cli import main
 from comical.data_io.plink import open_genotypes
 from comical.distributed.tasks.gemcont import GemcontConfig, GemcontModel, scarf
-from comical.pipelines.clump import r_squared
-from comical.pipelines.gemcont_eval import METRICS, _embedding_gwas
+from comical.pipelines.statgen.clump import r_squared
+from comical.pipelines.gemcont.evaluate import METRICS, _embedding_gwas
 
 
 @pytest.fixture(scope="session")
 def gemcont_inputs(image_cohort, tmp_path_factory):
-    from comical.pipelines.gemcont_inputs import prepare_gemcont_inputs
+    from comical.pipelines.gemcont.inputs import prepare_gemcont_inputs
 
     out = tmp_path_factory.mktemp("gemcont") / "inputs"
     prepare_gemcont_inputs(image_cohort, out, disease="AD")
@@ -68,7 +68,7 @@ def test_inputs_panel_splits_and_genotype_features(gemcont_inputs, image_cohort)
     everyone = raw - design @ np.linalg.lstsq(design, raw, rcond=None)[0]  # a fit that saw the test subjects
     assert not np.allclose(features, everyone / everyone[fit].std(0), atol=1e-3)
     # the planted image latent is a linear function of the panel's genotypes: what the projector can learn
-    from comical.distributed.tasks.toy import ridge_r2
+    from comical.distributed.metrics import ridge_r2
 
     latent = table.select("eid").join(pl.read_parquet(image_cohort / "truth" / "image_latent.parquet"), on="eid")
     assert ridge_r2(features, latent["latent"].to_numpy()) > 0.8

@@ -77,7 +77,7 @@ def test_multi_trait_p_is_uniform_on_null_embeddings_and_finds_a_planted_variant
     """The benchmark's embedding GWAS: null genotypes against random embeddings of lower rank than their width
     (as a network's can be) give uniform p (KS), testing only the rank's components; a variant whose effect sits in
     one embedding dimension is found; the nulls' lambda is near 1."""
-    from comical.pipelines.gemcont_sim import found, multi_trait_p
+    from comical.pipelines.gemcont.simulation import found, multi_trait_p
 
     rng = np.random.default_rng(0)
     n, d, rank = 600, 48, 24

@@ -22,9 +22,9 @@ from scipy import stats
 
 from comical.cli import main
 from comical.data_io.plink import open_genotypes
-from comical.pipelines import gwas_stats
-from comical.pipelines.clump import clump_hits, r_squared
-from comical.pipelines.gwas import GwasTables, _Writers, build_inputs, lambda_gc, run_gwas
+from comical.pipelines.statgen import gwas_stats
+from comical.pipelines.statgen.clump import clump_hits, r_squared
+from comical.pipelines.statgen.gwas import GwasTables, _Writers, build_inputs, lambda_gc, run_gwas
 
 
 def _tiny(seed=0, n=300, m=12, p=3, k=3, missing=0.05):
@@ -218,8 +218,8 @@ def test_one_local_worker_runs_in_process_and_writes_what_ray_tasks_write(mini_c
     def no_ray(*args, **kwargs):
         raise AssertionError("one local worker must not use Ray")
 
-    monkeypatch.setattr("comical.pipelines.gwas.init_ray", no_ray)
-    monkeypatch.setattr("comical.pipelines.gwas._ray_blocks", no_ray)
+    monkeypatch.setattr("comical.pipelines.statgen.gwas.init_ray", no_ray)
+    monkeypatch.setattr("comical.pipelines.statgen.gwas._ray_blocks", no_ray)
     local = run_gwas(tables, tmp_path / "local", workers=1, plots=False)
     assert local == ray_run and len(local["phenotypes"]) == 3
     for name in local["phenotypes"]:
@@ -268,7 +268,7 @@ def test_cohort_gwas_finds_the_planted_snp_idp_effects_and_clumps_them(mini_coho
 def test_r_squared_and_clump_against_a_direct_computation(mini_cohort, region_bytes, monkeypatch):
     """Clumps from r^2 computed in float32 products equal the float64 pairwise-complete reference, whether a
     region is held in memory or (dense regions) read one index variant and its window at a time."""
-    from comical.pipelines import clump
+    from comical.pipelines.statgen import clump
 
     monkeypatch.setattr(clump, "REGION_BYTES", region_bytes)
     genotypes = open_genotypes(mini_cohort / "genotypes")
@@ -289,7 +289,7 @@ def test_r_squared_and_clump_against_a_direct_computation(mini_cohort, region_by
 def test_clumps_of_many_phenotypes_equal_each_phenotype_clumped_alone(mini_cohort):
     """Clumping every phenotype from one read of the shared regions gives each phenotype's clumps exactly as
     clumping it alone (and a -log10 p beyond float64's p range, even +inf, still leads its clump)."""
-    from comical.pipelines.clump import clump_phenotypes
+    from comical.pipelines.statgen.clump import clump_phenotypes
 
     genotypes = open_genotypes(mini_cohort / "genotypes")
     rng = np.random.default_rng(4)
@@ -339,7 +339,7 @@ def test_written_blocks_keep_no_view_of_a_tasks_result(mini_cohort, tmp_path):
 def test_pooled_qq_points_match_the_exact_qq_where_they_are_kept():
     """The many-phenotype QQ keeps the tail exactly and the bulk in 0.001 bins: the tail's points are the exact
     QQ's, and each bin's point lies on the exact curve within a bin."""
-    from comical.pipelines.gwas_plots import _PooledQQ
+    from comical.pipelines.statgen.gwas_plots import _PooledQQ
 
     rng = np.random.default_rng(3)
     values = [-np.log10(rng.uniform(size=5000)) for _ in range(4)]
@@ -373,7 +373,7 @@ def test_pooled_qq_points_match_the_exact_qq_where_they_are_kept():
 @pytest.mark.parametrize("dosages", [False, True], ids=["hard-calls", "dosages"])
 def test_region_r2_equals_the_pairwise_complete_reference(dosages):
     """r^2 from the calls and sparse missingness corrections equals `r_squared` (float64, masks held densely)."""
-    from comical.pipelines.clump import _Region
+    from comical.pipelines.statgen.clump import _Region
 
     rng = np.random.default_rng(5)
     base = rng.binomial(2, 0.3, size=(500, 1)).astype(float)
@@ -458,7 +458,7 @@ def test_multi_trait_gwas_of_a_trained_models_embeddings(trained_run, mini_cohor
 
 def test_logistic_gives_na_and_a_note_for_a_monomorphic_variant_not_a_crash():
     """A monomorphic variant makes its information matrix singular; the other variants' results are unchanged."""
-    from comical.pipelines.gwas_stats import MONOMORPHIC, logistic
+    from comical.pipelines.statgen.gwas_stats import MONOMORPHIC, logistic
 
     rng = np.random.default_rng(0)
     n = 500
@@ -554,7 +554,7 @@ def test_degenerate_variants_get_na_and_a_note_where_plink2_gives_na(plink2, tmp
     NA with a note naming why; where plink2 reports a Firth estimate (quasi-separation) so do we."""
     from bed_reader import to_bed
 
-    from comical.pipelines.gwas_stats import COLLINEAR, MONOMORPHIC, NO_CALLS
+    from comical.pipelines.statgen.gwas_stats import COLLINEAR, MONOMORPHIC, NO_CALLS
 
     rng = np.random.default_rng(3)
     n = 600
@@ -626,7 +626,7 @@ def test_qq_axes_fit_their_own_ranges():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from comical.pipelines.gwas_plots import _qq
+    from comical.pipelines.statgen.gwas_plots import _qq
 
     neg = -np.log10(np.random.default_rng(0).uniform(size=10_000))
     neg[:5] = [40, 35, 30, 20, 12]
@@ -641,7 +641,7 @@ def test_qq_axes_fit_their_own_ranges():
 def test_variants_with_too_few_calls_get_a_note_without_covariates():
     """With an intercept only, an all-missing variant's corrected system is exactly singular: a note, not a
     LinAlgError for the whole block; a variant called in only 2 samples has no residual degree of freedom."""
-    from comical.pipelines.gwas_stats import FEW_CALLS, NO_CALLS, covariate_basis, linear, logistic
+    from comical.pipelines.statgen.gwas_stats import FEW_CALLS, NO_CALLS, covariate_basis, linear, logistic
 
     rng = np.random.default_rng(0)
     n = 200
@@ -659,7 +659,7 @@ def test_variants_with_too_few_calls_get_a_note_without_covariates():
 def test_a_rare_dosage_variant_is_tested_not_called_collinear():
     """One sample carries 1/16384 of an allele: a tiny spread, but nothing collinear about it (the collinearity
     test is relative to the variant's own sum of squares), so it gets a result like any other variant."""
-    from comical.pipelines.gwas_stats import covariate_basis, linear
+    from comical.pipelines.statgen.gwas_stats import covariate_basis, linear
 
     rng = np.random.default_rng(0)
     n = 300

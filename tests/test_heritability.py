@@ -1,11 +1,11 @@
-"""Haseman-Elston heritability and genetic correlation (pipelines/heritability.py)."""
+"""Haseman-Elston heritability and genetic correlation (pipelines/statgen/heritability.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from comical.pipelines.heritability import genetic_correlation, he_regression, relationship_matrix
+from comical.pipelines.statgen.heritability import genetic_correlation, he_regression, relationship_matrix
 
 
 def _cohort(n: int, m: int, seed: int):

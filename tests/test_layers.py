@@ -1,4 +1,4 @@
-"""The layer rule of DESIGN.md, read from the source: comical (CLI) -> tuning -> distributed -> data_io, and
+"""The layer rule of docs/architecture.md, read from the source: comical (CLI) -> tuning -> distributed -> data_io, and
 pipelines -> data_io (+ distributed); nothing below the CLI imports the `comical` package but its version; the
 engine imports only what every Ray worker (and the lent GPU machine) has at import time."""
 
@@ -16,7 +16,7 @@ ALLOWED = {
     "pipelines": {"data_io", "distributed", "pipelines"},
     "tuning": {"data_io", "distributed", "tuning"},
 }
-# Module-level third-party imports the engine may make (DESIGN.md: the GPU image has no polars or bed-reader).
+# Module-level third-party imports the engine may make (docs/architecture.md: the GPU image has no polars or bed-reader).
 ENGINE_IMPORTS = {"torch", "ray", "deepspeed", "numpy", "pyarrow", "safetensors", "yaml"}
 
 
@@ -64,8 +64,47 @@ def _stdlib() -> frozenset[str]:
 
 
 def test_cli_commands_are_thin():
-    """Each command parses its flags into a config and calls one library function (DESIGN.md)."""
+    """Each command parses its flags into a config and calls one library function (docs/architecture.md)."""
     tree = ast.parse((ROOT / "comical" / "cli.py").read_text())
     long = [(f.name, f.end_lineno - f.lineno + 1) for f in tree.body
             if isinstance(f, ast.FunctionDef) and f.name != "_parser" and f.end_lineno - f.lineno + 1 > 32]
     assert not long, long
+
+
+def _task_name_tests(source: str, names: set[str]) -> list[int]:
+    """Lines of `source` that compare something with a task's name (==, !=, in, startswith)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "startswith", "endswith"):
+            sides = node.args
+        else:
+            continue
+        # the compared values themselves, or the items of a compared tuple/list/set (not subscripts: m["gemcont"])
+        items = [n for side in sides for n in (side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side])]
+        strings = [n.value for n in items if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        if any(s in names or (s and any(name.startswith(s) for name in names) and s.endswith("-")) for s in strings):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_registry_and_the_task_modules_compare_task_names():
+    """Behaviour that depends on the model comes from its registry row (pipelines/registry.py) or its task class,
+    never from `if task == "gemcont"` elsewhere: adding a paper is a task file, a package and a row."""
+    from comical.distributed.tasks import TASKS
+    from comical.pipelines.registry import MODELS
+
+    assert set(MODELS) == set(TASKS)  # every task has its row, and every row its task
+    names = set(TASKS)
+    assert _task_name_tests('if spec["task"] == "gemcont": pass\nx = t in ("toy", "heads")\n'
+                            'y = name.startswith("momentum-")', names) == [1, 2, 3]  # the check can fail
+    wrong = []
+    for layer in ("comical", *ALLOWED):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            relative = path.relative_to(ROOT)
+            if relative.parts[:2] == ("distributed", "tasks") or relative == Path("pipelines/registry.py"):
+                continue
+            wrong += [f"{relative}:{line}" for line in _task_name_tests(path.read_text(), names)]
+    assert not wrong, wrong

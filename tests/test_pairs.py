@@ -15,7 +15,7 @@ from comical.data_io.pair_store import PAIR_SCHEMA, expand_pairs, pair_dataset, 
 from comical.data_io.tokenizers import (
     MISSING_TOKEN, decode_tokens, encode_genotypes, fit_ple_edges, ple_encode, snp_vocabulary,
 )
-from comical.pipelines.pairs import PairsConfig, make_pairs
+from comical.pipelines.comical.pairs import PairsConfig, make_pairs
 
 
 @pytest.fixture(scope="module")

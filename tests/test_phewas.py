@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import statsmodels.api as sm
 
-from comical.pipelines.phewas import (
+from comical.pipelines.statgen.phewas import (
     PhewasConfig, linear_regression_columns, logistic_regression_columns, map_idps_to_diseases,
 )
 
@@ -46,7 +46,7 @@ def test_linear_columns_equal_statsmodels():
 
 def test_cohort_phewas_equals_statsmodels_on_the_same_design(mini_pairs, phewas_table, mini_cohort):
     from comical.data_io.cohort import load_cohort
-    from comical.pipelines.qc import QCResult
+    from comical.pipelines.statgen.qc import QCResult
 
     cohort = load_cohort(mini_cohort)
     qc = QCResult.read(mini_pairs / "qc")

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import chi2
 
 from comical.data_io.cohort import load_cohort
-from comical.pipelines.qc import QCConfig, heterozygosity_f, hwe_exact_p, ld_prune, run_qc
+from comical.pipelines.statgen.qc import QCConfig, heterozygosity_f, hwe_exact_p, ld_prune, run_qc
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from comical.data_io.errors import InputError
 from comical.data_io.plink import open_genotypes
 from comical.data_io.tables import read_table
 from comical.data_io.traits import load_trait_map
-from comical.pipelines.qc import QCConfig
+from comical.pipelines.statgen.qc import QCConfig
 
 
 def test_genotypes_equal_plink2_export(mini_cohort, plink2, tmp_path):

@@ -14,8 +14,8 @@ from bed_reader import open_bed
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from comical.data_io.cohort import load_cohort
-from comical.pipelines.gwas import DEFAULT_COHORT_COVARIATES
-from comical.pipelines.truth import candidate_pairs, gwas_pair_pvalues, score_ranking, truth_comparison
+from comical.pipelines.statgen.gwas import DEFAULT_COHORT_COVARIATES
+from comical.pipelines.comical.truth import candidate_pairs, gwas_pair_pvalues, score_ranking, truth_comparison
 
 
 @pytest.fixture(scope="module")

@@ -205,8 +205,10 @@ def results_table(grid, space: dict[str, dict], max_epochs: int) -> pl.DataFrame
     return pl.DataFrame(rows).sort(["errored", f"best_{METRIC}"], descending=[False, MODE == "max"], nulls_last=True)
 
 
-def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out: Path, top_n_perc) -> dict:
-    """results.parquet, best_config.yaml (a full TrainConfig), table1.md (COMICAL); returns the best row."""
+def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out: Path, top_n_perc, *,
+                        table1: bool = False) -> dict:
+    """results.parquet, best_config.yaml (a full TrainConfig), and with `table1` the best settings laid out as the
+    paper's Table 1 (COMICAL's hyperparameters); returns the best row."""
     buffer = io.BytesIO()
     table.write_parquet(buffer)
     write_atomic(out / "results.parquet", buffer.getvalue())
@@ -219,7 +221,7 @@ def write_sweep_outputs(table: pl.DataFrame, base: TrainConfig, space: dict, out
         (overrides.setdefault(section, {}) if section else overrides)[leaf] = best[leaf]
     best_config = TrainConfig.from_dict(_merge(base.to_dict(), overrides))
     write_atomic(out / "best_config.yaml", best_config.to_yaml())
-    if best_config.task == "comical":  # the paper's Table 1 describes COMICAL's model
+    if table1:
         flat = {**best_config.to_dict(), **best_config.model.to_dict(), **best_config.optim.to_dict()}
         lines = [f"| | Top {top_n_perc}% SNPs |", "|---|---|"]
         lines += [f"| **{label}** | {flat[key]:.4g} |" if isinstance(flat[key], float) else
@@ -253,12 +255,13 @@ def resumed_request(folder: Path) -> tuple[dict, Path]:
     return json.loads(request_path.read_text()), Path(folder).resolve()
 
 
-def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False,
-         verbose: bool = False) -> tuple[pl.DataFrame, dict]:
+def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False, verbose: bool = False,
+         table1: bool = False) -> tuple[pl.DataFrame, dict]:
     """`comical tune`: checks, then the sweep (new or resumed) and its outputs; `run.json` records its state.
 
     The console gets a line per trial event; Tune's tables, Ray's logs and warnings go to `out/tune.log` (and to the
-    console too with `verbose`). Returns the results table and the best trial's row.
+    console too with `verbose`; `table1` adds the paper's Table 1 of the best settings). Returns the results table and
+    the best trial's row.
     """
     import shutil
 
@@ -284,7 +287,8 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False,
             grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume, say=say)
             table = results_table(grid, space, base.epochs)
             manifest = json.loads((Path(base.data) / "manifest.json").read_text())
-            best = write_sweep_outputs(table, base, space, out, manifest.get("config", {}).get("top_n_perc", "?"))
+            best = write_sweep_outputs(table, base, space, out, manifest.get("config", {}).get("top_n_perc", "?"),
+                                       table1=table1)
             if started:  # stopped while its last log lines still go to tune.log
                 shutdown_ray()
                 started = False

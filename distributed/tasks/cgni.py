@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import json
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +52,7 @@ GENETIC_ENCODER = (400, 600, 400, 300, 150, 100)
 
 
 def read_cgni_inputs(folder: str | Path) -> tuple[dict, pa.Table]:
-    """The inputs folder's manifest and its subjects table (pipelines/cgni_inputs.py writes them)."""
+    """The inputs folder's manifest and its subjects table (pipelines/cgni/inputs.py writes them)."""
     folder = Path(folder)
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text()) if path.is_file() else {}
@@ -220,7 +221,7 @@ class CgniAgeTask(_ImageTask):
     name = "cgni-age"
     model_config = CgniCnnConfig
     selection_metric = "loss"
-    optim_defaults = {"learning_rate": 1e-3, "weight_decay": 1e-4, "warmup_steps": 10, "grad_clip": 1.0}
+    optim_defaults = MappingProxyType({"learning_rate": 1e-3, "weight_decay": 1e-4, "warmup_steps": 10, "grad_clip": 1.0})
 
     def _keep(self, split: str):
         return lambda s: s["age_split"] == split
@@ -286,7 +287,7 @@ class CgniCnnTask(_ImageTask):
     model_config = CgniCnnConfig
     selection_metric = "loss"
     # fine-tuning: a smaller step than pre-training; no clipping (a global norm would couple the folds' networks)
-    optim_defaults = {"learning_rate": 3e-4, "weight_decay": 1e-4, "warmup_steps": 10, "grad_clip": 0.0}
+    optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "warmup_steps": 10, "grad_clip": 0.0})
 
     def _keep(self, split: str):
         return lambda s: s["fold"] >= 0  # every fold's rows; the loss picks each member's own
@@ -418,7 +419,7 @@ class CgniBankTask(Task):
     row_order = ("fold", "label", "eid")
     selection_metric = "loss"
     # paper 002: Adam, with weight decay as an L2 penalty; no clipping (a global norm would couple the members)
-    optim_defaults = {"learning_rate": 1e-3, "weight_decay": 1e-4, "warmup_steps": 0, "grad_clip": 0.0}
+    optim_defaults = MappingProxyType({"learning_rate": 1e-3, "weight_decay": 1e-4, "warmup_steps": 0, "grad_clip": 0.0})
 
     def check_inputs(self, config) -> dict:
         path = Path(config.data) / "manifest.json"

@@ -27,7 +27,7 @@ _INFO_KEYS = ("n_bins", "snps", "idps", "vocabulary", "snp_token_table", "ple_bi
 class ComicalTask(Task):
     name = "comical"
     model_config = ModelConfig
-    input_path = RESIDENT  # 16 bytes a pair: a worker's whole shard fits on its device (DESIGN.md)
+    input_path = RESIDENT  # 16 bytes a pair: a worker's whole shard fits on its device (docs/engine.md)
     columns = tuple(f.name for f in PAIR_SCHEMA)
     # Rows in a canonical order, so the seeded shuffles do not depend on the order Ray Data delivered the blocks.
     row_order = ("subject", "disease", "snp", "idp")
@@ -120,7 +120,7 @@ def genotype_log_likelihoods(model, data: dict[str, torch.Tensor], info: dict, *
     its SNP given its IDP input (a softmax of the CLIP logits over the SNP's three genotype tokens).
 
     The pick never depends on the batch: every genotype of the SNP is a candidate, so the association test can
-    permute genotypes across subjects (pipelines/associations.py).
+    permute genotypes across subjects (pipelines/comical/associations.py).
     """
     table = torch.as_tensor(info["snp_token_table"], dtype=torch.long)  # snp -> token of 0, 1, 2 copies
     n_snps = len(table)

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -184,7 +185,8 @@ def embed_cohort(model: nn.Module, info: dict, run: Path, cohort: Path, *, split
     task.bind(info)
     splits = table.column("split").to_numpy(zero_copy_only=False)
     chosen = table.column("eid").to_numpy()[splits == split] if split else None
-    eids, image, genotype = task.embed(model, chosen, images=images)
+    eids, parts = task.embed(model, chosen, images=images)
+    image, genotype = parts["image"], parts["genotype"]
     order = np.argsort(table.column("eid").to_numpy())
     return embedding_table(eids, image, genotype, splits[order][_rows(table.column("eid").to_numpy()[order], eids)])
 
@@ -195,7 +197,11 @@ class GemcontTask(Task):
     input_path = STREAMED
     selection_metric = "loss"
     # paper 001 section 3.5: AdamW 3e-4, weight decay 1e-4, cosine schedule after a warm-up
-    optim_defaults = {"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 100}
+    optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine",
+                                       "warmup_steps": 100})
+    # the paper's batch is 1024 over 150 epochs on an H100; the mini cohort's 1400 training subjects give a worker
+    # of two at most 700, so the default is the batch every README command runs with on it
+    run_defaults = MappingProxyType({"batch_size": 128})
 
     def check_inputs(self, config) -> dict:
         from pyarrow import csv
@@ -229,7 +235,7 @@ class GemcontTask(Task):
     def build_model(self, model_config: GemcontConfig, info: dict) -> nn.Module:
         return GemcontModel(model_config, info["effects"], tuple(info["image_shape"]), seed=info.get("seed", 0))
 
-    def _genotypes(self) -> tuple[np.ndarray, torch.Tensor]:
+    def genotype_features(self) -> tuple[np.ndarray, torch.Tensor]:
         """Every subject's genotype features, sorted by eid (loaded once per worker)."""
         if getattr(self, "_table", None) is None:
             _, table = read_inputs(self.info["data"])
@@ -240,7 +246,7 @@ class GemcontTask(Task):
         return self._table
 
     def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
-        eids, g = self._genotypes()
+        eids, g = self.genotype_features()
         m = self.info["modality"]
         rows = _rows(eids, batch["eid"].cpu().numpy())
         device = batch[m].device
@@ -262,12 +268,12 @@ class GemcontTask(Task):
 
     @torch.no_grad()
     def embed(self, model: nn.Module, eids: np.ndarray | None = None, *, images: str | Path | None = None,
-              batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(eids in store order, image embeddings, genotype embeddings) of the bound inputs' subjects `eids` (all
-        if None) from the frozen `model`, the volumes read `batch_size` at a time."""
+              batch_size: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(eids in store order, {"image": embeddings, "genotype": embeddings}) of the bound inputs' subjects `eids`
+        (all if None) from the frozen `model`, the volumes read `batch_size` at a time."""
         from comical.data_io.images import open_image_store
 
-        all_eids, g_all = self._genotypes()
+        all_eids, g_all = self.genotype_features()
         eids = all_eids if eids is None else eids
         device = next(model.parameters()).device
         model.eval()
@@ -277,7 +283,8 @@ class GemcontTask(Task):
             image_parts.append(model.encode_images(torch.from_numpy(volumes[:, None]).to(device)).float().cpu())
             genotype_parts.append(model.encode_genotypes(g_all[_rows(all_eids, stored)].to(device)).float().cpu())
             done.append(stored)
-        return np.concatenate(done), torch.cat(image_parts).numpy(), torch.cat(genotype_parts).numpy()
+        return np.concatenate(done), {"image": torch.cat(image_parts).numpy(),
+                                      "genotype": torch.cat(genotype_parts).numpy()}
 
     @torch.no_grad()
     def test(self, model: nn.Module, info: dict, config, out: Path) -> dict:
@@ -286,10 +293,11 @@ class GemcontTask(Task):
         encoder's and the raw voxels', on the same (at most R2_SUBJECTS) subjects. Writes test_embeddings.parquet
         (eid, image_*, genotype_*)."""
         from comical.data_io.images import open_image_store
-        from comical.distributed.tasks.toy import ridge_r2
+        from comical.distributed.metrics import ridge_r2
 
         self.bind(info)
-        stored, image_embeddings, genotype_embeddings = self.embed(model, self._eids("test"))
+        stored, parts = self.embed(model, self._eids("test"))
+        image_embeddings, genotype_embeddings = parts["image"], parts["genotype"]
         sim = image_embeddings @ genotype_embeddings.T
         own = np.arange(len(sim))
         metrics = {"n_test": int(len(sim)), "top1_accuracy": float(((sim.argmax(1) == own).mean()
@@ -305,7 +313,7 @@ class GemcontTask(Task):
             pick = r2_subset(len(stored), config.seed)
             images, _ = open_image_store(info["images"]).read(info["modality"], stored[pick])
             metrics |= {"latent_r2": ridge_r2(image_embeddings[pick], z[pick]),
-                        "latent_r2_untrained_encoder": ridge_r2(self.embed(untrained, stored[pick])[1], z[pick]),
+                        "latent_r2_untrained_encoder": ridge_r2(self.embed(untrained, stored[pick])[1]["image"], z[pick]),
                         "latent_r2_raw_voxels": ridge_r2(images.reshape(len(images), -1), z[pick]),
                         "latent_r2_subjects": len(pick)}
         return metrics

@@ -11,7 +11,7 @@ the job's loss is the mean over heads. Model selection is per head: after each e
 own validation loss improved copies its weights into its `best_*` buffers (saved with the checkpoints); the test uses
 each head's best weights. The heads still share the step count, the learning-rate schedule and the epochs run.
 
-Input folder (pipelines/downstream.py writes it):
+Input folder (pipelines/downstream/heads.py writes it):
     manifest.json                 {"format": "comical heads 1", "kind", "targets", "features", "n_features",
                                    "pos_weight"}
     {train,val,test}/part-00000.parquet   row (subject row in the cohort), x (features, standardised on the
@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -122,8 +123,8 @@ class HeadsTask(Task):
     row_order = ("row",)
     selection_metric = "best_heads_loss"
     # a small network on a few thousand rows: no warm-up to speak of; no clipping (it would couple the heads)
-    optim_defaults = {"learning_rate": 3e-3, "weight_decay": 1e-2, "warmup_steps": 0, "grad_clip": 0.0,
-                      "betas": (0.9, 0.999)}
+    optim_defaults = MappingProxyType({"learning_rate": 3e-3, "weight_decay": 1e-2, "warmup_steps": 0, "grad_clip": 0.0,
+                      "betas": (0.9, 0.999)})
 
     def check_inputs(self, config) -> dict:
         path = Path(config.data) / "manifest.json"

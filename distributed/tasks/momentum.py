@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -176,7 +177,8 @@ class MomentumTask(Task):
     model_config = MomentumConfig
     input_path = STREAMED
     selection_metric = "loss"
-    optim_defaults = {"learning_rate": 3e-4, "weight_decay": 1e-4, "warmup_steps": 20}
+    optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "warmup_steps": 20})
+    run_defaults = MappingProxyType({"batch_size": 32})  # at most the queue (512) and a worker's share of mini's
 
     def check_inputs(self, config) -> dict:
         from comical.data_io.images import open_image_store

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pyarrow as pa
@@ -168,7 +169,7 @@ class RotationTask(Task):
     input_path = RESIDENT
     columns = ("row", "image", "genotypes", "z")
     row_order = ("row",)
-    optim_defaults = {"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 100}
+    optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 100})
 
     def check_inputs(self, config) -> dict:
         path = Path(config.data) / "manifest.json"
@@ -223,7 +224,7 @@ class RotationTask(Task):
         """The test split's embeddings (`test_embeddings.parquet`; an untrained encoder's, seeded as the run's
         initial weights, in `test_embeddings_untrained.parquet`), and the ridge R^2 of z from them beside the
         untrained encoder's and the raw pixels'."""
-        from comical.distributed.tasks.toy import ridge_r2
+        from comical.distributed.metrics import ridge_r2
 
         data = self.read_split(config.data, "test")
         device = next(model.parameters()).device

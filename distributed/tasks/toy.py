@@ -26,7 +26,7 @@ from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
 from comical.distributed.losses import LOSSES
-from comical.distributed.metrics import paired_epoch_line, paired_top1
+from comical.distributed.metrics import paired_epoch_line, paired_top1, ridge_r2
 from comical.distributed.task import STREAMED, Task
 
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -89,7 +89,7 @@ class ToyTask(Task):
             raise InputError(f"{config.data}: not a toy data set (no manifest.json of task toy)")
         if config.worker_batch_size > manifest["splits"]["train"] // config.engine.workers:
             raise InputError(f"--batch-size {config.batch_size}: larger than a worker's share of the training rows")
-        return {k: manifest[k] for k in ("latent_dim", "view_dim")}
+        return {**{k: manifest[k] for k in ("latent_dim", "view_dim")}, "n_train": manifest["splits"]["train"]}
 
     def datasets(self, config) -> dict:
         import ray.data
@@ -131,12 +131,3 @@ class ToyTask(Task):
         return (f"latent R^2 from the embeddings {m['latent_r2']:.3f} (untrained encoder "
                 f"{m['latent_r2_untrained_encoder']:.3f}, raw view {m['latent_r2_raw_view']:.3f}), {m['n_test']} test rows")
 
-
-def ridge_r2(x: np.ndarray, y: np.ndarray) -> float:
-    """5-fold cross-validated R^2 of a ridge regression of y on x (scikit-learn), averaged over y's columns."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.model_selection import cross_val_predict
-    from sklearn.metrics import r2_score
-
-    predicted = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), x, y, cv=5)
-    return float(r2_score(y, predicted))

@@ -179,7 +179,7 @@ def _score_against_truth(table: pl.DataFrame, store: Path, cohort_dir: Path, pla
     """
     from comical.data_io.cohort import load_cohort
     from comical.data_io.pair_store import read_manifest
-    from comical.pipelines.truth import candidate_pairs, gwas_pair_pvalues, truth_comparison
+    from comical.pipelines.comical.truth import candidate_pairs, gwas_pair_pvalues, truth_comparison
 
     candidates = candidate_pairs(read_manifest(store))
     subjects = pl.read_parquet(store / "subjects.parquet")

@@ -1,4 +1,4 @@
-"""Disease-mediated SNP-IDP pairs (paper 000, section 2.2, Fig. 2), written as the pair store of DESIGN.md.
+"""Disease-mediated SNP-IDP pairs (paper 000, section 2.2, Fig. 2), written as the pair store of docs/architecture.md.
 
     comical pairs --cohort DIR --top-n-perc 1 --out DIR
 

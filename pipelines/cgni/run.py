@@ -11,7 +11,7 @@ Stages, each a Ray Train fit through the engine (distributed/tasks/cgni.py), one
    panel, the NN on h_v + panel), side by side; the linear SVM on h_v + panel and the covariates-only reference
    (age and sex, logistic) are fitted here with scikit-learn.
 Balanced accuracy (scikit-learn) of every model on each fold's training rows, its held-out fold and the 10%
-hold-out: mean +- SD over the folds (paper 002 Tables 1 and 2). Post-analysis (pipelines/cgni_post.py): sparse CCA
+hold-out: mean +- SD over the folds (paper 002 Tables 1 and 2). Post-analysis (pipelines/cgni/post.py): sparse CCA
 between the main model's fold-0 embeddings, occlusion contributions, selected SNPs and regions against the truth.
 
 Outputs: table1.csv/md, table2.csv/md (with --loss-terms), cca.csv, contributions_{regions,snps}.csv,
@@ -119,8 +119,8 @@ def _fit(stage: Path, name: str, spec: dict, settings: CgniSettings, verbose: bo
 
 def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbose: bool, say) -> dict:
     from comical.distributed.tasks.cgni import read_cgni_inputs, write_bank_inputs
-    from comical.pipelines.cgni_inputs import prepare_cgni_inputs
-    from comical.pipelines.cgni_post import post_analysis
+    from comical.pipelines.cgni.inputs import prepare_cgni_inputs
+    from comical.pipelines.cgni.post import post_analysis
 
     inputs = stage / "inputs"
     manifest = prepare_cgni_inputs(cohort_dir, inputs, panel=panel, folds=settings.folds, seed=settings.seed)

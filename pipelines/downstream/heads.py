@@ -55,7 +55,7 @@ import polars as pl
 
 from comical.data_io.errors import InputError
 from comical.data_io.ukb_fields import DISEASES, EPRS_DISEASES, N_PCS, PAIR_DISEASES
-from comical.pipelines import downstream_stats as st
+from comical.pipelines.downstream import stats as st
 
 OUTCOMES = [*PAIR_DISEASES, "Stroke", "SZ", "meta"]
 META_OF = [*PAIR_DISEASES, "Stroke", "SZ"]  # the meta outcome: all ten at once (paper 000 section 2.4)
@@ -128,18 +128,15 @@ def load_subjects(run: Path, cohort_dir: Path, pairs: Path | None = None) -> Sub
     from comical.distributed.export import load_model
 
     run = Path(run)
+    from comical.pipelines.registry import heads_subjects
+
     model, spec = load_model(run / "model")
-    if spec["task"] == "gemcont":
-        return _gemcont_subjects(run, Path(cohort_dir), model, spec)
-    if spec["task"] != "comical":
-        raise InputError(f"--run {run}: a {spec['task']!r} model; predict and riskscore read COMICAL runs (their "
-                         "SNP and IDP encoders) and GEMCONT runs (their image encoder)")
-    return _comical_subjects(run, Path(cohort_dir), model, spec, pairs)
+    return heads_subjects(spec["task"])(run, Path(cohort_dir), model, spec, pairs)
 
 
-def _comical_subjects(run: Path, cohort_dir: Path, model, spec: dict, pairs: Path | None) -> Subjects:
+def comical_subjects(run: Path, cohort_dir: Path, model, spec: dict, pairs: Path | None) -> Subjects:
     from comical.data_io.cohort import load_cohort
-    from comical.pipelines.embed import model_idps, model_snp_columns, subject_embeddings
+    from comical.pipelines.comical.embed import model_idps, model_snp_columns, subject_embeddings
 
     if pairs is None:
         pairs = Path(json.loads((run / "run.json").read_text())["config"]["data"])
@@ -170,7 +167,7 @@ def _comical_subjects(run: Path, cohort_dir: Path, model, spec: dict, pairs: Pat
     return _subjects(cohort, cohort_dir, order, embedding, raw, description)
 
 
-def _gemcont_subjects(run: Path, cohort_dir: Path, model, spec: dict) -> Subjects:
+def gemcont_subjects(run: Path, cohort_dir: Path, model, spec: dict, pairs: Path | None = None) -> Subjects:
     from comical.data_io.cohort import load_cohort
     from comical.distributed.tasks.gemcont import embed_cohort
 

@@ -23,8 +23,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from comical.data_io.cohort import Cohort
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
-from comical.pipelines.gwas import CHUNK_BYTES, DEFAULT_COHORT_COVARIATES, GwasTables, build_inputs
-from comical.pipelines import gwas_stats
+from comical.pipelines.statgen.gwas import CHUNK_BYTES, DEFAULT_COHORT_COVARIATES, GwasTables, build_inputs
+from comical.pipelines.statgen import gwas_stats
 
 FDR = 0.05
 

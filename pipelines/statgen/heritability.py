@@ -105,7 +105,7 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
 
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import write_atomic
-    from comical.pipelines.qc import run_qc
+    from comical.pipelines.statgen.qc import run_qc
 
     path = Path(embeddings)
     if not path.is_file():

@@ -14,7 +14,7 @@ references made here (the joint run's architecture at its initial weights; the t
   GWAS uses no label) per side (T1 side, T2 side): loci at 5e-8 and the planted image-latent variants found; the
   agreement of the T1 and T2 sides (variants at 5e-8 on both / on either; for the single-modality models, the T1
   model's side against the T2 model's); the HE heritability of the side's top PCs (how many exceed 2 se, and their
-  mean) and the phenotypic and genetic correlation of the two sides' first PCs (pipelines/heritability.py, jackknife
+  mean) and the phenotypic and genetic correlation of the two sides' first PCs (pipelines/statgen/heritability.py, jackknife
   se; signed so the phenotypic correlation is positive). The multi-trait test's p-values are uniform on null data
   (tests/test_gwas.py). T1 and T2 render the same simulated anatomy, so agreement and rg between sides are high for
   any model that summarises anatomy: the planted latent's R^2 and its variants are the measures of learning.
@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from comical.data_io.errors import InputError
-from comical.pipelines.gwas import GENOME_WIDE
+from comical.pipelines.statgen.gwas import GENOME_WIDE
 
 PCS = 10  # embedding PCs per side for the GWAS and the heritabilities
 RUN_NAMES = ("joint", "t1", "t2", "autoencoder")
@@ -51,10 +51,10 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     from sklearn.model_selection import KFold, cross_val_predict
 
     from comical.data_io.cohort import load_cohort
-    from comical.distributed.tasks.toy import ridge_r2
-    from comical.pipelines.gemcont_eval import _auc, _covariates, _embedding_gwas, _labels, _latent, _oof_scores
-    from comical.pipelines.heritability import genetic_correlation, he_regression, relationship_matrix
-    from comical.pipelines.qc import run_qc
+    from comical.distributed.metrics import ridge_r2
+    from comical.pipelines.gemcont.evaluate import _auc, _covariates, _embedding_gwas, _labels, _latent, _oof_scores
+    from comical.pipelines.statgen.heritability import genetic_correlation, he_regression, relationship_matrix
+    from comical.pipelines.statgen.qc import run_qc
 
     unknown = [r for r in runs if r not in RUN_NAMES]
     if unknown:

@@ -205,8 +205,8 @@ def multi_trait_p(embeddings: np.ndarray, genotypes: np.ndarray) -> tuple[np.nda
     simulation), and how many components were tested: all of the embedding's numerical rank (singular values above
     1e-6 of the largest; components past it are rounding noise, which the rank transform would blow up into unit-
     variance traits and the test would spend degrees of freedom on)."""
-    from comical.pipelines import gwas_stats
-    from comical.pipelines.gwas import embedding_traits
+    from comical.pipelines.statgen import gwas_stats
+    from comical.pipelines.statgen.gwas import embedding_traits
 
     n, d = embeddings.shape
     singular = np.linalg.svd(embeddings - embeddings.mean(0), compute_uv=False)

@@ -17,7 +17,7 @@ from comical.data_io.errors import InputError
 
 def write_qc(cohort, config, stage: Path, *, shown_as: Path):
     """Run QC and write its outputs into `stage` (shown to the user as `shown_as`)."""
-    from comical.pipelines.qc import run_qc
+    from comical.pipelines.statgen.qc import run_qc
 
     result = run_qc(cohort, config)
     result.write(stage)
@@ -31,7 +31,7 @@ def write_qc(cohort, config, stage: Path, *, shown_as: Path):
 
 def qc_of(cohort, qc_dir: Path | None, stage: Path, *, shown_as: Path):
     """The QC to build on: read from `--qc DIR`, or run now with defaults and written to `stage/qc`."""
-    from comical.pipelines.qc import QCConfig, QCResult
+    from comical.pipelines.statgen.qc import QCConfig, QCResult
 
     if qc_dir is not None:
         return QCResult.read(qc_dir)
@@ -42,9 +42,9 @@ def qc_of(cohort, qc_dir: Path | None, stage: Path, *, shown_as: Path):
 def write_pair_store(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, shown_as: Path) -> dict:
     """QC (read from `qc_dir`, or run into `stage/qc`), the PheWAS (read from `phewas_dir`, or run on the training
     split into `stage/phewas`), catalog SNP sets, then the pair store in `stage`; returns its manifest."""
-    from comical.pipelines.catalog_sets import catalog_snp_sets, snp_set_report
-    from comical.pipelines.pairs import make_pairs, split_subjects
-    from comical.pipelines.phewas import PhewasConfig, read_idp_disease_map, run_phewas, write_phewas
+    from comical.pipelines.comical.catalog_sets import catalog_snp_sets, snp_set_report
+    from comical.pipelines.comical.pairs import make_pairs, split_subjects
+    from comical.pipelines.statgen.phewas import PhewasConfig, read_idp_disease_map, run_phewas, write_phewas
 
     phewas_config = PhewasConfig()
     idp_map = read_idp_disease_map(phewas_dir) if phewas_dir else None  # read (and checked) before compute

@@ -35,7 +35,7 @@ from comical.data_io.errors import InputError
 from comical.data_io.plink import Genotypes, open_genotypes, with_ext
 from comical.data_io.tables import read_table
 from comical.distributed.ray_session import init_ray, shutdown_ray
-from comical.pipelines import gwas_stats
+from comical.pipelines.statgen import gwas_stats
 
 GENOME_WIDE = 5e-8
 CHUNK_BYTES = 64 << 20  # genotypes decoded at once per task
@@ -398,14 +398,14 @@ class _Writers:
                                                "max_neg_log10_p": float(np.nan_to_num(np.nanmax(neg, initial=0.0),
                                                                                       posinf=np.finfo(float).max))}
         if clump is not None:  # every phenotype's clumps from one read of the genotypes near hits
-            from comical.pipelines.clump import clump_phenotypes
+            from comical.pipelines.statgen.clump import clump_phenotypes
 
             found = clump_phenotypes(self.inputs.genotypes, self.inputs.sample_index, neg_log10_p, **clump)
             for name, info in summary["phenotypes"].items():
                 found[name].write_csv(f"{self.prefix}.{name}.clumps.tsv", separator="\t")
                 info["clumps"] = found[name].height
         if plots:
-            from comical.pipelines.gwas_plots import plot_all
+            from comical.pipelines.statgen.gwas_plots import plot_all
 
             plot_all(self.variants, neg_log10_p, summary, self.prefix)
         Path(f"{self.prefix}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")

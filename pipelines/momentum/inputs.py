@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from comical.data_io.cohort import load_cohort
 from comical.data_io.errors import InputError
 from comical.data_io.output_dir import staged_folder
-from comical.pipelines.gemcont_inputs import SPLITS, split_subjects
+from comical.pipelines.gemcont.inputs import SPLITS, split_subjects
 from comical.data_io.images import open_image_store, store_identity
 
 def prepare_momentum_inputs(cohort_dir: str | Path, out: str | Path, *, seed: int = 0) -> dict:

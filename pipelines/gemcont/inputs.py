@@ -49,8 +49,8 @@ def split_subjects(n: int, seed: int) -> np.ndarray:
 def prepare_gemcont_inputs(cohort_dir: str | Path, out: str | Path, *, disease: str, modality: str = "t1",
                            n_pcs: int = 20, seed: int = 0, clump_r2: float = 0.05, window_kb: float = 5000.0) -> dict:
     """Write the inputs folder `out` (staged, renamed into place when whole); returns its manifest."""
-    from comical.pipelines.catalog_sets import catalog_snp_sets
-    from comical.pipelines.clump import clump_hits
+    from comical.pipelines.comical.catalog_sets import catalog_snp_sets
+    from comical.pipelines.statgen.clump import clump_hits
 
     if disease not in DISEASES:
         raise InputError(f"--disease {disease}: expected one of {DISEASES}")

@@ -37,10 +37,10 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
     from comical.data_io.cohort import load_cohort
     from comical.distributed.export import load_model
     from comical.distributed.tasks.gemcont import R2_SUBJECTS, embed_cohort, r2_subset
+    from comical.pipelines.registry import check_evaluation
 
     model, spec = load_model(Path(run) / "model")
-    if spec["task"] != "gemcont":
-        raise InputError(f"--run {run}: a {spec['task']} run; `evaluate gemcont` takes a GEMCONT run")
+    check_evaluation(spec["task"], "gemcont", run)
     cohort_data = load_cohort(cohort)
     test = pl.from_arrow(embed_cohort(model, spec["input"], run, cohort, split="test"))
     random_test = pl.from_arrow(embed_cohort(_untrained(spec), spec["input"], run, cohort, split="test"))
@@ -68,7 +68,7 @@ def evaluate_gemcont(run: Path, cohort: Path, stage: Path, *, workers: int = 1, 
     latent = _latent(truth_dir, eids)
     if latent is not None:
         from comical.data_io.images import open_image_store
-        from comical.distributed.tasks.toy import ridge_r2
+        from comical.distributed.metrics import ridge_r2
 
         pick = r2_subset(len(eids), spec["input"].get("seed", 0))  # the subjects training's test used
         volumes, stored = open_image_store(Path(cohort) / "images").read(spec["input"]["modality"], eids[pick])
@@ -134,7 +134,7 @@ def _untrained(spec: dict):
 
 
 def _embedding_gwas(frame, cohort: Path, folder: Path, workers: int) -> pl.DataFrame:
-    from comical.pipelines.gwas import run_gwas, tables_from_cohort
+    from comical.pipelines.statgen.gwas import run_gwas, tables_from_cohort
 
     folder.mkdir(parents=True)
     traits = folder / "embeddings.parquet"
@@ -247,7 +247,7 @@ def _features(run: Path, spec: dict, eids: np.ndarray) -> np.ndarray:
     """The run's genotype features (PC-regressed, standardised) of `eids`, as training saw them."""
     from comical.distributed.tasks.gemcont import GemcontTask, _rows
 
-    all_eids, g = GemcontTask().bind({"data": str(_inputs(run, spec))})._genotypes()
+    all_eids, g = GemcontTask().bind({"data": str(_inputs(run, spec))}).genotype_features()
     return g[_rows(all_eids, eids)].numpy()
 
 

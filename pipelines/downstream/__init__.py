@@ -1,0 +1,1 @@
+"""Paper 000's heads on frozen encoders: outcome prediction and risk scores, and their statistics."""

@@ -1,0 +1,1 @@
+"""Statistical genetics every paper uses: QC, PheWAS, GWAS (its statistics, plots and clumping), heritability."""
