@@ -1,10 +1,11 @@
-# Two entry points: `make demo` (set up, then run the demo on the simulated cohort) and `make test`.
+# Two entry points: `make demo` (set up, then run the demo on the simulated cohort) and `make test`; developers
+# also have `make test-fast` (the suite without its end-to-end Ray runs and long trainings: the edit loop).
 # torch==2.13.0 is installed before the package so pip never pulls a multi-GB CUDA build on a CPU box.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,10 @@ demo: $(VENV)/.installed
 	$(BIN)/comical demo --images --out demo-output --force
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -233,7 +233,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=_heritability)
 
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
-    p.add_argument("task", choices=["gemcont", "momentum"], metavar="{gemcont,momentum}",
+    from comical.pipelines.registry import EVALUATIONS
+
+    p.add_argument("task", choices=sorted(EVALUATIONS), metavar="{" + ",".join(sorted(EVALUATIONS)) + "}",
                    help="gemcont: paper 001's evaluation of one run; momentum: paper 003's of named runs")
     p.add_argument("--run", type=Path, help="gemcont: a `comical train --task gemcont` run folder")
     p.add_argument("--runs", help="momentum: NAME=RUN,... with names joint, t1, t2, autoencoder (`comical train "

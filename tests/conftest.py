@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -86,16 +88,20 @@ def small_pairs(mini_pairs, mini_cohort, tmp_path_factory) -> Path:
     return out
 
 
-TRAIN_ARGS = ["--workers", "2", "--zero-stage", "2", "--epochs", "3", "--batch-size", "1024"]
+TRAIN_ARGS = ["--workers", "2", "--zero-stage", "2", "--epochs", "3", "--batch-size", "1024"]  # the Ray runs'
+IN_PROCESS_ARGS = ["--workers", "1", "--zero-stage", "2", "--epochs", "3", "--batch-size", "1024"]
 
 
 @pytest.fixture(scope="session")
 def trained_run(small_pairs, ray_session, tmp_path_factory) -> Path:
-    """`comical train --workers 2 --zero-stage 2` (DeepSpeed) on the small store, 3 epochs."""
+    """`comical train --zero-stage 2` (DeepSpeed) on the small store, 3 epochs, one worker in this process
+    (`training_in_process`): the model the tests of what comes after training read. The same settings on two Ray
+    Train workers are test_train's fault drill."""
     from comical.cli import main
 
     out = tmp_path_factory.mktemp("run") / "run"
-    assert main(["train", "--pairs", str(small_pairs), "--out", str(out), *TRAIN_ARGS]) == 0
+    with training_in_process():
+        assert main(["train", "--pairs", str(small_pairs), "--out", str(out), *IN_PROCESS_ARGS]) == 0
     return out
 
 
@@ -129,6 +135,20 @@ def hold_cpus(ray_session):
         ray_session.kill(holder)
 
 
+def destroy_process_group() -> None:
+    """Tear down this process's torch.distributed group and DeepSpeed's references to it: DeepSpeed caches its groups,
+    and a later engine in this process would find them stale ("Group ... is not registered"). Safe to call when
+    nothing is up, or after a test tore the group down through torch alone."""
+    import deepspeed.comm
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    groups._release_process_group_references(None)
+    deepspeed.comm.comm.cdb = None
+
+
 class _InProcessResult:
     """What `run_training`'s callers read of Ray's Result."""
 
@@ -136,14 +156,14 @@ class _InProcessResult:
         self.best_checkpoints, self.error = best_checkpoints, None
 
 
-@pytest.fixture
-def in_process(monkeypatch, ray_session):
+@contextlib.contextmanager
+def training_in_process():
     """`comical train` (and everything that trains through `run_training`: heads, CGNI's stages, the simulation
     benchmark) as one worker in this process: the same worker loop, engine (DeepSpeed or DDP over a gloo group of
-    one), checkpoints, best-epoch choice, export and test as a Ray Train fit, without starting Ray Train's controller
-    and workers (seconds instead of a minute). Streamed tasks still read through Ray Data. What only a real fit shows
-    (several workers, restarts, the watchdog, placement) is tested by the few Ray Train runs kept for it
-    (test_train, test_tune, the demo)."""
+    one), checkpoints, resume, best-epoch choice, export and test as a Ray Train fit, without starting Ray Train's
+    controller and workers (seconds instead of a minute). Streamed tasks still read through Ray Data, so a Ray
+    session must be up. What only a real fit shows (several workers, restarts, the watchdog, placement, Tune) is
+    tested by the few Ray Train runs kept for it (test_train, test_tune, the demo)."""
     import socket
     from types import SimpleNamespace
 
@@ -153,6 +173,7 @@ def in_process(monkeypatch, ray_session):
     import torch.distributed as dist
 
     from comical.distributed import run as driver
+    from comical.distributed import scaling
     from comical.distributed import train as engine
     from comical.distributed.task import RESIDENT, get_task
 
@@ -166,38 +187,51 @@ def in_process(monkeypatch, ray_session):
         datasets = task.datasets(config) if task.input_path != RESIDENT else {}
         folder = Path(storage) / name
         folder.mkdir(parents=True, exist_ok=True)
-        previous = sorted(folder.glob("checkpoint_*"))
-        reported = []
+        # Ray Train keeps every reported checkpoint with its metrics in the run's storage (a resumed run's too)
+        reported = [(ray.train.Checkpoint.from_directory(str(c)), json.loads((c / "_metrics.json").read_text()))
+                    for c in sorted(folder.glob("checkpoint_*"))]
+        latest = reported[-1][0] if reported else None
 
-        def report(metrics, checkpoint=None):  # Ray Train keeps each rank's checkpoint folder in its storage
-            kept = folder / f"checkpoint_{len(previous) + len(reported):06d}"
+        def report(metrics, checkpoint=None):
+            kept = folder / f"checkpoint_{len(reported):06d}"
             shutil.copytree(checkpoint.path, kept)
+            (kept / "_metrics.json").write_text(json.dumps(metrics))
             reported.append((ray.train.Checkpoint.from_directory(str(kept)), dict(metrics)))
             for callback in callbacks:
                 callback.after_report(None, [metrics], reported[-1][0])
 
         context = SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1)
-        monkeypatch.setattr(ray.train, "get_context", lambda: context)
-        monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
-        monkeypatch.setattr(ray.train, "get_checkpoint",
-                            lambda: ray.train.Checkpoint.from_directory(str(previous[-1])) if previous else None)
-        monkeypatch.setattr(ray.train, "report", report)
-        monkeypatch.setattr(ray.train, "get_dataset_shard", lambda split: datasets[split].iterator())
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                               LOCAL_RANK="0").items():
-            monkeypatch.setenv(key, value)
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        try:
-            engine.train_loop_per_worker({"config": config.to_dict(), "info": info, "stall_file": None})
-        finally:
-            dist.destroy_process_group()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ray.train, "get_context", lambda: context)
+            patch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+            patch.setattr(ray.train, "get_checkpoint", lambda: latest)
+            patch.setattr(ray.train, "report", report)
+            patch.setattr(ray.train, "get_dataset_shard", lambda split: datasets[split].iterator())
+            for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                                   LOCAL_RANK="0").items():
+                patch.setenv(key, value)
+            destroy_process_group()  # whatever an earlier test left
+            dist.init_process_group("gloo", rank=0, world_size=1)
+            try:
+                engine.train_loop_per_worker({"config": config.to_dict(), "info": info, "stall_file": None})
+            finally:
+                destroy_process_group()
         return _InProcessResult(reported)
 
-    monkeypatch.setattr(engine, "Watchdog", Quiet)
-    monkeypatch.setattr(engine, "run_training", run_training)
-    monkeypatch.setattr(driver, "run_training", run_training)
-    monkeypatch.setattr(driver, "check_cluster_fits", lambda *args, **kwargs: None)
-    return run_training
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "Watchdog", Quiet)
+        patch.setattr(engine, "run_training", run_training)
+        patch.setattr(driver, "run_training", run_training)
+        patch.setattr(driver, "check_cluster_fits", lambda *args, **kwargs: None)
+        patch.setattr(scaling, "run_training", run_training)
+        yield
+
+
+@pytest.fixture
+def in_process(ray_session):
+    """Training in this process for one test (`training_in_process`)."""
+    with training_in_process():
+        yield

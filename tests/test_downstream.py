@@ -194,7 +194,7 @@ def test_each_head_keeps_its_own_best_validation_weights():
     torch.testing.assert_close(state["out_weight"][2], last["out_weight"][2])  # never validated: as trained
 
 
-def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, capsys):
+def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, capsys, in_process):
     """Both commands on the mini cohort from a trained run: every output, heads trained through the engine, and
     subjects used as stated (test subjects are the encoder's test split)."""
     common = ["--run", str(trained_run), "--cohort", str(mini_cohort), "--epochs", "2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import destroy_process_group
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -96,15 +97,7 @@ def test_queue_and_key_towers_survive_a_deepspeed_checkpoint_restore(tmp_path, m
         monkeypatch.setenv(key, value)
     dist.init_process_group("gloo", rank=0, world_size=1)
 
-    def teardown():  # through DeepSpeed, which also drops its cached groups (a later engine would find them stale)
-        import deepspeed.comm
-
-        if deepspeed.comm.comm.cdb is not None:
-            deepspeed.comm.destroy_process_group()
-        elif dist.is_initialized():
-            dist.destroy_process_group()
-
-    request.addfinalizer(teardown)
+    request.addfinalizer(destroy_process_group)  # DeepSpeed's cached groups too: a later engine finds none stale
     config = TrainConfig.from_dict({"task": "momentum-t1t2", "batch_size": 4, "engine": {"zero_stage": 2},
                                     "model": {"channels": [4, 8], "image_features": 16, "embed_dim": 8,
                                               "queue_size": 12, "augment": "off"}})
@@ -149,15 +142,20 @@ def test_the_single_modality_and_autoencoder_models_keep_their_shapes():
 
 @pytest.fixture(scope="module")
 def momentum_run(image_cohort, ray_session, tmp_path_factory):
+    """The T1/T2 model through the engine's worker loop in this process (the queue shared by two workers is
+    test_the_queue_is_the_same_on_every_worker_and_first_in_first_out's)."""
+    from conftest import training_in_process
+
     from comical.cli import main
 
     out = tmp_path_factory.mktemp("momentum") / "run"
-    assert main(["train", "--task", "momentum-t1t2", "--cohort", str(image_cohort), "--out", str(out),
-                 "--workers", "2", "--epochs", "2", "--batch-size", "32"]) == 0
+    with training_in_process():
+        assert main(["train", "--task", "momentum-t1t2", "--cohort", str(image_cohort), "--out", str(out),
+                     "--epochs", "2"]) == 0  # the task's batch: 32
     return out
 
 
-def test_momentum_t1t2_trains_with_two_workers(momentum_run):
+def test_momentum_t1t2_trains(momentum_run):
     import json
 
     import polars as pl
@@ -170,7 +168,7 @@ def test_momentum_t1t2_trains_with_two_workers(momentum_run):
     assert metrics["top1_accuracy"] > 5 * metrics["top1_accuracy_chance"]  # T1 finds its T2 far above chance
     weights = load_file(str(out / "model" / "model.safetensors"))
     enqueued, ptr = int(weights["enqueued"]), int(weights["queue_ptr"])
-    # every step enqueued the 32 keys of both workers; the pointer followed them around the 512 slots
+    # every step enqueued its 32 keys; the pointer followed them around the 512 slots
     assert enqueued > 0 and enqueued % 32 == 0 and ptr == enqueued % 512
     # the key towers moved from their initial weights (a copy of the initial query towers) towards the trained query
     # towers: the EMA ran in the distributed run
@@ -229,3 +227,30 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     assert {"untrained", "raw voxels"} <= set(table) and table["untrained"]["dims"] == 256
     assert table["raw voxels"]["dims"] == 64
     assert (out / "evaluation.png").is_file() and "momentum" in (out / "evaluation.md").read_text()
+
+
+def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momentum_run, image_cohort, tmp_path,
+                                                                           capsys):
+    """`comical embed` of a T1/T2 run: every subject with its split and both sides, equal to the embeddings the run
+    wrote at its end; a model with no per-subject embeddings of its own (the heads) gets one line, not a traceback."""
+    import json
+    import shutil
+
+    import polars as pl
+
+    from comical.cli import main
+
+    out = tmp_path / "t1t2.parquet"
+    assert main(["embed", "--run", str(momentum_run), "--cohort", str(image_cohort), "--out", str(out)]) == 0
+    assert "momentum-t1t2 embeddings" in capsys.readouterr().out
+    ours, written = pl.read_parquet(out).sort("eid"), pl.read_parquet(momentum_run / "embeddings.parquet").sort("eid")
+    assert ours.columns == written.columns and ours["split"].to_list() == written["split"].to_list()
+    np.testing.assert_allclose(ours.drop("eid", "split").to_numpy(), written.drop("eid", "split").to_numpy(),
+                               rtol=1e-5, atol=1e-6)
+    heads = tmp_path / "heads"
+    shutil.copytree(momentum_run / "model", heads / "model")
+    spec = json.loads((heads / "model" / "model.json").read_text())
+    (heads / "model" / "model.json").write_text(json.dumps(spec | {"task": "heads"}))
+    assert main(["embed", "--run", str(heads), "--cohort", str(image_cohort), "--out", str(tmp_path / "h.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a 'heads' run has no per-subject embeddings" in err

@@ -225,16 +225,38 @@ def test_bad_tune_input_fails_before_any_trial(small_pairs, tmp_path, capsys, ra
     assert "not a pair store" in capsys.readouterr().err
 
 
-def test_bench_scaling_writes_the_table_and_plot(small_pairs, ray_session, tmp_path, capsys):
+def test_bench_scaling_writes_the_table_and_plot(small_pairs, tmp_path, capsys, in_process):
+    """The command's plumbing through the engine (one worker, in this process): a row per worker count from the
+    fit's own epoch metrics, the table, the plot; worker counts the cluster cannot hold are refused first."""
     out = tmp_path / "scaling"
-    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,2", "--epochs", "2",
+    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1", "--epochs", "2",
                  "--batch-size", "1024", "--engine", "ddp", "--out", str(out)]) == 0
     table = pl.read_csv(out / "scaling.csv")
-    assert table["workers"].to_list() == [1, 2] and (table["samples_per_s"] > 0).all()
-    assert table["speedup"][0] == pytest.approx(1.0)
-    assert table["speedup"][1] == pytest.approx(table["samples_per_s"][1] / table["samples_per_s"][0])
+    assert table["workers"].to_list() == [1] and (table["samples_per_s"] > 0).all()
+    assert table["speedup"][0] == pytest.approx(1.0) and table["epochs_measured"][0] == 1  # the first is warm-up
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| 2 | CPU |" in capsys.readouterr().out
+    assert "| 1 | CPU |" in capsys.readouterr().out
     assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,x", "--out", str(out)]) == 2
     assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,64", "--out", str(tmp_path / "o")]) == 2
     assert "the Ray cluster has" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_scaling_rows_are_the_median_steady_epoch_of_each_fit(monkeypatch):
+    """Speed-up and efficiency against the first worker count, from the epochs after the warm-up (a stand-in fit
+    reports fixed epochs: 2 workers twice as fast in samples/s, 1.5x in seconds)."""
+    from types import SimpleNamespace
+
+    from comical.distributed import scaling
+
+    def fit(config, storage, info, name):
+        n = config.engine.workers
+        epochs = [{"epoch": e, "samples_per_s": (100.0 if e == 0 else 1000.0 * n + e), "epoch_seconds": 9.0 / n}
+                  for e in range(3)]
+        return SimpleNamespace(error=None, best_checkpoints=[(None, m) for m in epochs])
+
+    monkeypatch.setattr(scaling, "run_training", fit)
+    monkeypatch.setattr(scaling, "check_cluster_fits", lambda config, driver_cpus: None)
+    table = scaling.measure(TrainConfig.from_dict({"epochs": 3}), {}, [1, 2])
+    assert table["samples_per_s"].to_list() == [1001.5, 2001.5] and table["epochs_measured"].to_list() == [2, 2]
+    assert table["speedup"].to_list() == pytest.approx([1.0, 2001.5 / 1001.5])
+    assert table["efficiency"].to_list() == pytest.approx([1.0, 2001.5 / 1001.5 / 2])

@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from comical.data_io.arrow_lists import from_fixed_list
-from comical.data_io.errors import InputError
+from comical.data_io.errors import InputError, RunFailed
 
 TERMS = ("L(v,g)", "L(g,v)", "L(v,v)", "L(g,g)")
 PAPER_WEIGHTS = (0.7, 0.3, 0.0, 0.4)  # paper 002's best: terms (1), (2), (4)
@@ -112,7 +112,14 @@ def _fit(stage: Path, name: str, spec: dict, settings: CgniSettings, verbose: bo
 
     config = TrainConfig.from_dict(spec | {"seed": settings.seed, "engine": {"workers": settings.workers,
                                                                                "use_gpu": settings.use_gpu}})
-    metrics = train_and_evaluate(config, stage / "runs" / name, verbose=verbose, epoch_lines=settings.epoch_lines)
+    try:
+        metrics = train_and_evaluate(config, stage / "runs" / name, verbose=verbose, epoch_lines=settings.epoch_lines)
+    except (InputError, RunFailed):
+        raise
+    except Exception as err:  # a worker's crash (native ones too) reaches the user as one line naming the stage
+        jobs = "brain-age pre-training" if name == "age" else f"all {settings.folds} folds in one job"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise RunFailed(f"stage {name} ({jobs}) failed: {lines[0] if lines else type(err).__name__}") from err
     shutil.rmtree(stage / "runs" / name / "checkpoints", ignore_errors=True)
     return metrics
 
