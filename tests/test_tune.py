@@ -60,18 +60,42 @@ def test_table1_space_is_shipped_and_brackets_the_papers_values():
     assert lr["low"] <= 1e-4 and 3.3e-3 <= lr["high"] and all("source" in spec for spec in space.values())
 
 
-def test_asha_sweep_writes_results_best_config_and_table1(small_pairs, tiny_space, ray_session, tmp_path, capsys):
-    """Four trials, one after another: ASHA stops at least one early, and the trials after it still start and
-    finish (issue 21: a stopped trial's leftovers starved the next one's reads, and the sweep hung)."""
+def test_asha_sweep_interrupted_and_resumed(small_pairs, tiny_space, ray_session, tmp_path, capsys):
+    """Four trials, one after another, in a sweep with its own Ray, interrupted (Ctrl-C) once its second trial has
+    reported, then `--resume`d: a trial that had finished is not trained again; ASHA stops at least one trial early
+    and the trials after it still start and finish (issue 21: a stopped trial's leftovers starved the next one's
+    reads, and the sweep hung); results.parquet, best_config.yaml and table1.md."""
     out = tmp_path / "sweep"
-    assert main(["tune", "--pairs", str(small_pairs), "--space", str(tiny_space), "--num-samples", "4",
-                 "--max-epochs", "2", "--out", str(out)]) == 0
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}  # its own Ray, then interrupted
+    process = subprocess.Popen([sys.executable, "-m", "comical", "tune", "--pairs", str(small_pairs), "--space",
+                                str(tiny_space), "--num-samples", "4", "--max-epochs", "2", "--out", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    started = []
+    while time.time() < deadline and process.poll() is None:
+        # trials run one at a time: once the second has reported, the first is finished (TERMINATED)
+        started = sorted((out / "sweep").glob("_trial_*/result.json"))
+        if len(started) >= 2 and started[1].read_text().strip():
+            break
+        time.sleep(1)
+    assert len(started) >= 2, "the second trial did not report before the deadline"
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves the sweep state and stops
+    process.wait(timeout=120)
+    trials = sorted((out / "sweep").glob("_trial_*/result.json"))
+    before = {p.parent.name: p.read_text() for p in trials[:-1]}  # all but the newest had finished
+    assert before
+    assert main(["tune", "--resume", str(out)]) == 0
+    for name in before:  # a trial that had finished was not trained again
+        assert (out / "sweep" / name / "result.json").read_text() == before[name]
+
     results = pl.read_parquet(out / "results.parquet")
     assert results.height == 4 and not results["errored"].any() and results["stopped_by_asha"].any()
     printed = capsys.readouterr().out.splitlines()
+    # the resumed part's console: a line per event of the trials that had not finished (the saved callbacks print to
+    # this console, not the log)
     ended = [line for line in printed if line.startswith("tune: trial") and " ended after " in line]
-    assert len(ended) == 4 and sum("stopped early by ASHA" in line for line in ended) == results["stopped_by_asha"].sum()
-    assert sum(line.startswith("tune: trial") and "started" in line for line in printed) == 4
+    assert 1 <= len(ended) <= 4 - len(before)
+    assert sum("stopped early by ASHA" in line for line in ended) <= results["stopped_by_asha"].sum()
     assert len(printed) <= 4 * 4 + 2  # a line per trial event, not Tune's tables (those are in tune.log)
     assert "Trial status" in (out / "tune.log").read_text()
     assert {"learning_rate", "batch_size", "width", "warmup_steps", "epochs_run", "stopped_by_asha",
@@ -110,33 +134,6 @@ def test_a_stalled_trial_fails_with_its_line_and_the_sweep_goes_on(toy_data, ray
     failed = [line for line in printed if " failed: no progress for " in line and "the sweep goes on" in line]
     assert len(failed) == int(results["errored"].sum())
     assert TrainConfig.from_yaml(out / "best_config.yaml").engine.cpus_per_worker == 0.5
-
-
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_pairs, tiny_space, ray_session, tmp_path):
-    out = tmp_path / "sweep"
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}  # its own Ray, then interrupted
-    process = subprocess.Popen([sys.executable, "-m", "comical", "tune", "--pairs", str(small_pairs), "--space",
-                                str(tiny_space), "--num-samples", "3", "--max-epochs", "2", "--out", str(out)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 400
-    started = []
-    while time.time() < deadline and process.poll() is None:
-        # trials run one at a time: once the second has reported, the first is finished (TERMINATED)
-        started = sorted((out / "sweep").glob("_trial_*/result.json"))
-        if len(started) >= 2 and started[1].read_text().strip():
-            break
-        time.sleep(1)
-    assert len(started) >= 2, "the second trial did not report before the deadline"
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves the sweep state and stops
-    process.wait(timeout=120)
-    trials = sorted((out / "sweep").glob("_trial_*/result.json"))
-    before = {p.parent.name: p.read_text() for p in trials[:-1]}  # all but the newest had finished
-    assert main(["tune", "--resume", str(out)]) == 0
-    results = pl.read_parquet(out / "results.parquet")
-    assert results.height == 3
-    assert before
-    for name in before:  # a trial that had finished was not trained again
-        assert (out / "sweep" / name / "result.json").read_text() == before[name]
 
 
 def _free_port() -> int:

@@ -100,15 +100,19 @@ def _trial(params: dict) -> None:
         raise result.error
 
 
+_CONSOLE = [print]  # the running sweep's console; a resumed sweep's callbacks come back from its saved state
+
+
 class _Progress(ray.tune.Callback):
     """A Tune callback (it runs in this driver) that puts a line per trial event on the console."""
 
-    def __init__(self, say, space: dict[str, dict], max_epochs: int):
-        self.say, self.space, self.max_epochs = say, space, max_epochs
+    def __init__(self, space: dict[str, dict], max_epochs: int):
+        self.space, self.max_epochs = space, max_epochs
         self.epochs: dict[str, int] = {}  # epochs each trial reported
 
-    def __getstate__(self):  # Tune saves its callbacks with the sweep's state; the console is not saved
-        return {**self.__dict__, "say": print}
+    @staticmethod
+    def say(line: str) -> None:  # Tune saves its callbacks with the sweep's state: the console is looked up, not saved
+        _CONSOLE[0](line)
 
     def _settings(self, trial) -> str:
         config = trial.config or {}
@@ -157,6 +161,7 @@ def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, ou
 
     # The trial's own driver needs little; its Train workers ask for their own CPUs/GPUs.
     trainable = tune.with_resources(_trial, {"CPU": 0.5})
+    _CONSOLE[0] = say
     if resume:
         tuner = tune.Tuner.restore(str(out / SWEEP_NAME), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
@@ -179,7 +184,7 @@ def run_sweep(base: TrainConfig, space: dict[str, dict], *, num_samples: int, ou
                                                      # (engine.max_failures); a trial that still fails is
                                                      # recorded and the sweep goes on
                                                      failure_config=tune.FailureConfig(max_failures=0),
-                                                     callbacks=[_Progress(say, space, base.epochs)]))
+                                                     callbacks=[_Progress(space, base.epochs)]))
     return tuner.fit()
 
 
