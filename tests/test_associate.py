@@ -106,6 +106,7 @@ def test_null_store_keeps_buckets_tokens_and_edges_and_permutes_idp_values(small
         assert (a["idp_frac"] == b["idp_frac"]).mean() < 0.05
 
 
+@pytest.mark.slow
 def test_calibrated_test_is_uniform_on_a_trained_null_store_and_the_papers_is_not(null_store, tmp_path, capsys,
                                                                                   in_process):
     run = tmp_path / "run"

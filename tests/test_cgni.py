@@ -216,6 +216,7 @@ def test_truth_score_counts_hits_beside_a_random_selection():
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_cgni_end_to_end(image_cohort, tmp_path, in_process, monkeypatch):
     from sklearn.metrics import balanced_accuracy_score
 

@@ -13,6 +13,7 @@ import yaml
 from comical.cli import main
 
 
+@pytest.mark.slow
 def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray_session):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0

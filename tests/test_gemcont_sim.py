@@ -91,6 +91,7 @@ def test_multi_trait_p_is_uniform_on_null_embeddings_and_finds_a_planted_variant
     assert p[0] < 5e-8 and found(p, 1)["causal"] == 1.0
 
 
+@pytest.mark.slow
 def test_quick_sweep_trains_every_method_through_the_engine_and_writes_its_outputs(tmp_path, in_process):
     """`comical bench gemcont-sim --quick` (one split here): every method trains through Ray Train (its exported
     weights moved from the seeded initial ones), results.csv has a row per method x value x split, results.md

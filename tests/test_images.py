@@ -112,6 +112,7 @@ def test_augmentation_keeps_shape_is_seeded_and_changes_the_volume(image_cohort)
     assert changed and all((noisy[i] - batch[i]).std() < 0.03 * batch[i].max() for i in changed)
 
 
+@pytest.mark.slow
 def test_a_store_larger_than_the_object_store_streams_through_ray_data(tmp_path):
     """A store of ~110 MB of volumes streams through a Ray whose object store holds 80 MB: every volume arrives
     once, intact (checksum of the values); a subject subset reads only those subjects. (Ray may spill to disk; the

@@ -155,6 +155,7 @@ def momentum_run(image_cohort, ray_session, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_momentum_t1t2_trains(momentum_run):
     import json
 
@@ -181,6 +182,7 @@ def test_momentum_t1t2_trains(momentum_run):
     assert not torch.equal(key, start) and (key - query).norm() < (start - query).norm()
 
 
+@pytest.mark.slow
 def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries_it(image_cohort, momentum_run,
                                                                                      tmp_path):
     """Stand-in runs: a "joint" model whose T1 and T2 sides both carry the planted image latent (the AD liability of
@@ -229,6 +231,7 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     assert (out / "evaluation.png").is_file() and "momentum" in (out / "evaluation.md").read_text()
 
 
+@pytest.mark.slow
 def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momentum_run, image_cohort, tmp_path,
                                                                            capsys):
     """`comical embed` of a T1/T2 run: every subject with its split and both sides, equal to the embeddings the run

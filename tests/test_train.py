@@ -124,6 +124,7 @@ def _train_workers():
     return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
 
 
+@pytest.mark.slow
 def test_fault_drill_killed_worker_recovers_with_the_same_result(small_pairs, ray_session, tmp_path):
     """Two Ray Train workers, DeepSpeed ZeRO-2, resident shards; one is killed mid-epoch 1: the run restarts from
     epoch 0's checkpoint and ends as the uninterrupted run did (its pinned metrics: the seed fixes the run)."""
@@ -232,6 +233,7 @@ def test_deepspeed_checkpoint_round_trip_in_one_process(small_pairs, tmp_path, m
     assert step(second, batches[2]) == pytest.approx(step(first, batches[2]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_second_task_streams_through_the_same_engine(ray_session, toy_data, tmp_path, capsys):
     """The toy task (two noisy views of a Gaussian latent) through Ray Data's streaming path, DeepSpeed ZeRO-2 and
     2 workers: its frozen encoder recovers the latent far better than the same encoder untrained."""
@@ -253,6 +255,7 @@ def test_a_second_task_streams_through_the_same_engine(ray_session, toy_data, tm
     assert tuple(model.encode("a", torch.zeros(3, 32)).shape) == (3, spec["model"]["embed_dim"])
 
 
+@pytest.mark.slow
 def test_a_run_whose_data_never_arrives_fails_with_one_line(ray_session, toy_data, hold_cpus, tmp_path, capsys):
     """The no-progress watchdog (issue 21). Another job holds the cluster's free CPUs: first the workers start but
     Ray Data's reads get no CPU (the hang issue 21 saw), then not even the workers can start. Each run ends after

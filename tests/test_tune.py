@@ -60,6 +60,7 @@ def test_table1_space_is_shipped_and_brackets_the_papers_values():
     assert lr["low"] <= 1e-4 and 3.3e-3 <= lr["high"] and all("source" in spec for spec in space.values())
 
 
+@pytest.mark.slow
 def test_asha_sweep_interrupted_and_resumed(small_pairs, tiny_space, ray_session, tmp_path, capsys):
     """Four trials, one after another, in a sweep with its own Ray, interrupted (Ctrl-C) once its second trial has
     reported, then `--resume`d: a trial that had finished is not trained again; ASHA stops at least one trial early
@@ -111,6 +112,7 @@ def test_asha_sweep_interrupted_and_resumed(small_pairs, tiny_space, ray_session
     assert "| **Learning rate** |" in table and "Top 1.0% SNPs" in table
 
 
+@pytest.mark.slow
 def test_a_stalled_trial_fails_with_its_line_and_the_sweep_goes_on(toy_data, ray_session, tmp_path, capsys):
     """Trials whose one worker takes the rest of the cluster's CPUs leave Ray Data's reads none (issue 21's hang),
     or cannot start at all while an earlier test's actors still hold half a CPU: either way the watchdog fails each
@@ -165,6 +167,7 @@ def _wait_for_job(address: str, job: str, env: dict) -> str:
     return "TIMEOUT"
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_comical_train_on_a_local_cluster(small_pairs, tmp_path):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
