@@ -200,7 +200,7 @@ class GemcontTask(Task):
     optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine",
                                        "warmup_steps": 100})
     # the paper's batch is 1024 over 150 epochs on an H100; the mini cohort's 1400 training subjects give a worker
-    # of two at most 700, so the default is the batch every README command runs with on it
+    # of two at most 700, so the default is a batch every documented command runs with on it (tests/test_cli.py)
     run_defaults = MappingProxyType({"batch_size": 128})
 
     def check_inputs(self, config) -> dict:
