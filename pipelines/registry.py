@@ -22,7 +22,7 @@ from comical.data_io.errors import InputError
 class Model:
     task: str  # the engine's task (distributed/tasks/__init__.py)
     paper: str  # its paper in ../shared/papers ("000".."003"); "" for the engine's own test task
-    verb: str  # the command that trains it
+    verb: str  # the command that trains it (`train` with --task TASK where it is not the default)
     # "module:function(cohort, out, *, seed[, disease])": `train --cohort` makes the inputs with it
     inputs: str = ""
     inputs_options: tuple[str, ...] = ()  # keyword options of `inputs` beyond seed (e.g. disease)
@@ -33,19 +33,19 @@ class Model:
 
 
 _P = "comical.pipelines"
-_MOMENTUM = dict(paper="003", verb="train --task {task} --cohort", inputs=f"{_P}.momentum.inputs:prepare_momentum_inputs",
+_MOMENTUM = dict(paper="003", verb="train --cohort", inputs=f"{_P}.momentum.inputs:prepare_momentum_inputs",
                  embedder=f"{_P}.momentum.embed:embed_momentum", evaluation="momentum")
 MODELS = {m.task: m for m in (
     Model("comical", "000", "train --pairs", embedder=f"{_P}.comical.embed:embed_comical",
           heads=f"{_P}.downstream.heads:comical_subjects", table1=True),
     Model("heads", "000", "predict, riskscore"),
-    Model("gemcont", "001", "train --task gemcont --cohort", inputs=f"{_P}.gemcont.inputs:prepare_gemcont_inputs",
+    Model("gemcont", "001", "train --cohort", inputs=f"{_P}.gemcont.inputs:prepare_gemcont_inputs",
           inputs_options=("disease",), embedder=f"{_P}.gemcont.embed:embed_gemcont", evaluation="gemcont",
           heads=f"{_P}.downstream.heads:gemcont_subjects"),
     *(Model(f"sim-{m}", "001", "bench gemcont-sim") for m in ("gemcont", "simclr", "vae", "supervised")),
     *(Model(f"cgni-{stage}", "002", "cgni") for stage in ("age", "cnn", "bank")),
     *(Model(task, **_MOMENTUM) for task in ("momentum-t1t2", "momentum-t1", "momentum-t2", "autoencoder-t1t2")),
-    Model("toy", "", "train --task toy --data"),
+    Model("toy", "", "train --data"),
 )}
 EVALUATIONS = {  # `comical evaluate NAME`: the function, and whether it reads one run or named runs
     "gemcont": (f"{_P}.gemcont.evaluate:evaluate_gemcont", "run"),
