@@ -652,7 +652,8 @@ def _embed(args) -> int:
 
 def _evaluate(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.gemcont.evaluate import evaluate_gemcont, summary_line
+    from comical.pipelines.gemcont.evaluate import summary_line
+    from comical.pipelines.registry import EVALUATIONS, load
 
     if args.task == "momentum":
         return _evaluate_momentum(args)
@@ -661,14 +662,14 @@ def _evaluate(args) -> int:
     run = {"command": "evaluate gemcont", "run": str(args.run.resolve()), "cohort": str(args.cohort.resolve())}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.run, args.cohort))
     with staged_output_dir(out, run) as stage:
-        summary = evaluate_gemcont(args.run, args.cohort, stage, workers=args.workers)
+        summary = load(EVALUATIONS["gemcont"][0])(args.run, args.cohort, stage, workers=args.workers)
     print(f"evaluate: {summary_line(summary)} -> {out}")
     return 0
 
 
 def _evaluate_momentum(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
-    from comical.pipelines.momentum.evaluate import evaluate_momentum
+    from comical.pipelines.registry import EVALUATIONS, load
 
     if not args.runs:
         raise InputError("evaluate momentum: --runs NAME=RUN,... is required (names: joint, t1, t2, autoencoder)")
@@ -680,7 +681,7 @@ def _evaluate_momentum(args) -> int:
            "cohort": str(args.cohort.resolve())}
     out = check_output_dir(args.out, run, force=args.force, inputs=(*runs.values(), args.cohort))
     with staged_output_dir(out, run) as stage:
-        evaluate_momentum(runs, args.cohort, stage, workers=args.workers)
+        load(EVALUATIONS["momentum"][0])(runs, args.cohort, stage, workers=args.workers)
     print((out / "evaluation.md").read_text(), end="")
     print(f"evaluate: T1/T2 momentum model and its baselines -> {out}")
     return 0

@@ -356,3 +356,21 @@ def test_a_task_brings_its_papers_optimiser_settings_under_what_the_config_says(
     assert TrainConfig.from_dict({}).optim.schedule == "constant"
     with pytest.raises(InputError, match="schedule"):
         TrainConfig.from_dict({"optim": {"schedule": "linear"}})
+
+
+def test_a_cosine_schedule_needs_the_streamed_tasks_epoch_length(toy_data, monkeypatch):
+    """A streamed task says how many training rows an epoch has (`Task.n_train`), or a cosine schedule has no length:
+    the toy task says it; a task that does not is refused before Ray, not inside a worker."""
+    from comical.data_io.errors import InputError
+    from comical.distributed.tasks.toy import ToyTask
+    from comical.distributed.train import check_train_inputs
+
+    config = TrainConfig.from_dict({"task": "toy", "data": str(toy_data), "batch_size": 256,
+                                    "optim": {"schedule": "cosine"}})
+    info = check_train_inputs(config)
+    assert info["n_train"] == json.loads((toy_data / "manifest.json").read_text())["splits"]["train"] > 0
+    original = ToyTask.check_inputs
+    monkeypatch.setattr(ToyTask, "check_inputs", lambda self, c: {k: v for k, v in original(self, c).items()
+                                                                   if k != "n_train"})
+    with pytest.raises(InputError, match="optim.schedule cosine: task toy does not say"):
+        check_train_inputs(config)
