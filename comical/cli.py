@@ -246,6 +246,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_evaluate)
 
+    from comical.pipelines.demo import DEMO_EPOCHS
+
     p = sub.add_parser("demo", help="simulate the mini cohort, then run every step on it")
     p.add_argument("--out", type=Path, default=Path("demo-output"),
                    help="folder for every step's outputs (default demo-output)")
@@ -253,6 +255,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.add_argument("--verbose", action="store_true", help="show Ray's logs and warnings (always in demo.log)")
     p.add_argument("--images", action="store_true", help="also simulate T1/T2 volumes and train GEMCONT on them")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, metavar="N",
+                   help=f"COMICAL's training epochs (default {DEMO_EPOCHS}; 1 or 2 for a quicker look)")
     p.set_defaults(handler=_demo)
     return parser
 
@@ -690,5 +694,7 @@ def _evaluate_momentum(args) -> int:
 def _demo(args) -> int:
     from comical.pipelines.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, force=args.force, verbose=args.verbose, images=args.images)
+    if args.epochs < 1:
+        raise InputError(f"--epochs {args.epochs}: expected at least 1")
+    run_demo(args.out, seed=args.seed, force=args.force, verbose=args.verbose, images=args.images, epochs=args.epochs)
     return 0

@@ -16,7 +16,7 @@ from comical.cli import main
 @pytest.mark.slow
 def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray_session):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--epochs", "2"]) == 0
     printed = capsys.readouterr().out
     assert str(out / "cohort") in printed and str(out / "pairs") in printed
     for needle in ("bucket accuracy", "within-bucket accuracy", "null", "at FDR 5%", "AUPRC COMICAL", "SNP identity alone"):
@@ -34,7 +34,8 @@ def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray
     assert len(gwas["phenotypes"]) == 154 and (out / "gwas" / "idps.manhattan.png").is_file() and "GWAS of 154" in printed
     assert not list(tmp_path.glob(".demo*")), "staging folders left behind"
     assert len(printed.splitlines()) <= 20, printed  # one screen: a line per step and per epoch
-    assert "epoch 4:" in printed and "epoch 4:" in (out / "run" / "train.log").read_text()
+    assert "epoch 1:" in printed and "epoch 1:" in (out / "run" / "train.log").read_text()
+    assert "epoch 2:" not in (out / "run" / "train.log").read_text()  # --epochs reached the training
     assert "demo: GWAS" in (out / "demo.log").read_text()
 
 
@@ -146,3 +147,24 @@ def test_every_documented_train_command_passes_its_checks_on_the_mini_cohort(ima
             assert main(argv) is None, argv
         tasks.add(str(passed.value))
     assert {"comical", "gemcont", "momentum-t1t2", "momentum-t1", "momentum-t2", "autoencoder-t1t2", "toy"} <= tasks
+
+
+def test_every_command_and_flag_is_in_the_manual():
+    """docs/ names every command (`comical CMD`) and every one of its flags: the manual keeps up with --help."""
+    import re
+    from pathlib import Path
+
+    from comical.cli import _parser
+
+    docs = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "docs").glob("*.md"))
+    missing = []
+    for command, _ in _subparsers(_parser()):
+        parser = dict(_subparsers(_parser(command.split()[0])))[command]
+        if any(not a.option_strings and a.choices and a.dest not in ("help",) and isinstance(a.choices, dict)
+               for a in parser._actions):
+            continue  # a group such as `bench`: its subcommands are checked
+        if f"comical {command}" not in docs:
+            missing.append(command)
+        missing += [f"{command} {flag}" for a in parser._actions for flag in a.option_strings
+                    if flag not in ("-h", "--help") and not re.search(re.escape(flag) + r"(?![\w-])", docs)]
+    assert not missing, missing

@@ -143,34 +143,43 @@ def test_riskscore_design_tests_only_unseen_healthy_subjects_and_balances_cases(
         assert ((mask == 1) & test).sum() == test.sum()  # every head is scored on the same test subjects
 
 
-def test_head_bank_is_k_separate_networks():
+def test_head_bank_is_g_times_k_separate_networks():
+    """Two feature sets (columns 0-3 and 4-5) x 3 targets: each head is the plain MLP made of its own slices and
+    reads only its own set's columns; a head's loss moves only its own parameters."""
     from comical.distributed.tasks.heads import HeadBank, HeadsConfig, head_losses
 
     torch.manual_seed(0)
-    bank = HeadBank(6, 3, HeadsConfig(hidden=4, dropout=0.0))
+    bank = HeadBank([4, 2], 3, HeadsConfig(hidden=4, dropout=0.0))
     x = torch.randn(10, 6)
     out = bank({"x": x})
-    for k in range(3):  # head k is the plain MLP made of its own slices
-        w1, b1 = bank.hidden.weight[k * 4:(k + 1) * 4], bank.hidden.bias[k * 4:(k + 1) * 4]
-        plain = torch.relu(x @ w1.T + b1) @ bank.out_weight[k] + bank.out_bias[k]
-        torch.testing.assert_close(out[:, k], plain)
-    y = torch.randint(0, 2, (10, 3)).float()
-    mask = torch.ones(10, 3, dtype=torch.int8)
+    assert out.shape == (10, 6)
+    for g, columns in enumerate((slice(0, 4), slice(4, 6))):
+        for k in range(3):
+            head = g * 3 + k
+            w1, b1 = bank.hidden.weight[head * 4:(head + 1) * 4], bank.hidden.bias[head * 4:(head + 1) * 4]
+            bound = 1 / np.sqrt(columns.stop - columns.start)  # initialised as nn.Linear on the set's fan-in
+            assert w1[:, columns].abs().max() <= bound and w1[:, columns].abs().max() > bound / 2
+            plain = torch.relu(x[:, columns] @ w1[:, columns].T + b1) @ bank.out_weight[head] + bank.out_bias[head]
+            torch.testing.assert_close(out[:, head], plain)
+    y = torch.randint(0, 2, (10, 6)).float()
+    mask = torch.ones(10, 6, dtype=torch.int8)
     mask[:, 2] = 0
-    losses = head_losses(out, y, mask, "classify", torch.tensor([1.0, 3.0, 1.0]))
+    losses = head_losses(out, y, mask, "classify", torch.tensor([1.0, 3.0, 1.0] * 2))
     assert losses[2] == 0  # a head with no rows of its design in the batch adds nothing
     direct = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1], y[:, 1], pos_weight=torch.tensor(3.0))
     torch.testing.assert_close(losses[1], direct)
-    losses[0].backward()
-    assert bank.out_weight.grad[1:].abs().sum() == 0 and bank.hidden.weight.grad[4:].abs().sum() == 0
+    losses[4].backward()  # the second set's second head
+    grad = bank.hidden.weight.grad
+    assert bank.out_weight.grad[[0, 1, 2, 3, 5]].abs().sum() == 0 and grad[:16].abs().sum() == 0
+    assert grad[16:20, :4].abs().sum() == 0 and grad[16:20, 4:].abs().sum() > 0 and grad[20:].abs().sum() == 0
 
 
 def test_each_head_keeps_its_own_best_validation_weights():
     from comical.distributed.tasks.heads import HeadBank, HeadsConfig, HeadsTask
 
     torch.manual_seed(1)
-    bank = HeadBank(5, 3, HeadsConfig(hidden=2, dropout=0.0))
-    task = HeadsTask().bind({"kind": "regress", "targets": ["a", "b", "c"], "features": "x", "n_features": 5,
+    bank = HeadBank([5], 3, HeadsConfig(hidden=2, dropout=0.0))
+    task = HeadsTask().bind({"kind": "regress", "targets": ["a", "b", "c"], "features": ["x"], "n_features": [5],
                              "pos_weight": None})
     snapshots = []
     # epochs' validation losses per head (sum / rows as the engine reports them); head c never has rows
@@ -218,8 +227,8 @@ def test_predict_and_riskscore_end_to_end(trained_run, mini_cohort, tmp_path, ca
     predictions = pl.read_parquet(out / "predictions.parquet")
     tested = set(roles.filter(pl.col("heads") == "test")["eid"])
     assert set(predictions["eid"]) == tested and set(roles.filter(pl.col("encoder_split") == "test")["eid"]) == tested
-    for name in ("embedding", "baseline"):
-        assert json.loads((out / "runs" / name / "run.json").read_text())["state"] == "done"
+    assert json.loads((out / "run" / "run.json").read_text())["state"] == "done"  # one heads job: both sets
+    assert json.loads((out / "run" / "test_metrics.json").read_text())["heads"] == 2 * fitted.height
 
     out = tmp_path / "riskscore"
     assert main(["riskscore", *common, "--out", str(out)]) == 0

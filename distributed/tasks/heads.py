@@ -1,22 +1,27 @@
-"""Downstream heads on frozen features (paper 000 section 2.4, Fig. 4, Algorithm 2): one small job per feature set.
+"""Downstream heads on frozen features (paper 000 section 2.4, Fig. 4, Algorithm 2): one small job for every
+feature set and target.
 
 A head is the paper's network with a single hidden layer: features -> hidden (ReLU, dropout) -> one output, a logit
 (`classify`: an outcome, cross-entropy with the positive class weighted by its training rarity) or a value
-(`regress`: a risk score, MSE). A job trains K heads side by side, one per outcome, as one module: the first layer
-of all heads is one Linear to K x hidden units and each head's second layer reads only its own units, so the heads
-share no parameter, AdamW updates each parameter on its own gradient, and gradient clipping is off (a global norm
-would couple them): K separate networks in one Ray Train job instead of K jobs. Each head's loss counts only the
-rows of its own design (`mask`: riskscore trains each disease's head on that disease's cases and as many controls);
-the job's loss is the mean over heads. Model selection is per head: after each epoch's validation every head whose
+(`regress`: a risk score, MSE). A job trains G x K heads side by side, one per feature set (G: the embedding and the
+raw-input baseline) and target (K outcomes or risk scores), as one module: the first layer of all heads is one Linear
+to G x K x hidden units whose weights are masked block by block, so a head reads only its own feature set's columns
+(initialised as nn.Linear would for that set's fan-in), and each head's second layer reads only its own units. The
+heads share no parameter, AdamW updates each parameter on its own gradient, and gradient clipping is off (a global
+norm would couple them): G x K separate networks in one Ray Train job instead of G x K jobs (a job's start costs
+more than its training on the mini cohort). Each head's loss counts only the rows of its own design (`mask`:
+riskscore trains each disease's head on that disease's cases and as many controls); the job's loss is the mean over
+heads. Model selection is per head: after each epoch's validation every head whose
 own validation loss improved copies its weights into its `best_*` buffers (saved with the checkpoints); the test uses
 each head's best weights. The heads still share the step count, the learning-rate schedule and the epochs run.
 
 Input folder (pipelines/downstream/heads.py writes it):
-    manifest.json                 {"format": "comical heads 1", "kind", "targets", "features", "n_features",
-                                   "pos_weight"}
-    {train,val,test}/part-00000.parquet   row (subject row in the cohort), x (features, standardised on the
-                                   training rows), y (one target per head), mask (1 where the row counts for a head)
-The test split's outputs go to `test_predictions.parquet` (row, one column per target).
+    manifest.json                 {"format": "comical heads 2", "kind", "targets" (K), "features" (G names),
+                                   "n_features" (G column counts), "pos_weight" (K)}
+    {train,val,test}/part-00000.parquet   row (subject row in the cohort), x (the G feature sets side by side, each
+                                   standardised on the training rows), y (K targets), mask (K: 1 where the row counts
+                                   for that target's heads)
+The test split's outputs go to `test_predictions.parquet` (row, one column `{feature set}:{target}` per head).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -40,7 +46,7 @@ from comical.data_io.errors import InputError
 from comical.data_io.output_dir import write_atomic
 from comical.distributed.task import RESIDENT, Task
 
-FORMAT = "comical heads 1"
+FORMAT = "comical heads 2"
 KINDS = ("classify", "regress")
 
 
@@ -51,18 +57,28 @@ class HeadsConfig(Config):
 
 
 class HeadBank(nn.Module):
-    """K one-hidden-layer networks on the same input, as one module (see the module docstring)."""
+    """G x K one-hidden-layer networks, K targets on each of G feature sets side by side in the input (`blocks`: each
+    set's column count), as one module (see the module docstring). Head g * K + k reads set g for target k."""
 
-    def __init__(self, n_features: int, n_heads: int, config: HeadsConfig):
+    def __init__(self, blocks: Sequence[int], n_targets: int, config: HeadsConfig):
         super().__init__()
-        self.n_heads, self.width = n_heads, config.hidden
-        self.hidden = nn.Linear(n_features, n_heads * config.hidden)
+        self.n_targets, self.n_heads, self.width = n_targets, len(blocks) * n_targets, config.hidden
+        self.hidden = nn.Linear(sum(blocks), self.n_heads * config.hidden)
+        self.register_buffer("block_mask", torch.zeros_like(self.hidden.weight))
+        rows = n_targets * config.hidden
+        with torch.no_grad():
+            for g, (start, size) in enumerate(zip(np.cumsum([0, *blocks[:-1]]).tolist(), blocks)):
+                bound = 1 / math.sqrt(size)  # nn.Linear's initialisation for this set's fan-in
+                self.block_mask[g * rows:(g + 1) * rows, start:start + size] = 1
+                self.hidden.weight[g * rows:(g + 1) * rows].uniform_(-bound, bound)
+                self.hidden.bias[g * rows:(g + 1) * rows].uniform_(-bound, bound)
+            self.hidden.weight.mul_(self.block_mask)
         self.dropout = nn.Dropout(config.dropout)
         bound = 1 / math.sqrt(config.hidden)  # nn.Linear's initialisation of each head's output layer
-        self.out_weight = nn.Parameter(torch.empty(n_heads, config.hidden).uniform_(-bound, bound))
-        self.out_bias = nn.Parameter(torch.empty(n_heads).uniform_(-bound, bound))
+        self.out_weight = nn.Parameter(torch.empty(self.n_heads, config.hidden).uniform_(-bound, bound))
+        self.out_bias = nn.Parameter(torch.empty(self.n_heads).uniform_(-bound, bound))
         # each head's best validation loss so far and its weights then (per-head model selection)
-        self.register_buffer("best_loss", torch.full((n_heads,), math.inf))
+        self.register_buffer("best_loss", torch.full((self.n_heads,), math.inf))
         for name, value in self._head_tensors().items():
             self.register_buffer(f"best_{name}", value.detach().clone())
 
@@ -93,8 +109,9 @@ class HeadBank(nn.Module):
             value[rows] = getattr(self, f"best_{name}")[rows]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.dropout(F.relu(self.hidden(batch["x"]))).view(-1, self.n_heads, self.width)
-        return (h * self.out_weight).sum(-1) + self.out_bias  # (rows, K)
+        hidden = F.linear(batch["x"], self.hidden.weight * self.block_mask, self.hidden.bias)
+        h = self.dropout(F.relu(hidden)).view(-1, self.n_heads, self.width)
+        return (h * self.out_weight).sum(-1) + self.out_bias  # (rows, G x K)
 
 
 def head_loss_sums(outputs: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, kind: str,
@@ -147,22 +164,29 @@ class HeadsTask(Task):
     def build_model(self, model_config: HeadsConfig, info: dict) -> nn.Module:
         return HeadBank(info["n_features"], len(info["targets"]), model_config)
 
+    def head_names(self) -> list[str]:
+        """`{feature set}:{target}` of each head, in the model's output order."""
+        return [f"{f}:{t}" for f in self.info["features"] for t in self.info["targets"]]
+
+    def _per_head(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The batch's targets, masks and positive weights repeated for each feature set's heads."""
+        g = len(self.info["features"])
+        pos_weight = None
+        if self.info["kind"] == "classify":
+            pos_weight = torch.tensor(self.info["pos_weight"] * g, device=batch["y"].device)
+        return batch["y"].float().repeat(1, g), batch["mask"].repeat(1, g), pos_weight
+
     def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
         return {"x": batch["x"].to(dtype)}
 
-    def _pos_weight(self, device) -> torch.Tensor | None:
-        if self.info["kind"] != "classify":
-            return None
-        return torch.tensor(self.info["pos_weight"], device=device)
-
     def loss(self, outputs, batch: dict, config, *, rank: int, world_size: int) -> torch.Tensor:
-        return head_losses(outputs.float(), batch["y"].float(), batch["mask"], self.info["kind"],
-                           self._pos_weight(outputs.device)).mean()
+        y, mask, pos_weight = self._per_head(batch)
+        return head_losses(outputs.float(), y, mask, self.info["kind"], pos_weight).mean()
 
     def batch_metrics(self, outputs, batch: dict):
         """Each head's validation loss sum and row count (the engine sums them over batches and workers)."""
-        total, rows = head_loss_sums(outputs.float(), batch["y"].float(), batch["mask"], self.info["kind"],
-                                     self._pos_weight(outputs.device))
+        y, mask, pos_weight = self._per_head(batch)
+        total, rows = head_loss_sums(outputs.float(), y, mask, self.info["kind"], pos_weight)
         return {**{f"head_loss_{k}": v for k, v in enumerate(total)},
                 **{f"head_rows_{k}": v for k, v in enumerate(rows)}}, {}
 
@@ -170,7 +194,7 @@ class HeadsTask(Task):
         """Per-head model selection: each head keeps its weights of its best validation epoch; the run's selection
         metric is the mean of the heads' best losses so far, which stops falling once no head improves, so the
         engine's best epoch is one whose buffers hold every head's best."""
-        k = len(self.info["targets"])
+        k = len(self.head_names())
         total = np.array([metrics[f"head_loss_{i}"] for i in range(k)])
         rows = np.array([metrics[f"head_rows_{i}"] for i in range(k)])
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -181,7 +205,7 @@ class HeadsTask(Task):
 
     def epoch_line(self, m: dict) -> str:
         return (f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f} (mean over "
-                f"{len(self.info['targets'])} heads; each head's best so far {m['val_best_heads_loss']:.4f}), "
+                f"{len(self.head_names())} heads; each head's best so far {m['val_best_heads_loss']:.4f}), "
                 f"{m['samples_per_s']:,.0f} rows/s")
 
     @torch.no_grad()
@@ -194,22 +218,24 @@ class HeadsTask(Task):
         x = torch.from_numpy(data["x"].copy())  # arrow memory is read-only
         scores = np.concatenate([model({"x": x[i:i + 4096].to(device)}).float().cpu().numpy()
                                  for i in range(0, len(x), 4096)])
-        frame = pa.table({"row": data["row"], **{t: scores[:, k] for k, t in enumerate(info["targets"])}})
+        frame = pa.table({"row": data["row"], **{h: scores[:, k] for k, h in enumerate(self.head_names())}})
         buffer = pa.BufferOutputStream()
         pq.write_table(frame, buffer)
         write_atomic(out / "test_predictions.parquet", buffer.getvalue().to_pybytes())
-        return {"n_test": int(len(data["row"])), "heads": len(info["targets"])}
+        return {"n_test": int(len(data["row"])), "heads": len(self.head_names())}
 
     def summary(self, m: dict) -> str:
         return f"{m['heads']} heads, {m['n_test']} test rows scored"
 
 
-def write_heads_inputs(folder: Path, *, kind: str, targets: list[str], features: str, x: np.ndarray, y: np.ndarray,
+def write_heads_inputs(folder: Path, *, kind: str, targets: list[str], features: dict[str, np.ndarray], y: np.ndarray,
                        mask: np.ndarray, split: np.ndarray) -> dict:
-    """The input folder of one heads job (see the module docstring). `x` must already be standardised; rows whose
-    `split` is not train/val/test (None) are left out. Returns the manifest."""
+    """The input folder of one heads job (see the module docstring): `features` maps each feature set's name to its
+    columns, already standardised; rows whose `split` is not train/val/test (None) are left out. Returns the
+    manifest."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
+    x = np.hstack(list(features.values()))
     folder.mkdir(parents=True, exist_ok=True)
     train = (split == "train")[:, None] & (mask > 0)
     positives = (y * train).sum(0)
@@ -224,7 +250,8 @@ def write_heads_inputs(folder: Path, *, kind: str, targets: list[str], features:
                       for c, v, dtype in (("x", x, np.float32), ("y", y, np.float32), ("mask", mask, np.int8))}}
         (folder / name).mkdir(exist_ok=True)
         pq.write_table(pa.table(columns), folder / name / "part-00000.parquet")
-    manifest = {"format": FORMAT, "kind": kind, "targets": list(targets), "features": features,
-                "n_features": int(x.shape[1]), "pos_weight": pos_weight, "splits": counts}
+    manifest = {"format": FORMAT, "kind": kind, "targets": list(targets), "features": list(features),
+                "n_features": [int(v.shape[1]) for v in features.values()], "pos_weight": pos_weight,
+                "splits": counts}
     write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest

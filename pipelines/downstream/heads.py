@@ -18,7 +18,7 @@ A subject's features (both commands):
 A GEMCONT run (paper 001) works too: its image embedding is the `embedding`, the 154 IDPs (the image's own
 summary) the `baseline`, and its subject split (among subjects with images) the split.
 The heads (distributed/tasks/heads.py: one hidden layer, as the paper) train through the engine with Ray Train: one
-job for the embedding features and one for the baseline, every outcome's head in each.
+job per command, holding a separate head for every feature set and outcome side by side.
 
 Which subjects each step saw (`subjects.parquet` in --out lists every subject's encoder split and head role): the
 heads train on the encoder's training subjects, pick their epoch on its validation subjects and are scored on its
@@ -238,23 +238,24 @@ def outcome_table(diagnoses: pl.DataFrame) -> pl.DataFrame:
                             pl.all_horizontal([pl.col(d) == 1 for d in META_OF]).cast(pl.Int8).alias("meta"))
 
 
-def _train_heads(stage: Path, name: str, kind: str, targets: list[str], x: np.ndarray, y: np.ndarray,
-                 mask: np.ndarray, head_split: np.ndarray, settings: HeadSettings, verbose: bool) -> np.ndarray:
-    """One heads job through the engine; returns the test rows' outputs (test rows x targets, in row order)."""
+def _train_heads(stage: Path, kind: str, targets: list[str], features: dict[str, np.ndarray], y: np.ndarray,
+                 mask: np.ndarray, head_split: np.ndarray, settings: HeadSettings, verbose: bool) -> dict:
+    """One heads job through the engine, a head per feature set and target; returns each feature set's test-row
+    outputs (test rows x targets, in row order)."""
     from comical.distributed.config import TrainConfig
     from comical.distributed.run import train_and_evaluate
     from comical.distributed.tasks.heads import write_heads_inputs
 
-    folder = stage / "inputs" / name
-    write_heads_inputs(folder, kind=kind, targets=targets, features=name, x=x, y=y, mask=mask, split=head_split)
+    folder = stage / "inputs"
+    write_heads_inputs(folder, kind=kind, targets=targets, features=features, y=y, mask=mask, split=head_split)
     train_rows = int((head_split == "train").sum())
     config = TrainConfig.from_dict({
         "task": "heads", "data": str(folder), "epochs": settings.epochs, "seed": settings.seed,
         "batch_size": max(2 * settings.workers, min(settings.batch_size, train_rows // 2)), "eval_batch_size": 4096,
         "engine": {"workers": settings.workers, "use_gpu": settings.use_gpu}})
-    train_and_evaluate(config, stage / "runs" / name, verbose=verbose, epoch_lines=settings.epoch_lines)
-    out = pl.read_parquet(stage / "runs" / name / "test_predictions.parquet").sort("row")
-    return out.select(targets).to_numpy()
+    train_and_evaluate(config, stage / "run", verbose=verbose, epoch_lines=settings.epoch_lines)
+    out = pl.read_parquet(stage / "run" / "test_predictions.parquet").sort("row")
+    return {name: out.select([f"{name}:{t}" for t in targets]).to_numpy() for name in features}
 
 
 # ---------------------------------------------------------------- predict
@@ -288,11 +289,10 @@ def predict_outcomes(run: Path, cohort_dir: Path, out: Path, *, outcomes: list[s
     with staged_output_dir(out, run_record) as stage:
         if fitted:
             y = labels.select(fitted).to_numpy().astype(np.float32)
-            for name in FEATURE_SETS:
-                x = head_features(subjects, name, split == "train")
-                subjects.used[name] = x.shape[1]
-                scores[name] = _train_heads(stage, name, "classify", fitted, x, y, np.ones_like(y, dtype=np.int8),
-                                            split, settings, verbose)
+            features = {name: head_features(subjects, name, split == "train") for name in FEATURE_SETS}
+            subjects.used.update({name: x.shape[1] for name, x in features.items()})
+            scores = _train_heads(stage, "classify", fitted, features, y, np.ones_like(y, dtype=np.int8), split,
+                                  settings, verbose)
             scores["covariates"] = _covariates_only(subjects, y, split == "train", "classify")[test]
         rows = [_outcome_row(o, counts[o], labels[o].to_numpy()[test],
                              {n: s[:, fitted.index(o)] for n, s in scores.items()} if o in fitted else None,
@@ -460,10 +460,9 @@ def risk_scores(run: Path, cohort_dir: Path, out: Path, *, pairs: Path | None = 
         if fitted:
             y = eprs[:, [EPRS_DISEASES.index(d) for d in fitted]]
             mask = np.column_stack([masks[d] for d in fitted])
-            for name in FEATURE_SETS:
-                x = head_features(subjects, name, head_split == "train")
-                subjects.used[name] = x.shape[1]
-                scores[name] = _train_heads(stage, name, "regress", fitted, x, y, mask, head_split, settings, verbose)
+            features = {name: head_features(subjects, name, head_split == "train") for name in FEATURE_SETS}
+            subjects.used.update({name: x.shape[1] for name, x in features.items()})
+            scores = _train_heads(stage, "regress", fitted, features, y, mask, head_split, settings, verbose)
             masked = np.where((mask == 1) & (head_split == "train")[:, None], y, np.nan)
             scores["covariates"] = _covariates_only(subjects, masked, head_split == "train", "regress")[test]
         tables = _riskscore_tables(subjects, fitted, scores, eprs[test], test, train_cases, masks, head_split)
