@@ -25,6 +25,13 @@ class _Tee:
         for stream in self.streams:
             stream.flush()
 
+    def fileno(self) -> int:
+        """The log's descriptor: what writes below Python (Ray's faulthandler.enable on ray.init) goes to the log."""
+        return self.streams[0].fileno()
+
+    def isatty(self) -> bool:
+        return False
+
 
 @contextlib.contextmanager
 def logged_console(path: Path, *, verbose: bool = False) -> Iterator[Callable[[str], None]]:

@@ -88,6 +88,18 @@ def small_pairs(mini_pairs, mini_cohort, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_pairs(mini_pairs, mini_cohort, tmp_path_factory) -> Path:
+    """small_pairs' settings with 500 of its subjects (`--max-subjects`, about 27k training pairs): for runs that
+    check plumbing (a Tune sweep's trials), not learning."""
+    from comical.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "store"
+    assert main(["pairs", "--cohort", str(mini_cohort), "--top-n-perc", "1", "--max-subjects", "500", "--out",
+                 str(out), "--qc", str(mini_pairs / "qc"), "--phewas", str(mini_pairs / "phewas")]) == 0
+    return out
+
+
 TRAIN_ARGS = ["--workers", "2", "--zero-stage", "2", "--epochs", "3", "--batch-size", "1024"]  # the Ray runs'
 IN_PROCESS_ARGS = ["--workers", "1", "--zero-stage", "2", "--epochs", "3", "--batch-size", "1024"]
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,13 +20,76 @@ import yaml
 from comical.cli import main
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _retry_until_up(command: list[str], env: dict) -> None:
+    deadline = time.time() + 120
+    while True:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.time() > deadline:
+            raise AssertionError(f"{command[:3]} kept failing: {done.stderr[-2000:]}")
+        time.sleep(2)
+
+
+def _wait_for_job(address: str, job: str, env: dict) -> str:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        text = subprocess.run(["ray", "job", "status", "--address", address, job], env=env, capture_output=True,
+                              text=True).stdout
+        for state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if f"{job}' {state.lower()}" in text or f"Status for job '{job}': {state}" in text:
+                return state
+        time.sleep(2)
+    return "TIMEOUT"
+
+
 @pytest.mark.slow
-def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray_session):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "2"]) == 0
-    printed = capsys.readouterr().out
+def test_the_demo_submitted_with_ray_job_submit_to_a_local_cluster(tmp_path):
+    """`ray job submit -- comical demo` on a cluster of its own (the path users take to a cluster, and the demo end
+    to end in one Ray run): simulate, pairs, COMICAL on 2 Ray Train workers, the association test, the GWAS on Ray
+    tasks, and the heads jobs; every output, and the console on one screen."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # its own session folder (short: socket paths)
+    # --block keeps the cluster's processes under this one process group: stopping it stops only this cluster
+    # (`ray stop` would also stop the test session's own Ray).
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                             "--num-cpus=4", "--include-dashboard=true", f"--dashboard-port={dashboard}",
+                             "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                             # the test session's own Ray holds the default agent ports: its job agent would be
+                             # unreachable ("No available agent to submit job")
+                             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                             f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        workdir = tmp_path / "job"
+        workdir.mkdir()
+        (workdir / "README.txt").write_text("comical-ray job working dir\n")
+        out = tmp_path / "demo"
+        address = f"http://127.0.0.1:{dashboard}"
+        submit = ["ray", "job", "submit", "--address", address, "--submission-id", "comical-demo", "--no-wait",
+                  "--working-dir", str(workdir), "--", "comical", "demo", "--out", str(out), "--epochs", "1"]
+        _retry_until_up(submit, env)  # the job server answers a little before its agent takes jobs
+        status = _wait_for_job(address, "comical-demo", env)
+        printed = subprocess.run(["ray", "job", "logs", "--address", address, "comical-demo"], env=env,
+                                 capture_output=True, text=True).stdout
+        assert status == "SUCCEEDED", printed[-3000:]
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the whole cluster at once (a SIGTERM'd `ray start` takes 30 s to stop)
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert str(out / "cohort") in printed and str(out / "pairs") in printed
-    for needle in ("bucket accuracy", "within-bucket accuracy", "null", "at FDR 5%", "AUPRC COMICAL", "SNP identity alone"):
+    for needle in ("bucket accuracy", "within-bucket accuracy", "null", "at FDR 5%", "AUPRC COMICAL", "SNP identity alone",
+                   "demo: outcome prediction", "demo: ePRS risk scores", "demo: done"):
         assert needle in printed, needle
     assert (out / "cohort" / "genotypes.bed").is_file() and (out / "cohort" / "manifest.json").is_file()
     report = json.loads((out / "pairs" / "qc" / "qc_report.json").read_text())
@@ -32,10 +102,13 @@ def test_demo_simulates_makes_pairs_trains_and_runs_a_gwas(tmp_path, capsys, ray
     assert (out / "run" / "truth_score.json").is_file() and (out / "run" / "associations.tsv").is_file()
     gwas = json.loads((out / "gwas" / "idps.summary.json").read_text())
     assert len(gwas["phenotypes"]) == 154 and (out / "gwas" / "idps.manhattan.png").is_file() and "GWAS of 154" in printed
+    for step in ("predict", "riskscore"):
+        assert json.loads((out / step / "summary.json").read_text())["fitted"], step
     assert not list(tmp_path.glob(".demo*")), "staging folders left behind"
-    assert len(printed.splitlines()) <= 20, printed  # one screen: a line per step and per epoch
-    assert "epoch 1:" in printed and "epoch 1:" in (out / "run" / "train.log").read_text()
-    assert "epoch 2:" not in (out / "run" / "train.log").read_text()  # --epochs reached the training
+    lines = [line for line in printed.splitlines() if line.strip()]
+    assert len(lines) <= 20, printed  # one screen: a line per step and per epoch (Ray's own lines are in demo.log)
+    assert "epoch 0:" in printed and "epoch 0:" in (out / "run" / "train.log").read_text()
+    assert "epoch 1:" not in (out / "run" / "train.log").read_text()  # --epochs reached the training
     assert "demo: GWAS" in (out / "demo.log").read_text()
 
 
@@ -168,3 +241,19 @@ def test_every_command_and_flag_is_in_the_manual():
         missing += [f"{command} {flag}" for a in parser._actions for flag in a.option_strings
                     if flag not in ("-h", "--help") and not re.search(re.escape(flag) + r"(?![\w-])", docs)]
     assert not missing, missing
+
+
+def test_a_verbose_console_gives_ray_a_file_descriptor(tmp_path, capsys):
+    """With --verbose, stdout and stderr go to the console and the log; ray.init calls faulthandler.enable() on
+    sys.stderr, which needs a file descriptor (`comical train --verbose` crashed there): the log's."""
+    import os
+
+    from comical.data_io.console import logged_console
+
+    with logged_console(tmp_path / "run.log", verbose=True) as say:
+        os.write(sys.stderr.fileno(), b"below Python\n")
+        print("a library's line")
+        say("the command's line")
+    log = (tmp_path / "run.log").read_text()
+    assert "below Python" in log and "a library's line" in log and "the command's line" in log
+    assert "a library's line" in capsys.readouterr().out

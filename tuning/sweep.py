@@ -31,7 +31,8 @@ SWEEP_NAME = "sweep"
 # paper's pair accuracy saturates at 1.0 from identities alone, so ranking by it picks an arbitrary trial).
 METRIC, MODE = "val_loss", "min"
 _REPORTED = ("val_within_bucket_accuracy", "val_within_bucket_accuracy_null", "val_bucket_accuracy")
-_TYPES = {"choice": ("values",), "loguniform": ("low", "high"), "uniform": ("low", "high"), "randint": ("low", "high")}
+_TYPES = {"choice": ("values",), "grid": ("values",), "loguniform": ("low", "high"), "uniform": ("low", "high"),
+          "randint": ("low", "high")}
 _TABLE1_ROWS = [("Batch size", "batch_size"), ("Model dimensions", "width"), ("Number of Transformer layers", "layers"),
                 ("Attention heads per layer", "heads"), ("Feed-forward dimensions", "ff_dim"),
                 ("Learning rate", "learning_rate"), ("Warmup steps", "warmup_steps"), ("Weight decay", "weight_decay")]
@@ -55,7 +56,7 @@ def load_space(name: str) -> dict[str, dict]:
         if not isinstance(holder, dict) or leaf not in holder:
             raise InputError(f"--space {name}: {key!r} is not a TrainConfig key (e.g. batch_size, optim.learning_rate)")
         if not isinstance(spec, dict) or spec.get("type") not in _TYPES or any(f not in spec for f in _TYPES[spec["type"]]):
-            raise InputError(f"--space {name}: {key}: expected {{type: choice|loguniform|uniform|randint, ...}} with "
+            raise InputError(f"--space {name}: {key}: expected {{type: choice|grid|loguniform|uniform|randint, ...}} with "
                              f"{_TYPES.get(spec.get('type') if isinstance(spec, dict) else None, ('values',))}")
     return space
 
@@ -69,6 +70,7 @@ def _tune_space(space: dict[str, dict]) -> dict:
         target = nested.setdefault(section, {}) if section else nested
         kind = spec["type"]
         target[leaf] = (tune.choice(spec["values"]) if kind == "choice" else
+                        tune.grid_search(spec["values"]) if kind == "grid" else  # every value; --num-samples repeats
                         tune.loguniform(spec["low"], spec["high"]) if kind == "loguniform" else
                         tune.uniform(spec["low"], spec["high"]) if kind == "uniform" else
                         tune.randint(spec["low"], spec["high"]))
