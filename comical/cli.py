@@ -45,6 +45,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--images", type=_modalities, default=(),
                    help="also write 3-D brain volumes of these modalities, comma-separated: t1,t2")
     p.add_argument("--voxel-mm", type=float, default=4.0, help="voxel size of the volumes (mm; default 4)")
+    p.add_argument("--signal", type=float, default=1.0, metavar="K",
+                   help="how much is planted: SNP->IDP and image effects x sqrt(K), planted pairs and working "
+                        "memory's genetic and regional shares x K (default 1: the default cohort; 0: none)")
+    p.add_argument("--idp-h2", type=float, default=0.0, metavar="H",
+                   help="add a polygenic part that is H of each IDP's variance (UK Biobank-like: 0.2-0.5; default 0)")
     p.set_defaults(handler=_simulate)
 
     p = sub.add_parser("qc", help="sample/variant QC, LD pruning and genetic PCs of a cohort")
@@ -356,20 +361,25 @@ def _simulate(args) -> int:
     from comical.data_io.output_dir import check_output_dir, staged_output_dir
     from comical.data_io.simulate import write_cohort
 
+    if args.signal < 0 or not 0 <= args.idp_h2 < 1:
+        raise InputError(f"--signal {args.signal:g} --idp-h2 {args.idp_h2:g}: expected K >= 0 and 0 <= H < 1")
     run = {"command": "simulate", "preset": args.preset, "seed": args.seed}
     if args.images:
         run["images"], run["voxel_mm"] = list(args.images), args.voxel_mm
+    dials = {k: v for k, v in (("signal", args.signal), ("idp_h2", args.idp_h2)) if v != (1.0 if k == "signal" else 0)}
+    run |= dials
     out = check_output_dir(args.out, run, force=args.force)
     start = time.perf_counter()
     with staged_output_dir(out, run) as stage:
         manifest = write_cohort(stage, preset=args.preset, seed=args.seed, images=args.images,
-                                voxel_mm=args.voxel_mm)
+                                voxel_mm=args.voxel_mm, signal=args.signal, idp_h2=args.idp_h2)
     images = ""
     if args.images:
         image_bytes = sum(f.stat().st_size for f in (out / "images").iterdir())
         images = f", {'+'.join(args.images)} volumes at {args.voxel_mm:g} mm ({image_bytes / 2**20:,.0f} MiB)"
     print(f"simulate: wrote the {args.preset} cohort ({manifest['n_subjects']} subjects, {manifest['n_variants']} "
-          f"variants, {manifest['n_idps']} IDPs{images}) to {out} in {time.perf_counter() - start:.1f} s")
+          f"variants, {manifest['n_idps']} IDPs{images}{''.join(f', {k} {v:g}' for k, v in dials.items())}) to {out} "
+          f"in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -16,6 +16,20 @@ What is planted, so that later steps can be scored against `truth/`:
 - a GWAS Catalog download listing true and false hits, interactions, haplotypes, ungenotyped variants,
   strand-flipped and unknown risk alleles.
 Same seed, same bytes: every random draw comes from one SeedSequence, spawned per component.
+
+Two dials set how much there is to find (`--signal K`, `--idp-h2 H`; both recorded in manifest.json and
+truth/signal.json). K = 1, H = 0 is the default cohort, byte for byte; K = 0 plants no SNP->IDP effect and no image
+latent (a null cohort). K scales, for each paper:
+- COMICAL (000): every SNP->IDP effect by sqrt(K), and the pleiotropic leads per disease (each on 1-2 of the
+  disease's regions) by sqrt(K), at most the disease's causal catalog SNPs, so more of each bucket's candidate pairs
+  are planted. Effects stacked on one IDP share its variance, so a pair's R^2 grows less than K-fold (mini, median
+  over planted pairs: 0.013 at K = 1, 0.046 at 10, 0.069 at 30; docs/cohort.md);
+- GEMCONT (001): the image latent's effect on grey matter by sqrt(K) (data_io.simulate_images);
+- CGNI (002): the genetic and regional shares of the working-memory liability by K before the four shares are
+  rescaled to sum to 1 (data_io.simulate_wm).
+H adds a polygenic part to every IDP: IDP_POLYGENIC_VARIANTS clean variants with Gaussian effects (independent per
+IDP), scaled so that it is H of the IDP's log-volume variance (UK Biobank IDPs: about 0.2-0.5); its effects are in
+truth/idp_polygenic_effects.parquet and each IDP's share in truth/idp_h2.parquet.
 """
 
 from __future__ import annotations
@@ -98,18 +112,22 @@ PRESETS = {
                     {"catalog": {"maf": 10, "hwe": 10, "geno": 9}, "background": {"hwe": 30, "geno": 60},
                      "samples": {"mind": 60, "het": 50}}, (12, 20, 30), fst=0.006),
 }
+IDP_POLYGENIC_VARIANTS = 1000  # causal variants of the polygenic IDP part (--idp-h2), or every clean one if fewer
 IMAGE_DISEASE = "AD"  # the image latent is this disease's planted liability from its causal catalog variants
 _COMPONENTS = ["samples", "variants", "genotypes", "missing", "diseases", "idps", "catalog", "pcs"]
 
 
 def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images: tuple[str, ...] = (),
-                 voxel_mm: float = 4.0) -> dict:
+                 voxel_mm: float = 4.0, signal: float = 1.0, idp_h2: float = 0.0) -> dict:
     """Write the cohort directory of docs/cohort.md into the existing folder `out`; return its manifest.
 
     Files: genotypes.bed/.bim/.fam, idps.csv, covariates.csv, diagnoses.csv, eprs.csv, gwas_catalog.tsv,
     truth/*.parquet, manifest.json (seed, preset, sizes, version, notes, sha256 of every file); with `images`
     (modalities, e.g. ("t1", "t2")), images/ at `voxel_mm` and the planted image latent (data_io.simulate_images).
+    `signal` and `idp_h2`: the dials of the module docstring.
     """
+    if signal < 0 or not 0 <= idp_h2 < 1:
+        raise ValueError(f"signal {signal} must be >= 0 and idp_h2 {idp_h2} in [0, 1)")
     from comical import __version__
 
     p = PRESETS[preset]
@@ -120,7 +138,11 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
     genotypes = _simulate_genotypes(rngs["genotypes"], variants, samples["population"].to_numpy())
     diseases, disease_effects, genetic = _simulate_diseases(rngs["diseases"], p, samples, variants, genotypes)
     idps, idp_disease, snp_idp = _simulate_idps(rngs["idps"], p, samples, variants, genotypes, diseases,
-                                                disease_effects)
+                                                disease_effects, signal)
+    polygenic = None
+    if idp_h2 > 0:  # its own stream: the rest of the cohort is drawn as without it
+        idps, polygenic = _add_polygenic_idps(np.random.default_rng(np.random.SeedSequence([seed, 2024, 2])), idps,
+                                              variants, genotypes, idp_h2)
     if images:  # the image latent comes from the true genotypes, before calls go missing (as the liabilities do)
         ad = disease_effects.filter((pl.col("disease") == IMAGE_DISEASE) & pl.col("causal") & pl.col("in_catalog"))
         columns = variants.with_row_index("column").join(ad, on="variant_id", how="inner", maintain_order="right")
@@ -129,7 +151,8 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
                        "freq": columns["ancestral_freq"].to_numpy()}
     wm_rng = np.random.default_rng(np.random.SeedSequence([seed, 20240]))  # its own stream: nothing else changes
     write_working_memory(out, wm_rng, eid=samples["eid"].to_numpy(), age=samples["age"].to_numpy().astype(float),
-                         genotypes=genotypes, variants=variants, disease_effects=disease_effects, idps=idps)
+                         genotypes=genotypes, variants=variants, disease_effects=disease_effects, idps=idps,
+                         signal=signal)
     failed_samples = _plant_missingness_and_failures(rngs["missing"], p, variants, samples, genotypes)
     pcs = _covariate_pcs(variants, genotypes, seed)
     catalog, catalog_truth = _simulate_catalog(rngs["catalog"], variants, disease_effects)
@@ -155,19 +178,28 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
     idp_disease.write_parquet(truth / "idp_disease_effects.parquet")
     snp_idp.write_parquet(truth / "snp_idp_effects.parquet")
     catalog_truth.write_parquet(truth / "catalog_rows.parquet")
+    if polygenic is not None:
+        polygenic["effects"].write_parquet(truth / "idp_polygenic_effects.parquet")
+        polygenic["h2"].write_parquet(truth / "idp_h2.parquet")
+    dials = {"signal": signal, "idp_h2": idp_h2}
+    (truth / "signal.json").write_text(json.dumps({**dials, "meaning": {
+        "signal": "K: SNP->IDP effects x sqrt(K), pleiotropic leads per disease x sqrt(K), image latent effect x "
+                  "sqrt(K), working memory's genetic and regional shares x K (then rescaled); 1 = the default, 0 = none",
+        "idp_h2": "H: share of each IDP's log-volume variance from IDP_POLYGENIC_VARIANTS small effects (0: none)"},
+        "idp_polygenic_variants": polygenic["n_variants"] if polygenic else 0}, indent=2) + "\n")
     if images:
         from comical.data_io.simulate_images import write_images
 
         write_images(out, eid=eid.to_numpy(), idps=idps, age=samples["age"].to_numpy().astype(float),
                      latent_genotypes=latent_genotypes, **latent_spec, disease=IMAGE_DISEASE,
-                     modalities=images, voxel_mm=voxel_mm, seed=seed)
+                     modalities=images, voxel_mm=voxel_mm, seed=seed, signal=signal)
 
     cases = {d: int(diseases[d].sum()) for d in DISEASES}
     manifest = {
         "preset": preset, "seed": seed, "package_version": __version__,
         "images": {"modalities": list(images), "voxel_mm": voxel_mm} if images else None,
         "n_subjects": p.n_subjects, "n_variants": variants.height, "n_catalog_variants": p.n_catalog,
-        "n_idps": len(IDPS), "cases": cases,
+        "n_idps": len(IDPS), "cases": cases, "signal": dials,
         "notes": ([f"mini preset: diseases rarer than {p.min_prevalence:.0%} raised to {p.min_prevalence:.0%} "
                    "prevalence so every disease has cases; the paper preset uses Table 2 counts"]
                   if p.min_prevalence else ["case counts are the paper's Table 2"]),
@@ -310,8 +342,9 @@ def _simulate_diseases(rng, p: Preset, samples: pl.DataFrame, variants: pl.DataF
     return diseases, effects, genetic
 
 
-def _simulate_idps(rng, p: Preset, samples, variants, genotypes, diseases, disease_effects):
-    """IDP volumes in mm^3 (samples x 154) and the planted disease -> IDP and SNP -> IDP effects."""
+def _simulate_idps(rng, p: Preset, samples, variants, genotypes, diseases, disease_effects, signal: float = 1.0):
+    """IDP volumes in mm^3 (samples x 154) and the planted disease -> IDP and SNP -> IDP effects (`signal`: the
+    module docstring's K)."""
     n, k = samples.height, len(IDPS)
     sex = samples["sex"].to_numpy()
     age_z = (samples["age"].to_numpy() - 63) / 10.8
@@ -337,7 +370,9 @@ def _simulate_idps(rng, p: Preset, samples, variants, genotypes, diseases, disea
     causal = disease_effects.filter(pl.col("causal") & pl.col("in_catalog"))
     index = {v: i for i, v in enumerate(variants["variant_id"].to_list())}
     n_lead, n_other, n_background = p.snp_idp_effects
-    size = lambda: float(rng.choice([-1, 1]) * np.exp(rng.uniform(np.log(0.03), np.log(0.3))))  # noqa: E731
+    n_lead = round(n_lead * np.sqrt(signal))
+    gain = np.sqrt(signal)  # 1.0 exactly at K = 1: the default cohort's bytes
+    size = lambda: float(rng.choice([-1, 1]) * np.exp(rng.uniform(np.log(0.03), np.log(0.3))) * gain)  # noqa: E731
     regions = {d: idp_disease.filter(pl.col("disease") == d)["idp"].to_numpy() for d in PAIR_DISEASES}
     snp_rows = []
     for d in PAIR_DISEASES:
@@ -362,6 +397,27 @@ def _simulate_idps(rng, p: Preset, samples, variants, genotypes, diseases, disea
     mean = np.array([_baseline_mm3(name, rng) for name in IDPS])
     volumes = mean * np.exp(0.11 * s)
     return volumes, idp_disease, snp_idp
+
+
+def _add_polygenic_idps(rng, idps: np.ndarray, variants: pl.DataFrame, genotypes: np.ndarray, h2: float):
+    """The IDPs with a polygenic part that is `h2` of each one's log-volume variance (module docstring), and its
+    truth: the effects (per standardised allele count, on the log volume) and each IDP's realised share."""
+    freq = variants["ancestral_freq"].to_numpy()
+    clean = np.flatnonzero((variants["planted_failure"].to_numpy() == "") & (np.minimum(freq, 1 - freq) >= 0.01))
+    chosen = np.sort(rng.choice(clean, min(IDP_POLYGENIC_VARIANTS, clean.size), replace=False))
+    z = _standardized(genotypes, variants, chosen)
+    beta = rng.normal(0, 1, (chosen.size, idps.shape[1]))
+    genetic = z @ beta
+    log_idp = np.log(idps)
+    scale = np.sqrt(h2 / (1 - h2) * log_idp.var(0) / genetic.var(0))  # genetic variance h2 of the sum's
+    beta, genetic = beta * scale, genetic * scale
+    out = np.exp(log_idp + genetic)
+    shares = genetic.var(0) / np.log(out).var(0)
+    ids = variants["variant_id"].to_numpy()[chosen]
+    effects = pl.DataFrame({"variant_id": np.repeat(ids, len(IDPS)), "idp": np.tile(IDPS, ids.size),
+                            "beta_log_volume": beta.ravel()})
+    return out, {"effects": effects, "h2": pl.DataFrame({"idp": IDPS, "h2_polygenic": shares}),
+                 "n_variants": int(chosen.size)}
 
 
 def _baseline_mm3(name: str, rng) -> float:

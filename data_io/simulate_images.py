@@ -127,14 +127,15 @@ def _parcellate(gm: np.ndarray, xyz: np.ndarray, centre: np.ndarray, seed: int) 
 
 def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarray, latent_genotypes: np.ndarray,
                  variant_ids: list[str], weights: np.ndarray, freq: np.ndarray, disease: str,
-                 modalities=MODALITIES, voxel_mm: float = 4.0, seed: int = 0) -> dict:
+                 modalities=MODALITIES, voxel_mm: float = 4.0, seed: int = 0, signal: float = 1.0) -> dict:
     """`out/images/` (shards + manifest, data_io.images, and the parcels) and the latent's truth in `out/truth/`;
     returns the image manifest. `idps`: subjects x IDPS volumes; the latent is the weighted sum (`weights`) of the
     standardised true genotypes `latent_genotypes` (subjects x variants `variant_ids`, allele frequencies `freq`):
     the planted genetic liability of `disease` they carry, so a model guided by that disease's variant panel has an
-    image pattern to find."""
+    image pattern to find. `signal` (the cohort's --signal K) scales the latent's effect by sqrt(K)."""
     from comical.data_io.images import write_image_store
 
+    effect = LATENT_EFFECT * np.sqrt(signal)  # exactly LATENT_EFFECT at K = 1
     rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
     template = load_template(voxel_mm, seed)
     g = (latent_genotypes - 2 * freq) / np.sqrt(2 * freq * (1 - freq))
@@ -148,7 +149,7 @@ def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarra
 
     def volumes():
         for i in range(len(eid)):
-            tissue = _subject_maps(template, ratio[i], age_z[i], latent[i], blob)
+            tissue = _subject_maps(template, ratio[i], age_z[i], latent[i] * effect, blob)
             yield eid[i], {m: _contrast(tissue, m, head[i], rng) for m in modalities}
 
     manifest = write_image_store(out / "images", volumes(), len(eid), shape=template.shape,
@@ -163,7 +164,7 @@ def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarra
     pl.DataFrame({"variant_id": variant_ids, "weight": weights}).write_parquet(
         truth / "image_latent_variants.parquet")
     (truth / "image_latent.json").write_text(json.dumps({
-        "region": _LATENT_REGION, "effect": f"grey matter x (1 + {LATENT_EFFECT} x latent) under a Gaussian blob "
+        "region": _LATENT_REGION, "effect": f"grey matter x (1 + {effect:g} x latent) under a Gaussian blob "
         "of sd 8 mm at the region's centre", "latent": "standardised weighted sum of the standardised genotypes of "
         "image_latent_variants.parquet: the planted liability of the disease its causal catalog variants carry",
         "disease": disease, "n_variants": len(variant_ids)}, indent=2) + "\n")
@@ -176,10 +177,11 @@ def _blob(template: Template, label: int) -> np.ndarray:
     return np.exp(-((xyz - centre) ** 2).sum(-1) / (2 * 8.0 ** 2)).astype(np.float32)
 
 
-def _subject_maps(t: Template, ratio: np.ndarray, age_z: float, latent: float, blob: np.ndarray) -> dict:
-    """One subject's grey, white and CSF maps."""
+def _subject_maps(t: Template, ratio: np.ndarray, age_z: float, shift: float, blob: np.ndarray) -> dict:
+    """One subject's grey, white and CSF maps; `shift`: the latent times its effect (grey matter x (1 + shift) at
+    the blob's centre, never below a tenth: a strong --signal must not make tissue negative)."""
     scale = np.where(t.labels >= 0, ratio[t.labels.clip(min=0)], 1.0).astype(np.float32)
-    gm = t.gm * scale * (1 - 0.04 * age_z) * (1 + LATENT_EFFECT * latent * blob)
+    gm = t.gm * scale * (1 - 0.04 * age_z) * np.maximum(1 + shift * blob, 0.1)
     ventricles = _zoom(t.ventricles, 1 + 0.15 * np.clip(age_z, -2, 2), ndimage.center_of_mass(t.ventricles))
     keep = 1 - np.clip(ventricles - t.ventricles, 0, 1)  # tissue the enlarged ventricles now cover
     gm, wm = np.clip(gm * keep, 0, 1), t.wm * keep

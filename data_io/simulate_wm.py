@@ -52,11 +52,20 @@ def wm_group(digits: np.ndarray) -> np.ndarray:
                     np.where((digits >= HIGH[0]) & (digits <= HIGH[1]), 1, -1)).astype(np.int8)
 
 
+def signal_shares(signal: float) -> dict[str, float]:
+    """SHARES with the genetic and regional parts x `signal` (the cohort's --signal K), rescaled to sum to 1."""
+    if signal == 1:
+        return dict(SHARES)
+    raw = {k: v * (signal if k in ("genetic", "regions") else 1.0) for k, v in SHARES.items()}
+    return {k: v / sum(raw.values()) for k, v in raw.items()}
+
+
 def write_working_memory(out: Path, rng: np.random.Generator, *, eid: np.ndarray, age: np.ndarray,
                          genotypes: np.ndarray, variants: pl.DataFrame, disease_effects: pl.DataFrame,
-                         idps: np.ndarray) -> None:
+                         idps: np.ndarray, signal: float = 1.0) -> None:
     """Write cognition.csv, wm_panel.txt and the truth files into the cohort folder `out` (see the module).
-    `genotypes`: the true allele counts (samples x variants), before calls go missing."""
+    `genotypes`: the true allele counts (samples x variants), before calls go missing; `signal`: `signal_shares`."""
+    shares = signal_shares(signal)
     ids = variants["variant_id"].to_numpy()
     freq = variants["ancestral_freq"].to_numpy()
     ad = disease_effects.filter((pl.col("disease") == "AD") & pl.col("in_catalog"))
@@ -73,7 +82,7 @@ def write_working_memory(out: Path, rng: np.random.Generator, *, eid: np.ndarray
     g = (genotypes[:, causal] - 2 * freq[causal]) / np.sqrt(2 * freq[causal] * (1 - freq[causal]))
     beta = rng.normal(0, 1, causal.size)
     genetic = g @ beta
-    scale = np.sqrt(SHARES["genetic"] / genetic.var())
+    scale = np.sqrt(shares["genetic"] / genetic.var())
     beta, genetic = beta * scale, genetic * scale
 
     log_idp = np.log(idps)
@@ -81,10 +90,10 @@ def write_working_memory(out: Path, rng: np.random.Generator, *, eid: np.ndarray
     relative = z - z.mean(1, keepdims=True)  # the region against the subject's whole brain
     weights = rng.uniform(0.5, 1.0, len(REGIONS))
     regional = relative[:, [IDPS.index(r) for r in REGIONS]] @ weights
-    regional = (regional - regional.mean()) / regional.std() * np.sqrt(SHARES["regions"])
+    regional = (regional - regional.mean()) / regional.std() * np.sqrt(shares["regions"])
     age_z = (age - age.mean()) / age.std()
-    liability = (-np.sqrt(SHARES["age"]) * age_z + genetic + regional
-                 + rng.normal(0, np.sqrt(SHARES["noise"]), len(eid)))
+    liability = (-np.sqrt(shares["age"]) * age_z + genetic + regional
+                 + rng.normal(0, np.sqrt(shares["noise"]), len(eid)))
     rank = np.argsort(np.argsort(liability, kind="stable"), kind="stable") / len(eid)
     digits = DIGITS[np.searchsorted(np.cumsum(DIGIT_SHARES)[:-1], rank, side="right")].astype(float)
     digits[rng.random(len(eid)) >= TESTED] = np.nan
@@ -102,7 +111,7 @@ def write_working_memory(out: Path, rng: np.random.Generator, *, eid: np.ndarray
     (truth / "wm.json").write_text(json.dumps({
         "trait": "wm_digits (cognition.csv): backward digit span 2-12, UK Biobank field 20240",
         "liability": "-age_z + genetic + regions + noise, each part scaled to its variance share",
-        "variance_shares": SHARES, "tested_share": TESTED,
+        "variance_shares": shares, "tested_share": TESTED,
         "genetic": f"{causal.size} causal variants of the {panel.size} in wm_panel.txt ({ad_causal.size} of them AD's "
                    "causal catalog variants): standardised true allele counts x beta (wm_snp_effects.parquet)",
         "regions": "weighted sum of each region's standardised log volume minus the subject's mean over all IDPs "
