@@ -108,3 +108,40 @@ def test_only_the_registry_and_the_task_modules_compare_task_names():
                 continue
             wrong += [f"{relative}:{line}" for line in _task_name_tests(path.read_text(), names)]
     assert not wrong, wrong
+
+
+def test_every_module_the_package_imports_is_a_runtime_dependency():
+    """A plain `pip install` (no [dev]) must run every command: each third-party module imported anywhere in the
+    package belongs to a distribution in pyproject's `dependencies` (or to one of theirs, as nilearn brings nibabel).
+    Issue 33: statsmodels, which `riskscore` imports, was in the dev extra only."""
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions, requires
+
+    declared = {re.split(r"[\[<>=!~; ]", d)[0].lower().replace("_", "-")
+                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    reachable, todo = set(), list(declared)
+    while todo:  # the declared distributions and everything they require
+        name = todo.pop()
+        if name in reachable:
+            continue
+        reachable.add(name)
+        try:
+            todo += [re.split(r"[\[<>=!~; (]", r)[0].lower().replace("_", "-") for r in requires(name) or []
+                     if "extra ==" not in r]
+        except Exception:  # not installed here: nothing more to follow
+            pass
+    owners = packages_distributions()
+    own = {"comical", "data_io", "distributed", "pipelines", "tuning"}
+    missing = set()
+    for layer in ("comical", "data_io", "distributed", "pipelines", "tuning"):
+        for path in (ROOT / layer).rglob("*.py"):
+            for module, _ in _imports(path):
+                top = module.split(":")[0].split(".")[0]
+                if top in own or top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & reachable:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, sorted(missing)

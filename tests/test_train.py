@@ -163,9 +163,9 @@ def test_fault_drill_killed_worker_recovers_with_the_same_result(small_pairs, ra
     assert config.engine.zero_stage == 2 and config.engine.workers == 2
 
 
-def test_ddp_engine_trains_and_resume_continues_a_run(small_pairs, tmp_path, capsys, in_process):
+def test_ddp_engine_trains_and_resume_continues_a_run(tiny_pairs, tmp_path, capsys, in_process):
     out = tmp_path / "ddp"
-    args = ["train", "--pairs", str(small_pairs), "--out", str(out), "--engine", "ddp", "--workers", "1",
+    args = ["train", "--pairs", str(tiny_pairs), "--out", str(out), "--engine", "ddp", "--workers", "1",
             "--epochs", "1", "--batch-size", "512"]
     assert main(args) == 0
     first = _epochs(out)
@@ -270,8 +270,8 @@ def test_a_run_whose_data_never_arrives_fails_with_one_line(ray_session, toy_dat
     assert len(error) == 1 and "no progress for" in error[0] and "first train batch from Ray Data" in error[0]
     assert "of 4 CPUs free" in error[0]
     assert json.loads((tmp_path / "starved" / "run.json").read_text())["state"] == "failed"
-    hold_cpus(1)  # now all 4
-    assert main([*args, "--out", str(tmp_path / "unstarted")]) == 1
+    hold_cpus(1)  # now all 4; nothing can start, so a shorter limit needs no margin for a slow start
+    assert main([*args[:-4], "--stall-seconds", "6", "--max-failures", "0", "--out", str(tmp_path / "unstarted")]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "2 workers (0.5 CPU each) waited to start; the cluster has 0 of 4 CPUs" in error[0]
 

@@ -74,7 +74,7 @@ def test_asha_sweep_interrupted_and_resumed(tiny_pairs, tiny_space, ray_session,
         started = sorted((out / "sweep").glob("_trial_*/result.json"))
         if len(started) >= 2 and started[1].read_text().strip():
             break
-        time.sleep(1)
+        time.sleep(0.5)
     assert len(started) >= 2, "the second trial did not report before the deadline"
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves the sweep state and stops
     process.wait(timeout=120)
@@ -153,19 +153,19 @@ def test_bad_tune_input_fails_before_any_trial(small_pairs, tmp_path, capsys, ra
     assert "not a pair store" in capsys.readouterr().err
 
 
-def test_bench_scaling_writes_the_table_and_plot(small_pairs, tmp_path, capsys, in_process):
+def test_bench_scaling_writes_the_table_and_plot(tiny_pairs, tmp_path, capsys, in_process):
     """The command's plumbing through the engine (one worker, in this process): a row per worker count from the
     fit's own epoch metrics, the table, the plot; worker counts the cluster cannot hold are refused first."""
     out = tmp_path / "scaling"
-    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1", "--epochs", "2",
+    assert main(["bench", "scaling", "--pairs", str(tiny_pairs), "--workers", "1", "--epochs", "2",
                  "--batch-size", "1024", "--engine", "ddp", "--out", str(out)]) == 0
     table = pl.read_csv(out / "scaling.csv")
     assert table["workers"].to_list() == [1] and (table["samples_per_s"] > 0).all()
     assert table["speedup"][0] == pytest.approx(1.0) and table["epochs_measured"][0] == 1  # the first is warm-up
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 1 | CPU |" in capsys.readouterr().out
-    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,x", "--out", str(out)]) == 2
-    assert main(["bench", "scaling", "--pairs", str(small_pairs), "--workers", "1,64", "--out", str(tmp_path / "o")]) == 2
+    assert main(["bench", "scaling", "--pairs", str(tiny_pairs), "--workers", "1,x", "--out", str(out)]) == 2
+    assert main(["bench", "scaling", "--pairs", str(tiny_pairs), "--workers", "1,64", "--out", str(tmp_path / "o")]) == 2
     assert "the Ray cluster has" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
