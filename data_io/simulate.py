@@ -57,6 +57,7 @@ _CHROM_MB = [248.9, 242.2, 198.3, 190.2, 181.5, 170.8, 159.3, 145.1, 138.4, 133.
 _POP_SHARES = [0.55, 0.2, 0.15, 0.1]  # four European-ancestry subpopulations
 # Share of the catalog's variants per pair-making disease (roughly as many hits as the Catalog lists).
 _CATALOG_SHARE = {"AD": 0.14, "ADHD": 0.10, "BD": 0.16, "CBVD": 0.06, "MD": 0.06, "MS": 0.18, "PD": 0.14, "UD": 0.16}
+LOG_VOLUME_SCALE = 0.11  # an IDP's log volume is its baseline's plus this x its latent (SD ~1)
 _CAUSAL_FRACTION = 0.4  # the rest of a disease's catalog rows are false hits in this cohort
 _H2 = {"AD": 0.35, "ADHD": 0.3, "BD": 0.3, "CBVD": 0.25, "MD": 0.3, "MS": 0.35, "PD": 0.3, "UD": 0.25}
 # Diseases the paper does not pair: genetics borrowed from a related disease plus background variants.
@@ -395,7 +396,7 @@ def _simulate_idps(rng, p: Preset, samples, variants, genotypes, diseases, disea
     for j, (idp, effect) in enumerate(zip(snp_idp["idp"], snp_idp["effect_sd"])):
         s[:, IDPS.index(idp)] += effect * g[:, j]
     mean = np.array([_baseline_mm3(name, rng) for name in IDPS])
-    volumes = mean * np.exp(0.11 * s)
+    volumes = mean * np.exp(LOG_VOLUME_SCALE * s)
     return volumes, idp_disease, snp_idp
 
 

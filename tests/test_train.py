@@ -113,7 +113,14 @@ def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
     assert (assoc["p"].drop_nulls().diff().drop_nulls() >= 0).all() and (assoc["test"] == "calibrated").all()
     truth = json.loads((trained_run / "truth_score.json").read_text())
     assert truth["n_candidates"] == assoc.height
-    assert set(truth["methods"]) == {"comical", "gwas", "gwas_test_subjects", "snp_only"}
+    assert set(truth["methods"]) == {"comical", "planted_truth", "gwas", "gwas_test_subjects", "snp_only"}
+    ceiling, methods = truth["ceiling"], truth["methods"]
+    assert methods["planted_truth"]["auprc"] > 2 * methods["planted_truth"]["auprc_chance"]  # the ceiling finds them
+    accuracy = ceiling["within_bucket_accuracy"]
+    assert accuracy["model"] == json.loads((trained_run / "test_metrics.json").read_text())["within_bucket_accuracy"]
+    assert accuracy["ceiling"] > accuracy["ceiling_null"] and ceiling["loss"]["ceiling"] < ceiling["loss"]["floor"]
+    lift = accuracy["model"] - accuracy["model_null"]
+    assert accuracy["share_of_lift"] == pytest.approx(lift / (accuracy["ceiling"] - accuracy["ceiling_null"]))
     assert "COMICAL" in capsys.readouterr().out
     assert main(["associate", "--run", str(trained_run), "--test", "paper"]) == 0
     paper = pl.read_csv(trained_run / "associations_paper.tsv", separator="\t")

@@ -182,14 +182,16 @@ def _joined(rankings: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list[str]]
     return joined, key
 
 
-def truth_comparison(candidates_with_scores: dict[str, pl.DataFrame], planted: pl.DataFrame, out: Path) -> dict:
+def truth_comparison(candidates_with_scores: dict[str, pl.DataFrame], planted: pl.DataFrame, out: Path, *,
+                     extra: dict | None = None) -> dict:
     """Score named rankings of the same candidate pairs against the planted (variant_id, idp) effects.
 
     `candidates_with_scores`: {method: DataFrame(snp, idp, score[, p][, disease])}, higher score = stronger;
     `planted`: truth/snp_idp_effects.parquet (variant_id, idp, effect_sd). Writes into `out`, each atomically:
     truth_score.json (returned: per method the `score_ranking` dict, and how many planted pairs the candidates
     miss), truth_pairs.tsv (snp, idp, [disease,] planted, effect_sd (null if not planted), <method>_score,
-    <method>_p) and truth_pr.png (precision-recall curves with their AUPRC, and the chance level).
+    <method>_p) and truth_pr.png (precision-recall curves with their AUPRC, and the chance level). `extra` joins
+    the summary as it is.
     """
     joined, key = _joined(candidates_with_scores)
     effects = planted.select(pl.col("variant_id").alias("snp"), "idp", "effect_sd").unique(["snp", "idp"],
@@ -206,7 +208,7 @@ def truth_comparison(candidates_with_scores: dict[str, pl.DataFrame], planted: p
                                   None if p.null_count() == p.len() else p.fill_null(np.nan).to_numpy())
     covered = effects.join(table.select("snp", "idp").unique(), on=["snp", "idp"], how="semi").height
     summary = {"n_candidates": table.height, "n_planted_effects": effects.height,
-               "n_planted_not_in_candidates": effects.height - covered, "fdr": FDR, "methods": scores}
+               "n_planted_not_in_candidates": effects.height - covered, "fdr": FDR, "methods": scores, **(extra or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tsv = io.BytesIO()
