@@ -171,6 +171,20 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                               "setting (the defaults) are copied, not trained again")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_bench_gemcont_sim)
+    p = bench.add_parser("positive-control", help="does a method find planted associations as the planted signal "
+                                                  "grows (simulate --signal)?")
+    p.add_argument("--method", choices=["comical"], default="comical",
+                   help="the method (only comical so far)")
+    p.add_argument("--signal", default="1,3,10,30", metavar="K,K,...",
+                   help="comma-separated signal dials (default 1,3,10,30)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="cohorts per signal, seeds 0..N-1 (default 3)")
+    p.add_argument("--epochs", type=int, default=5, metavar="N", help="COMICAL's epochs per training (default 5)")
+    p.add_argument("--top-n-perc", type=float, default=5.0, metavar="X", help="the pair stores' --top-n-perc (default 5)")
+    p.add_argument("--max-subjects", type=int, metavar="N", help="the pair stores' --max-subjects (default all)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="Ray Train workers per training (default 1)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for results.csv, results.md, results.png (resumes the cells already there)")
+    p.set_defaults(handler=_bench_positive_control)
 
     p = sub.add_parser("associate", help="association p-values of SNP-IDP pairs from a trained run's test split")
     p.add_argument("--run", type=Path, required=True, help="a `comical train` run folder")
@@ -565,6 +579,22 @@ def _bench_gemcont_sim(args) -> int:
                           reuse=args.reuse)
     print((args.out / "results.md").read_text(), end="")
     return 0 if table.height else 1
+
+
+def _bench_positive_control(args) -> int:
+    from comical.pipelines.comical.positive_control import ControlSettings, run_positive_control
+
+    try:
+        signals = tuple(float(k) for k in args.signal.split(","))
+    except ValueError:
+        raise InputError(f"--signal {args.signal}: expected comma-separated numbers like 1,3,10,30") from None
+    if min(signals) < 0 or min(args.seeds, args.epochs, args.workers) < 1 or args.top_n_perc <= 0:
+        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc > 0")
+    settings = ControlSettings(signals=signals, seeds=args.seeds, epochs=args.epochs, top_n_perc=args.top_n_perc,
+                               workers=args.workers, max_subjects=args.max_subjects)
+    run_positive_control(args.out, settings)
+    print((args.out / "results.md").read_text(), end="")
+    return 0
 
 
 def _downstream(args) -> int:

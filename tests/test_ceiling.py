@@ -87,3 +87,40 @@ def test_the_ceiling_lifts_above_its_null_the_floor_does_not_and_reversed_effect
     assert score["reversed"][key] < score["reversed"][null] - 0.001
     assert score["ceiling"]["loss"] < score["floor"]["loss"] < score["reversed"]["loss"]
     assert score["floor"]["bucket_accuracy"] == 1.0  # the bucket term settles membership
+
+
+def test_positive_control_bench_resumes_its_cells_and_summarises_over_seeds(tmp_path, monkeypatch, capsys):
+    """The bench's bookkeeping with a stand-in cell: cells already done are not run again, the summary is the
+    mean over seeds with a bootstrap interval around it, and cells of other training settings are refused."""
+    from comical.cli import main
+    from comical.pipelines.comical import positive_control
+
+    ran = []
+
+    def cell(work, signal, seed, settings):
+        ran.append((signal, seed))
+        share = 0.1 * signal + 0.05 * seed
+        return {"signal": signal, "seed": seed, "n_candidates": 100, "n_planted": 10 + seed, "n_test_pairs": 1000,
+                "within_bucket_share": share, "loss_share": share, "auprc_share": share, "auprc_gwas_share": 1.0,
+                "auprc": 0.5, "auprc_chance": 0.1, "auprc_ceiling": 0.9, "auprc_gwas_test_subjects": 0.9,
+                "recall_fdr05": 0.5, "recall_fdr05_ceiling": 0.6, "recall_fdr05_gwas_test_subjects": 0.6,
+                "null_store_calls_fdr05": 0, "null_store_pairs": 100}
+
+    monkeypatch.setattr(positive_control, "_cell", cell)
+    monkeypatch.setattr("comical.distributed.ray_session.init_ray", lambda **_: False)
+    out = tmp_path / "control"
+    args = ["bench", "positive-control", "--signal", "1,3", "--seeds", "2", "--out", str(out)]
+    assert main(args[:4] + ["--seeds", "1", "--out", str(out)]) == 0
+    assert ran == [(1.0, 0), (3.0, 0)]
+    assert main(args) == 0
+    assert ran[2:] == [(1.0, 1), (3.0, 1)]  # seed 0's cells were kept
+    table = pl.read_csv(out / "results.csv")
+    assert table.height == 4 and (out / "results.png").stat().st_size > 0
+    summary = positive_control._summary(table, 2000)
+    row = summary.filter(pl.col("signal") == 3.0).row(0, named=True)
+    assert row["within_bucket_share"] == pytest.approx(0.325)  # (0.3 + 0.35) / 2
+    assert row["within_bucket_share_low"] <= 0.325 <= row["within_bucket_share_high"]
+    assert row["within_bucket_share_high"] - row["within_bucket_share_low"] > 0
+    assert "0.325" in (out / "results.md").read_text() and "0.325" in capsys.readouterr().out
+    assert main(args + ["--epochs", "2"]) == 2  # other training settings: refused, the cells untouched
+    assert "cells were made with" in capsys.readouterr().err and len(list((out / "cells").iterdir())) == 4
