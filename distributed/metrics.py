@@ -56,7 +56,10 @@ def retrieval_metrics(logits: torch.Tensor, disease: torch.Tensor, snp_key: torc
     }
     strict_idp = (to_idp == own) | (idp_key[to_idp] == idp_key)
     strict_snp = (to_snp == own) | (snp_key[to_snp] == snp_key)
-    rows = {"top1_correct": strict_idp.float() + strict_snp.float()}
+    # per row, its two queries' within-bucket hits above their nulls: the standard error of the lift comes from these
+    rows = {"top1_correct": strict_idp.float() + strict_snp.float(),
+            "within_bucket_lift": (within["correct_snp_to_idp"] - within["null_snp_to_idp"]
+                                   + within["correct_idp_to_snp"] - within["null_idp_to_snp"]) / 2}
     sums = {
         "bucket_accuracy": (disease[to_idp] == disease).sum() + (disease[to_snp] == disease).sum(),
         "bucket_accuracy_chance": 2 * same_bucket.float().mean(dim=1).sum(),

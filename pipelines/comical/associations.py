@@ -163,23 +163,22 @@ def associate_run(run: Path, *, test: str = "calibrated", cohort: Path | None = 
         cohort = json.loads((store / "run.json").read_text()).get("cohort")
     planted_path = Path(cohort) / "truth" / "snp_idp_effects.parquet" if cohort else None
     if test == "calibrated" and planted_path is not None and planted_path.is_file():
-        from comical.pipelines.comical.ceiling import ceiling_metrics
+        from comical.pipelines.comical.ceiling import ceiling_metrics, ceiling_power
 
+        planted = pl.read_parquet(planted_path)
         ceiling, ceiling_rows = ceiling_metrics(run, store, Path(cohort))
-        ceiling_table = pair_associations(ceiling_rows, json.loads(info_path.read_text())["input"])
-        summary["truth"] = _score_against_truth(table, store, Path(cohort), pl.read_parquet(planted_path), run,
-                                                ceiling_table, ceiling)
+        ceiling["association"] = ceiling_power(
+            pair_associations(ceiling_rows, json.loads(info_path.read_text())["input"]), planted)
+        summary["truth"] = _score_against_truth(table, store, Path(cohort), planted, run, ceiling)
     return summary
 
 
 def _score_against_truth(table: pl.DataFrame, store: Path, cohort_dir: Path, planted: pl.DataFrame, out: Path,
-                         ceiling_table: pl.DataFrame, ceiling: dict) -> dict:
+                         ceiling: dict) -> dict:
     """COMICAL's ranking beside baselines on the same candidate (snp, idp) pairs, scored on planted truth, and
     the run's test metrics beside their floor and ceiling (`ceiling`, from pipelines/comical/ceiling.py).
 
     - comical: by p (ties by z), on the test subjects;
-    - planted_truth: the same test on the same test subjects, of the model that knows the planted effects (the
-      ceiling: what the planted effects let this test find);
     - gwas: per-pair OLS with covariates on the training subjects (7x COMICAL's test subjects: the GWAS a user
       would run); gwas_test_subjects: the same on COMICAL's test subjects (like for like);
     - snp_only: the SNP's catalog p for its disease, no IDP information at all: what the candidate set alone
@@ -198,26 +197,27 @@ def _score_against_truth(table: pl.DataFrame, store: Path, cohort_dir: Path, pla
     catalog = pl.read_csv(store / "snp_sets.tsv", separator="\t").select(
         pl.col("variant_id").alias("snp"), "disease", score=-pl.col("p_value").log10())
     snp_only = candidates.join(catalog, on=["snp", "disease"], how="left")
-    by_p = lambda t: t.select("snp", "idp", "p", score=-pl.col("p").fill_null(1).clip(1e-300).log10()  # noqa: E731
-                              + 1e-6 * pl.col("z").fill_null(0))
-    rankings = {"comical": by_p(table), "planted_truth": by_p(ceiling_table), **gwas, "snp_only": snp_only}
+    comical = table.select("snp", "idp", "p", score=-pl.col("p").fill_null(1).clip(1e-300).log10()
+                           + 1e-6 * pl.col("z").fill_null(0))
+    rankings = {"comical": comical, **gwas, "snp_only": snp_only}
     best = {name: r.group_by("snp", "idp").agg(pl.col("score").max(), *([pl.col("p").min()] if "p" in r.columns else []))
             for name, r in rankings.items()}
     return truth_comparison(best, planted, out, extra={"ceiling": ceiling})
 
 
 def truth_summary(truth: dict) -> str:
-    """AUPRC of COMICAL and its baselines against planted pairs beside chance and the planted truth's (the ceiling),
-    and the within-bucket accuracy's lift over its null beside the ceiling's."""
+    """AUPRC of COMICAL and its baselines against planted pairs beside chance, and where the planted truth is scored
+    (`ceiling`), the recall at FDR 5% it allows and the within-bucket accuracy's lift beside the ceiling's."""
     m = truth["methods"]
-    fmt = lambda v: "NA" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v, d=3: "NA" if v is None else f"{v:.{d}f}"  # noqa: E731
     line = (f"against the {m['comical']['n_planted']} planted pairs among {truth['n_candidates']} candidates, AUPRC "
-            f"COMICAL {fmt(m['comical']['auprc'])} (ceiling {fmt(m['planted_truth']['auprc'])}: the planted effects "
-            f"themselves), GWAS of the same pairs {fmt(m['gwas']['auprc'])} (training subjects) and "
-            f"{fmt(m['gwas_test_subjects']['auprc'])} (COMICAL's test subjects), SNP identity alone "
+            f"COMICAL {fmt(m['comical']['auprc'])}, GWAS of the same pairs {fmt(m['gwas']['auprc'])} (training "
+            f"subjects) and {fmt(m['gwas_test_subjects']['auprc'])} (COMICAL's test subjects), SNP identity alone "
             f"{fmt(m['snp_only']['auprc'])}, chance {fmt(m['comical']['auprc_chance'])}")
     if "ceiling" in truth:
-        a = truth["ceiling"]["within_bucket_accuracy"]
-        line += (f"; within-bucket accuracy above its null: COMICAL {a['model'] - a['model_null']:+.4f}, ceiling "
-                 f"{a['ceiling'] - a['ceiling_null']:+.4f} (share of the ceiling's lift {fmt(a['share_of_lift'])})")
+        a, power = truth["ceiling"]["within_bucket_accuracy"], truth["ceiling"]["association"]
+        line += (f"; recall at FDR 5% {fmt(m['comical']['recall_at_fdr05'], 2)} (the planted effects themselves "
+                 f"{fmt(power['recall_at_fdr05'], 2)}); within-bucket accuracy above its null {a['model_lift']:+.4f}, "
+                 f"the planted effects' {a['ceiling_lift']:+.4f} +- {fmt(a['ceiling_lift_se'], 4)} (share "
+                 f"{fmt(a['share_of_lift'], 2)})")
     return line

@@ -9,11 +9,13 @@ each with the same settings, then `comical associate` on each. A cell's row (res
 - within-bucket accuracy above its null, for the run and for the ceiling (the planted-truth model of
   pipelines/comical/ceiling.py on the same test batches), and the share of the ceiling's lift the run reaches;
 - the test loss's share of the gap from the identity-only floor to the ceiling;
-- AUPRC of the calibrated association test against the planted pairs, beside chance, the ceiling's and a GWAS of
-  the same candidate pairs on the same test subjects; the share of the ceiling's AUPRC lift over chance;
-- recall at FDR 5% of the run, the ceiling and that GWAS; the run's discoveries at FDR 5% on the null store.
-results.md has the mean over seeds with a 95% percentile bootstrap interval over seeds (with at least 2 seeds);
-results.png the shares of lift against K. A cell is written when it is done (cells/<K>_<seed>.json), so a
+- AUPRC of the calibrated association test against the planted pairs, beside chance and a GWAS of the same
+  candidate pairs on the same test subjects, and the share of the GWAS's lift over chance that COMICAL reaches (the
+  planted-truth model has no AUPRC: ceiling.py says why);
+- recall at FDR 5% of the run, of the planted effects themselves and of that GWAS; the run's discoveries at FDR 5%
+  on the null store.
+results.md has the mean over seeds with a 95% t interval over seeds (with at least 2 seeds, and the number of
+seeds whose share is defined); results.png the shares against K. A cell is written when it is done (cells/<K>_<seed>.json), so a
 stopped run resumes where it was; its cohort and stores are deleted once scored.
 """
 
@@ -28,8 +30,9 @@ import numpy as np
 import polars as pl
 
 METHODS = ("comical",)  # the other papers' controls are not built yet (issue 32)
-SHARES = {"within_bucket_share": "COMICAL: within-bucket accuracy", "loss_share": "COMICAL: test loss",
-          "auprc_share": "COMICAL: AUPRC", "auprc_gwas_share": "GWAS on the same test subjects: AUPRC"}
+SHARES = {"within_bucket_share": "within-bucket accuracy (of the ceiling's lift)",
+          "loss_share": "test loss (of the floor-to-ceiling gap)",
+          "auprc_share": "AUPRC (of a GWAS's lift over chance, same test subjects)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +43,6 @@ class ControlSettings:
     top_n_perc: float = 5.0
     workers: int = 1
     max_subjects: int | None = None  # `comical pairs --max-subjects`: a quicker, weaker control
-    resamples: int = 2000
 
 
 def run_positive_control(out: Path, settings: ControlSettings = ControlSettings(), *, say=print) -> pl.DataFrame:
@@ -51,7 +53,7 @@ def run_positive_control(out: Path, settings: ControlSettings = ControlSettings(
 
     cells = out / "cells"
     # cells made with other training settings must not mix in; more signals or seeds only add cells
-    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("signals", "seeds", "resamples")}
+    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("signals", "seeds")}
     recorded = out / "settings.json"
     if recorded.is_file() and json.loads(recorded.read_text()) != kept:
         raise InputError(f"--out {out}: its cells were made with {json.loads(recorded.read_text())}, not {kept}; "
@@ -75,7 +77,7 @@ def run_positive_control(out: Path, settings: ControlSettings = ControlSettings(
             for k in settings.signals]
     table = pl.DataFrame(rows).sort("signal", "seed")
     table.write_csv(out / "results.csv")
-    summary = _summary(table, settings.resamples)
+    summary = _summary(table)
     (out / "results.md").write_text(_markdown(summary, settings) + "\n")
     (out / "results.png").write_bytes(_plot(summary))
     return table
@@ -108,19 +110,19 @@ def _cell(work: Path, signal: float, seed: int, settings: ControlSettings) -> di
         train_and_evaluate(config, work / f"run_{name}", epoch_lines=False)
         results[name] = associate_run(work / f"run_{name}", cohort=work / "cohort")
     truth, null = results["real"]["truth"], results["null"]
-    m, a, loss = truth["methods"], truth["ceiling"]["within_bucket_accuracy"], truth["ceiling"]["loss"]
-    chance = m["comical"]["auprc_chance"]
-    auprc_lift = (m["planted_truth"]["auprc"] or 0) - (chance or 0)
-    share = lambda v: (v - chance) / auprc_lift if v is not None and auprc_lift > 1e-9 else None  # noqa: E731
+    m, ceiling = truth["methods"], truth["ceiling"]
+    a, loss, power = ceiling["within_bucket_accuracy"], ceiling["loss"], ceiling["association"]
+    chance, gwas = m["comical"]["auprc_chance"], m["gwas_test_subjects"]["auprc"]
     row = {"signal": signal, "seed": seed, "n_candidates": truth["n_candidates"],
-           "n_planted": m["comical"]["n_planted"], "n_test_pairs": truth["ceiling"]["n_test_pairs"],
-           "within_bucket_lift": a["model"] - a["model_null"], "within_bucket_lift_ceiling": a["ceiling"] - a["ceiling_null"],
+           "n_planted": m["comical"]["n_planted"], "n_test_pairs": ceiling["n_test_pairs"],
+           "within_bucket_lift": a["model_lift"], "within_bucket_lift_se": a["model_lift_se"],
+           "within_bucket_lift_ceiling": a["ceiling_lift"], "within_bucket_lift_ceiling_se": a["ceiling_lift_se"],
            "within_bucket_share": a["share_of_lift"], "loss": loss["model"], "loss_floor": loss["floor"],
            "loss_ceiling": loss["ceiling"], "loss_share": loss["share_of_lift"],
-           "auprc": m["comical"]["auprc"], "auprc_chance": chance, "auprc_ceiling": m["planted_truth"]["auprc"],
-           "auprc_gwas_test_subjects": m["gwas_test_subjects"]["auprc"],
-           "auprc_share": share(m["comical"]["auprc"]), "auprc_gwas_share": share(m["gwas_test_subjects"]["auprc"]),
-           "recall_fdr05": m["comical"]["recall_at_fdr05"], "recall_fdr05_ceiling": m["planted_truth"]["recall_at_fdr05"],
+           "auprc": m["comical"]["auprc"], "auprc_chance": chance, "auprc_gwas_test_subjects": gwas,
+           "auprc_share": ((m["comical"]["auprc"] - chance) / (gwas - chance)
+                           if None not in (m["comical"]["auprc"], gwas, chance) and gwas - chance > 1e-9 else None),
+           "recall_fdr05": m["comical"]["recall_at_fdr05"], "recall_fdr05_ceiling": power["recall_at_fdr05"],
            "recall_fdr05_gwas_test_subjects": m["gwas_test_subjects"]["recall_at_fdr05"],
            "null_store_calls_fdr05": null["n_fdr05"], "null_store_pairs": null["n_pairs"]}
     shutil.rmtree(work)
@@ -129,16 +131,18 @@ def _cell(work: Path, signal: float, seed: int, settings: ControlSettings) -> di
 
 def _cell_line(row: dict) -> str:
     fmt = lambda v: "NA" if v is None else f"{v:.2f}"  # noqa: E731
-    return (f"share of the ceiling's lift: within-bucket accuracy {fmt(row['within_bucket_share'])}, loss "
-            f"{fmt(row['loss_share'])}, AUPRC {fmt(row['auprc_share'])} (AUPRC {fmt(row['auprc'])}, ceiling "
-            f"{fmt(row['auprc_ceiling'])}, GWAS on the test subjects {fmt(row['auprc_gwas_test_subjects'])}, chance "
-            f"{fmt(row['auprc_chance'])}); recall at FDR 5% {fmt(row['recall_fdr05'])} (ceiling "
-            f"{fmt(row['recall_fdr05_ceiling'])}); {row['null_store_calls_fdr05']} calls on the null store")
+    return (f"shares: within-bucket accuracy {fmt(row['within_bucket_share'])}, loss {fmt(row['loss_share'])}, "
+            f"AUPRC {fmt(row['auprc_share'])} (AUPRC {fmt(row['auprc'])}, GWAS on the test subjects "
+            f"{fmt(row['auprc_gwas_test_subjects'])}, chance {fmt(row['auprc_chance'])}); recall at FDR 5% "
+            f"{fmt(row['recall_fdr05'])} (planted truth {fmt(row['recall_fdr05_ceiling'])}); "
+            f"{row['null_store_calls_fdr05']} calls on the null store")
 
 
-def _summary(table: pl.DataFrame, resamples: int) -> pl.DataFrame:
-    """Per signal: the mean of each column over seeds, and for the shares a 95% bootstrap interval over seeds."""
-    rng = np.random.default_rng(0)
+def _summary(table: pl.DataFrame) -> pl.DataFrame:
+    """Per signal: the mean of each column over seeds; for the shares also a 95% t interval over the seeds where
+    the share is defined (`<share>_n` of them)."""
+    from scipy import stats
+
     rows = []
     for signal, part in table.group_by("signal", maintain_order=True):
         row = {"signal": signal[0], "seeds": part.height}
@@ -148,32 +152,40 @@ def _summary(table: pl.DataFrame, resamples: int) -> pl.DataFrame:
             values = part[column].cast(pl.Float64).drop_nulls().to_numpy()
             row[column] = float(values.mean()) if values.size else None
             if column in SHARES:
-                low = high = None
-                if values.size >= 2:
-                    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(1)
-                    low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
-                row[f"{column}_low"], row[f"{column}_high"] = low, high
+                half = (stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+                        if values.size >= 2 else None)
+                row[f"{column}_n"] = int(values.size)
+                row[f"{column}_low"] = row[column] - half if half is not None else None
+                row[f"{column}_high"] = row[column] + half if half is not None else None
         rows.append(row)
     return pl.DataFrame(rows)
 
 
 def _markdown(summary: pl.DataFrame, settings: ControlSettings) -> str:
-    fmt = lambda v: "NA" if v is None else f"{v:.3f}"  # noqa: E731
-    interval = lambda r, c: (f"{fmt(r[c])} ({fmt(r[c + '_low'])} to {fmt(r[c + '_high'])})"  # noqa: E731
-                             if r[f"{c}_low"] is not None else fmt(r[c]))
-    lines = [f"COMICAL positive control: mini cohort, --top-n-perc {settings.top_n_perc:g}, {settings.epochs} epochs, "
-             f"{settings.workers} worker(s) (DDP); mean over seeds (95% bootstrap interval over seeds). Share of lift = "
-             "(run - floor) / (ceiling - floor); the ceiling knows the planted effects (pipelines/comical/ceiling.py).",
-             "", "| signal K | seeds | planted / candidates | within-bucket share | loss share | AUPRC share (GWAS's) | "
-             "AUPRC (chance, ceiling, GWAS test subjects) | recall FDR 5% (ceiling, GWAS) | null-store calls |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, d=3: "NA" if v is None else f"{v:.{d}f}"  # noqa: E731
+
+    def share(r, c):
+        interval = f" ({fmt(r[c + '_low'], 2)} to {fmt(r[c + '_high'], 2)})" if r[f"{c}_low"] is not None else ""
+        return f"{fmt(r[c], 2)}{interval} [{r[c + '_n']}/{r['seeds']}]"
+
+    lines = [f"COMICAL positive control: mini cohort, --top-n-perc {settings.top_n_perc:g}"
+             + (f", --max-subjects {settings.max_subjects}" if settings.max_subjects else "")
+             + f", {settings.epochs} epochs, {settings.workers} worker(s) (DDP). Mean over seeds, 95% t interval over "
+             "seeds, [seeds where the share is defined / seeds]. Within-bucket share: the run's lift above its null "
+             "over the planted-truth model's (defined where that is 3 SE above 0); loss share: of the gap from the "
+             "identity-only floor to the planted-truth model; AUPRC share: of a GWAS's lift over chance on the same "
+             "test subjects.", "",
+             "| signal K | planted / candidates | within-bucket lift: run, planted truth | within-bucket share | "
+             "loss share (gap, nats) | AUPRC: run, GWAS test subj., chance | AUPRC share | recall FDR 5%: run, "
+             "planted truth, GWAS | null-store calls |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
-        lines.append(f"| {r['signal']:g} | {r['seeds']} | {r['n_planted']:.1f} / {r['n_candidates']:.0f} | "
-                     f"{interval(r, 'within_bucket_share')} | {interval(r, 'loss_share')} | "
-                     f"{interval(r, 'auprc_share')} ({interval(r, 'auprc_gwas_share')}) | {fmt(r['auprc'])} ({fmt(r['auprc_chance'])}, "
-                     f"{fmt(r['auprc_ceiling'])}, {fmt(r['auprc_gwas_test_subjects'])}) | {fmt(r['recall_fdr05'])} "
-                     f"({fmt(r['recall_fdr05_ceiling'])}, {fmt(r['recall_fdr05_gwas_test_subjects'])}) | "
-                     f"{r['null_store_calls_fdr05']:.1f} |")
+        lines.append(f"| {r['signal']:g} | {fmt(r['n_planted'], 1)} / {fmt(r['n_candidates'], 0)} | "
+                     f"{fmt(r['within_bucket_lift'], 4)}, {fmt(r['within_bucket_lift_ceiling'], 4)} | "
+                     f"{share(r, 'within_bucket_share')} | {share(r, 'loss_share')} "
+                     f"({fmt(r['loss_floor'] - r['loss_ceiling'], 4)}) | {fmt(r['auprc'])}, "
+                     f"{fmt(r['auprc_gwas_test_subjects'])}, {fmt(r['auprc_chance'])} | {share(r, 'auprc_share')} | "
+                     f"{fmt(r['recall_fdr05'], 2)}, {fmt(r['recall_fdr05_ceiling'], 2)}, "
+                     f"{fmt(r['recall_fdr05_gwas_test_subjects'], 2)} | {fmt(r['null_store_calls_fdr05'], 1)} |")
     return "\n".join(lines)
 
 
@@ -188,9 +200,8 @@ def _plot(summary: pl.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     k = summary["signal"].to_numpy()
     for column, label in SHARES.items():
-        ax.plot(k, summary[column].cast(pl.Float64).to_numpy(), marker="o", label=label,
-                ls=":" if "gwas" in column else "-")
-    ax.axhline(1, color="grey", ls="--", lw=1, label="ceiling (planted truth)")
+        ax.plot(k, summary[column].cast(pl.Float64).to_numpy(), marker="o", label=label)
+    ax.axhline(1, color="grey", ls="--", lw=1, label="reference (planted truth; GWAS for AUPRC)")
     ax.axhline(0, color="black", lw=0.8, label="floor")
     ax.set(xscale="log", xlabel="signal K (comical simulate --signal)", ylabel="share of the ceiling's lift",
            title="Positive control (mini cohort)")
