@@ -182,6 +182,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--top-n-perc", type=float, default=5.0, metavar="X", help="the pair stores' --top-n-perc (default 5)")
     p.add_argument("--max-subjects", type=int, metavar="N", help="the pair stores' --max-subjects (default all)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="Ray Train workers per training (default 1)")
+    p.add_argument("--layout", choices=["paper", "separate"], default="paper",
+                   help="COMICAL's token layout, as `train --layout` (default paper)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for results.csv, results.md, results.png (resumes the cells already there)")
     p.set_defaults(handler=_bench_positive_control)
@@ -591,7 +593,7 @@ def _bench_positive_control(args) -> int:
     if min(signals) < 0 or min(args.seeds, args.epochs, args.workers) < 1 or args.top_n_perc <= 0:
         raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc > 0")
     settings = ControlSettings(signals=signals, seeds=args.seeds, epochs=args.epochs, top_n_perc=args.top_n_perc,
-                               workers=args.workers, max_subjects=args.max_subjects)
+                               workers=args.workers, max_subjects=args.max_subjects, layout=args.layout)
     run_positive_control(args.out, settings)
     print((args.out / "results.md").read_text(), end="")
     return 0

@@ -43,6 +43,7 @@ class ControlSettings:
     top_n_perc: float = 5.0
     workers: int = 1
     max_subjects: int | None = None  # `comical pairs --max-subjects`: a quicker, weaker control
+    layout: str = "paper"  # COMICAL's token layout (`comical train --layout`)
 
 
 def run_positive_control(out: Path, settings: ControlSettings = ControlSettings(), *, say=print) -> pl.DataFrame:
@@ -106,6 +107,7 @@ def _cell(work: Path, signal: float, seed: int, settings: ControlSettings) -> di
                          load_trait_map(), store, qc_dir=work / "pairs_real" / "qc" if name == "null" else None,
                          phewas_dir=work / "pairs_real" / "phewas" if name == "null" else None, shown_as=store)
         config = TrainConfig.from_dict({"data": str(store), "seed": seed, "epochs": settings.epochs,
+                                        "model": {"layout": settings.layout},
                                         "engine": {"workers": settings.workers, "engine": "ddp"}})
         train_and_evaluate(config, work / f"run_{name}", epoch_lines=False)
         results[name] = associate_run(work / f"run_{name}", cohort=work / "cohort")
@@ -170,7 +172,7 @@ def _markdown(summary: pl.DataFrame, settings: ControlSettings) -> str:
 
     lines = [f"COMICAL positive control: mini cohort, --top-n-perc {settings.top_n_perc:g}"
              + (f", --max-subjects {settings.max_subjects}" if settings.max_subjects else "")
-             + f", {settings.epochs} epochs, {settings.workers} worker(s) (DDP). Mean over seeds, 95% t interval over "
+             + f", layout {settings.layout}, {settings.epochs} epochs, {settings.workers} worker(s) (DDP). Mean over seeds, 95% t interval over "
              "seeds, [seeds where the share is defined / seeds]. Within-bucket share: the run's lift above its null "
              "over the planted-truth model's (defined where that is 3 SE above 0); loss share: of the gap from the "
              "identity-only floor to the planted-truth model; AUPRC share: of a GWAS's lift over chance on the same "
