@@ -52,6 +52,7 @@ def run_positive_control(out: Path, settings: ControlSettings = ControlSettings(
 
     from comical.data_io.errors import InputError
 
+    out = Path(out).resolve()  # Ray Train workers read the stores from their own working directory
     cells = out / "cells"
     # cells made with other training settings must not mix in; more signals or seeds only add cells
     kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("signals", "seeds")}
