@@ -141,6 +141,24 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--clump-kb", type=float, default=5000, help="clump window in kb (paper 001: 5 Mb)")
     p.set_defaults(handler=_gwas)
 
+    p = sub.add_parser("images", help="bring users' brain images in")
+    images = p.add_subparsers(dest="images", required=True)
+    p = images.add_parser("import", help="NIfTI volumes into a cohort's image store (Ray tasks, resumable)")
+    p.add_argument("--t1", required=True, metavar="PATTERN",
+                   help="each subject's T1 file, with {eid}: '/data/{eid}/T1/T1_brain_to_MNI.nii.gz'")
+    p.add_argument("--t2", metavar="PATTERN", help="each subject's T2 (FLAIR) file, with {eid}")
+    p.add_argument("--voxel-mm", type=float, metavar="MM",
+                   help="resample every volume to MM isotropic voxels (default: keep the first volume's grid and "
+                        "refuse volumes on another)")
+    p.add_argument("--atlas", type=Path, metavar="FILE.nii.gz", help="a label atlas, resampled to the grid")
+    p.add_argument("--atlas-labels", type=Path, metavar="FILE.csv", help="the atlas's labels: columns label, idp")
+    p.add_argument("--subjects", type=Path, metavar="FILE",
+                   help="eids to import, one a line or a CSV with an eid column (default: the eids of "
+                        "covariates.csv in the folder above --out)")
+    p.add_argument("--out", type=Path, required=True, metavar="COHORT/images", help="the image store to write")
+    p.add_argument("--workers", type=int, metavar="N", help="CPUs of the local Ray (default: all)")
+    p.set_defaults(handler=_images_import)
+
     p = sub.add_parser("bench", help="benchmarks users run on their own cluster")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("scaling", help="training pairs/s and time per epoch as Ray Train workers grow")
@@ -581,6 +599,31 @@ def _bench_gemcont_sim(args) -> int:
                           reuse=args.reuse)
     print((args.out / "results.md").read_text(), end="")
     return 0 if table.height else 1
+
+
+def _images_import(args) -> int:
+    import polars as pl
+
+    from comical.pipelines.image_import import import_images, read_subjects
+
+    table = args.out.parent / "covariates.csv"
+    if not args.subjects and not table.is_file():
+        raise InputError(f"--out {args.out}: no {table} to take the subjects from; give --subjects FILE")
+    eids = read_subjects(args.subjects or table)
+    if args.voxel_mm is not None and args.voxel_mm <= 0 or args.workers is not None and args.workers < 1:
+        raise InputError("--voxel-mm must be > 0 and --workers >= 1")
+    patterns = {"t1": args.t1, **({"t2": args.t2} if args.t2 else {})}
+    manifest = import_images(patterns, eids, args.out, voxel_mm=args.voxel_mm, atlas=args.atlas,
+                             atlas_labels=args.atlas_labels, workers=args.workers)
+    report = pl.read_csv(args.out / "import_report.tsv", separator="\t", null_values="NA")
+    counts = {status: report.filter(pl.col("status") == status)["eid"].n_unique()
+              for status in ("missing", "refused")}
+    first = report.filter(pl.col("status").is_in(["missing", "refused"])).head(1)
+    why = (f" (first: eid {first['eid'][0]}, {first['file'][0]}: {first['reason'][0]})" if first.height else "")
+    print(f"images import: {manifest['n_subjects']} of {len(eids)} subjects stored ({', '.join(patterns)}) on a "
+          f"{'x'.join(map(str, manifest['shape']))} grid of {manifest['voxel_mm']:g} mm; subjects with a missing file "
+          f"{counts['missing']}, with a refused one {counts['refused']}{why} -> {args.out} (import_report.tsv)")
+    return 0
 
 
 def _bench_positive_control(args) -> int:

@@ -42,48 +42,57 @@ def _sha256(path: Path) -> str:
 
 def write_image_store(folder: Path, volumes: Iterable[tuple[int, dict[str, np.ndarray]]], n_subjects: int, *,
                       shape: tuple[int, int, int], voxel_mm: float, affine: np.ndarray,
-                      modalities: Iterable[str]) -> dict:
+                      modalities: Iterable[str], extra: dict | None = None) -> dict:
     """Write (eid, {modality: float volume}) pairs, in eid order, as shards and a manifest; returns the manifest.
     Shards are written under temporary names and renamed, the manifest last: a store with a manifest is whole."""
     modalities = list(modalities)
     folder.mkdir(parents=True, exist_ok=True)
+    shards, eids, rows = [], [], {m: [] for m in modalities}
+    for eid, volume in volumes:
+        eids.append(int(eid))
+        for m in modalities:
+            rows[m].append(volume[m])
+        if len(eids) == SHARD_ROWS:
+            shards.append(write_shard(folder, f"part-{len(shards):05d}.parquet", eids, rows, shape))
+            eids, rows = [], {m: [] for m in modalities}
+    if eids:
+        shards.append(write_shard(folder, f"part-{len(shards):05d}.parquet", eids, rows, shape))
+    if sum(s["rows"] for s in shards) != n_subjects:
+        raise ValueError(f"wrote {sum(s['rows'] for s in shards)} subjects, expected {n_subjects}")
+    return write_manifest(folder, shards, shape=shape, voxel_mm=voxel_mm, affine=affine, modalities=modalities,
+                          extra=extra)
+
+
+def write_shard(folder: Path, name: str, eids: list[int], volumes: dict[str, list[np.ndarray]],
+                shape: tuple[int, int, int]) -> dict:
+    """One shard of subjects `eids` (ascending) with their float volumes per modality, quantised; written under a
+    temporary name and renamed. Returns its manifest entry."""
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
-    schema = pa.schema([("eid", pa.int64())] + [f for m in modalities for f in
+    schema = pa.schema([("eid", pa.int64())] + [f for m in volumes for f in
                                                  ((m, pa.list_(pa.uint8(), size)), (f"{m}_scale", pa.float32()))],
                        metadata={"comical:shape": json.dumps(shape)})
-    shards, rows = [], {k: [] for k in schema.names}
+    columns = {"eid": pa.array(eids, pa.int64())}
+    for m, values in volumes.items():
+        quantised = [quantize(v) for v in values]
+        columns[m] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate([q.ravel() for q, _ in quantised])),
+                                                       size)
+        columns[f"{m}_scale"] = pa.array([scale for _, scale in quantised], pa.float32())
+    table = pa.table(columns, schema=schema)
+    partial = folder / f".{name}.partial"
+    pq.write_table(table, partial, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    os.replace(partial, folder / name)
+    return {"file": name, "rows": table.num_rows, "first_eid": int(eids[0]), "last_eid": int(eids[-1]),
+            "bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
 
-    def flush():
-        name = f"part-{len(shards):05d}.parquet"
-        table = pa.table({"eid": pa.array(rows["eid"], pa.int64()), **{
-            k: (pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(rows[k])), size) if k in modalities
-                else pa.array(rows[k], pa.float32())) for k in schema.names[1:]}}, schema=schema)
-        partial = folder / f".{name}.partial"
-        pq.write_table(table, partial, row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        os.replace(partial, folder / name)
-        shards.append({"file": name, "rows": table.num_rows, "first_eid": int(rows["eid"][0]),
-                       "last_eid": int(rows["eid"][-1]), "bytes": (folder / name).stat().st_size,
-                       "sha256": _sha256(folder / name)})
-        for k in rows:
-            rows[k].clear()
 
-    for eid, volume in volumes:
-        rows["eid"].append(int(eid))
-        for m in modalities:
-            values, scale = quantize(volume[m])
-            rows[m].append(values.ravel())
-            rows[f"{m}_scale"].append(scale)
-        if len(rows["eid"]) == SHARD_ROWS:
-            flush()
-    if rows["eid"]:
-        flush()
-    manifest = {"format": FORMAT, "shape": list(shape), "voxel_mm": float(voxel_mm),
+def write_manifest(folder: Path, shards: list[dict], *, shape, voxel_mm: float, affine: np.ndarray,
+                   modalities: list[str], extra: dict | None = None) -> dict:
+    """The store's manifest.json over its shards, written last (a store with a manifest is whole)."""
+    manifest = {"format": FORMAT, "shape": [int(s) for s in shape], "voxel_mm": float(voxel_mm),
                 "affine": np.asarray(affine).round(6).tolist(), "dtype": "uint8",
-                "modalities": modalities, "scale": "intensity = value x <modality>_scale", "order": "C (x, y, z)",
-                "n_subjects": sum(s["rows"] for s in shards), "shards": shards}
-    if manifest["n_subjects"] != n_subjects:
-        raise ValueError(f"wrote {manifest['n_subjects']} subjects, expected {n_subjects}")
+                "modalities": list(modalities), "scale": "intensity = value x <modality>_scale", "order": "C (x, y, z)",
+                **(extra or {}), "n_subjects": sum(s["rows"] for s in shards), "shards": shards}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
