@@ -141,7 +141,56 @@ def test_the_single_modality_and_autoencoder_models_keep_their_shapes():
 
 
 @pytest.fixture(scope="module")
-def momentum_run(image_cohort, ray_session, tmp_path_factory):
+def momentum_cohort(image_cohort, ray_session, tmp_path_factory):
+    """The image cohort as a user would bring it: its T1 and T2 volumes and atlas as NIfTI files (nibabel), taken in
+    by `comical images import`; the tables and truth are the simulated cohort's. The T1/T2 tests train on it."""
+    import nibabel
+
+    from comical.cli import main
+    from comical.data_io.images import open_image_store
+
+    root = tmp_path_factory.mktemp("nifti")
+    store = open_image_store(image_cohort / "images")
+    for modality in ("t1", "t2"):
+        volumes, eids = store.read(modality)
+        for volume, eid in zip(volumes, eids):
+            (root / "data" / str(eid)).mkdir(parents=True, exist_ok=True)
+            nibabel.save(nibabel.Nifti1Image(volume, np.array(store.manifest["affine"])),
+                         root / "data" / str(eid) / f"{modality}.nii.gz")
+    cohort = root / "cohort"
+    cohort.mkdir()
+    for item in image_cohort.iterdir():
+        if item.name != "images":
+            (cohort / item.name).symlink_to(item)
+    data = root / "data" / "{eid}"
+    assert main(["images", "import", "--t1", str(data / "t1.nii.gz"), "--t2", str(data / "t2.nii.gz"), "--atlas",
+                 str(image_cohort / "images" / "atlas.nii.gz"), "--atlas-labels",
+                 str(image_cohort / "images" / "atlas_labels.csv"), "--out", str(cohort / "images")]) == 0
+    return cohort
+
+
+def test_imported_volumes_are_the_simulated_ones_up_to_the_stored_precision(image_cohort, momentum_cohort):
+    """Each imported volume is the simulated store's, divided by its 99.5th percentile above 0 and clipped to 1,
+    within the two uint8 steps (the simulated store's and the imported store's); the atlas comes back as it was."""
+    import nibabel
+
+    from comical.data_io.images import open_image_store
+
+    simulated, imported = open_image_store(image_cohort / "images"), open_image_store(momentum_cohort / "images")
+    assert imported.eids.tolist() == simulated.eids.tolist() and imported.shape == simulated.shape
+    np.testing.assert_allclose(imported.manifest["affine"], simulated.manifest["affine"], atol=1e-6)
+    for modality in ("t1", "t2"):
+        original, _ = simulated.read(modality, simulated.eids[:50])
+        stored, _ = imported.read(modality, simulated.eids[:50])
+        for a, b in zip(original, stored):
+            expected = np.clip(a / np.percentile(a[a > 0], 99.5), 0, 1)
+            np.testing.assert_allclose(b, expected, atol=1 / 255 / 2 + 1e-6)
+    same = [np.asarray(nibabel.load(c / "images" / "atlas.nii.gz").dataobj) for c in (image_cohort, momentum_cohort)]
+    np.testing.assert_array_equal(same[0], same[1])
+
+
+@pytest.fixture(scope="module")
+def momentum_run(momentum_cohort, ray_session, tmp_path_factory):
     """The T1/T2 model through the engine's worker loop in this process (the queue shared by two workers is
     test_the_queue_is_the_same_on_every_worker_and_first_in_first_out's)."""
     from conftest import training_in_process
@@ -150,7 +199,7 @@ def momentum_run(image_cohort, ray_session, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("momentum") / "run"
     with training_in_process():
-        assert main(["train", "--task", "momentum-t1t2", "--cohort", str(image_cohort), "--out", str(out),
+        assert main(["train", "--task", "momentum-t1t2", "--cohort", str(momentum_cohort), "--out", str(out),
                      "--epochs", "2"]) == 0  # the task's batch: 32
     return out
 
@@ -183,7 +232,7 @@ def test_momentum_t1t2_trains(momentum_run):
 
 
 @pytest.mark.slow
-def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries_it(image_cohort, momentum_run,
+def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries_it(momentum_cohort, momentum_run,
                                                                                      tmp_path):
     """Stand-in runs: a "joint" model whose T1 and T2 sides both carry the planted image latent (the AD liability of
     its causal variants) and a reconstruction baseline of pure noise; the evaluation must tell them apart. (The
@@ -194,8 +243,8 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
 
     from comical.cli import main
 
-    latent = pl.read_parquet(image_cohort / "truth" / "image_latent.parquet").sort("eid")
-    age = pl.read_csv(image_cohort / "covariates.csv").sort("eid")["age"].to_numpy().astype(float)
+    latent = pl.read_parquet(momentum_cohort / "truth" / "image_latent.parquet").sort("eid")
+    age = pl.read_csv(momentum_cohort / "covariates.csv").sort("eid")["age"].to_numpy().astype(float)
     rng = np.random.default_rng(0)
     n = latent.height
     split = np.where(rng.random(n) < 0.7, "train", np.where(rng.random(n) < 0.5, "val", "test"))
@@ -215,7 +264,7 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     shutil.copytree(momentum_run / "model", runs["joint"] / "model")
     out = tmp_path / "eval"
     assert main(["evaluate", "momentum", "--runs", f"joint={runs['joint']},autoencoder={runs['autoencoder']}",
-                 "--cohort", str(image_cohort), "--out", str(out)]) == 0
+                 "--cohort", str(momentum_cohort), "--out", str(out)]) == 0
     table = {r["model"]: r for r in pl.read_csv(out / "evaluation.csv").iter_rows(named=True)}
     joint, noise = table["joint"], table["autoencoder"]
     assert joint["t1_latent_variants_at_5e-8"] > 0 and joint["t2_latent_variants_at_5e-8"] > 0
@@ -232,7 +281,7 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
 
 
 @pytest.mark.slow
-def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momentum_run, image_cohort, tmp_path,
+def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momentum_run, momentum_cohort, tmp_path,
                                                                            capsys):
     """`comical embed` of a T1/T2 run: every subject with its split and both sides, equal to the embeddings the run
     wrote at its end; a model with no per-subject embeddings of its own (the heads) gets one line, not a traceback."""
@@ -244,7 +293,7 @@ def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momen
     from comical.cli import main
 
     out = tmp_path / "t1t2.parquet"
-    assert main(["embed", "--run", str(momentum_run), "--cohort", str(image_cohort), "--out", str(out)]) == 0
+    assert main(["embed", "--run", str(momentum_run), "--cohort", str(momentum_cohort), "--out", str(out)]) == 0
     assert "momentum-t1t2 embeddings" in capsys.readouterr().out
     ours, written = pl.read_parquet(out).sort("eid"), pl.read_parquet(momentum_run / "embeddings.parquet").sort("eid")
     assert ours.columns == written.columns and ours["split"].to_list() == written["split"].to_list()
@@ -254,6 +303,6 @@ def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momen
     shutil.copytree(momentum_run / "model", heads / "model")
     spec = json.loads((heads / "model" / "model.json").read_text())
     (heads / "model" / "model.json").write_text(json.dumps(spec | {"task": "heads"}))
-    assert main(["embed", "--run", str(heads), "--cohort", str(image_cohort), "--out", str(tmp_path / "h.parquet")]) == 2
+    assert main(["embed", "--run", str(heads), "--cohort", str(momentum_cohort), "--out", str(tmp_path / "h.parquet")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "a 'heads' run has no per-subject embeddings" in err
