@@ -15,7 +15,8 @@ from comical.data_io.tables import read_table
 from comical.data_io.ukb_fields import COVARIATES, DISEASES, EPRS_DISEASES, IDPS
 
 COHORT_FILES = ["genotypes.bed", "genotypes.bim", "genotypes.fam", "idps.csv", "covariates.csv", "diagnoses.csv",
-                "eprs.csv", "gwas_catalog.tsv"]
+                "gwas_catalog.tsv"]
+OPTIONAL_FILES = ["eprs.csv"]  # read by `comical riskscore` only
 
 
 @dataclasses.dataclass
@@ -29,7 +30,7 @@ class Cohort:
     idps: pl.DataFrame
     covariates: pl.DataFrame
     diagnoses: pl.DataFrame
-    eprs: pl.DataFrame
+    eprs: pl.DataFrame | None  # None without eprs.csv; a subject it lacks has nulls
     catalog: pl.DataFrame
 
     @property
@@ -54,8 +55,8 @@ def load_cohort(path: str | Path) -> Cohort:
         "idps": read_table(path / "idps.csv", columns=IDPS),
         "covariates": read_table(path / "covariates.csv", columns=COVARIATES),
         "diagnoses": read_table(path / "diagnoses.csv", columns=DISEASES, binary=True),
-        "eprs": read_table(path / "eprs.csv", columns=EPRS_DISEASES),
     }
+    eprs = read_table(path / "eprs.csv", columns=EPRS_DISEASES) if (path / "eprs.csv").is_file() else None
     catalog = read_gwas_catalog(path / "gwas_catalog.tsv")
     iid = genotypes.samples["iid"]
     shared = np.ones(iid.len(), bool)
@@ -70,4 +71,6 @@ def load_cohort(path: str | Path) -> Cohort:
     sample_index = np.flatnonzero(shared)
     order = pl.DataFrame({"eid": iid.gather(sample_index)})
     aligned = {name: order.join(t, on="eid", how="left", maintain_order="left") for name, t in tables.items()}
-    return Cohort(path, genotypes, sample_index, catalog=catalog, **aligned)
+    if eprs is not None:  # never narrows the samples: only riskscore reads it
+        eprs = order.join(eprs, on="eid", how="left", maintain_order="left")
+    return Cohort(path, genotypes, sample_index, catalog=catalog, eprs=eprs, **aligned)

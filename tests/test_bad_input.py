@@ -86,8 +86,25 @@ def test_diagnosis_that_is_not_zero_or_one(cohort_copy, tmp_path, capsys):
 
 
 def test_missing_file(cohort_copy, tmp_path, capsys):
+    (cohort_copy / "covariates.csv").unlink()
+    _expect_refusal(cohort_copy, tmp_path, capsys, "missing file(s) ['covariates.csv']")
+
+
+def test_eprs_is_needed_by_riskscore_only(cohort_copy, trained_run, tmp_path, capsys):
+    """Without eprs.csv every command reads the cohort (QC here); riskscore refuses in one line before computing,
+    and with eprs.csv lacking a subject it names that subject."""
+    eprs = pl.read_csv(cohort_copy / "eprs.csv")
     (cohort_copy / "eprs.csv").unlink()
-    _expect_refusal(cohort_copy, tmp_path, capsys, "missing file(s) ['eprs.csv']")
+    status, _ = _run_qc(cohort_copy, tmp_path / "qc", capsys)
+    assert status == 0
+    args = ["riskscore", "--run", str(trained_run), "--cohort", str(cohort_copy), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no eprs.csv; riskscore regresses" in err
+    eprs.head(10).write_csv(cohort_copy / "eprs.csv")  # rows for ten subjects only
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "eprs.csv: no ePRS for" in err and "(first: eid " in err and not (tmp_path / "r").exists()
 
 
 def test_no_samples_shared_between_genotypes_and_tables(cohort_copy, tmp_path, capsys):

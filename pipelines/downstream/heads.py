@@ -89,7 +89,7 @@ class Subjects:
     features: dict[str, np.ndarray]  # embedding and baseline, each with the head covariates appended
     covariates: pl.DataFrame  # the cohort's covariates.csv rows of these subjects
     diagnoses: pl.DataFrame
-    eprs: pl.DataFrame
+    eprs: pl.DataFrame | None  # None where the cohort has no eprs.csv
     liability: pl.DataFrame | None  # planted genetic liabilities (simulated cohorts: truth/samples.parquet)
     description: str
     used: dict = dataclasses.field(default_factory=dict)  # the columns each feature set's heads read
@@ -206,7 +206,8 @@ def _subjects(cohort, cohort_dir: Path, order: pl.DataFrame, embedding: np.ndarr
         liability = order.select("eid").join(planted, on="eid", how="left", maintain_order="left")
     return Subjects(rows, order["eid"].to_numpy(), order["split"].to_numpy(),
                     {"embedding": np.hstack([embedding, head_cov]), "baseline": np.hstack([raw, head_cov])},
-                    covariates, cohort.diagnoses[rows], cohort.eprs[rows], liability, description)
+                    covariates, cohort.diagnoses[rows], None if cohort.eprs is None else cohort.eprs[rows], liability,
+                    description)
 
 
 def head_features(subjects: Subjects, name: str, train: np.ndarray) -> np.ndarray:
@@ -446,6 +447,13 @@ def risk_scores(run: Path, cohort_dir: Path, out: Path, *, pairs: Path | None = 
                   "settings": dataclasses.asdict(settings)}
     out = check_output_dir(out, run_record, force=force, inputs=(Path(run), Path(cohort_dir)))
     subjects = load_subjects(run, cohort_dir, pairs)
+    if subjects.eprs is None:
+        raise InputError(f"--cohort {cohort_dir}: no eprs.csv; riskscore regresses each disease's ePRS "
+                         f"({', '.join(EPRS_DISEASES)}) from the encoders (docs/cohort.md)")
+    lacking = subjects.eprs.filter(pl.any_horizontal(pl.col(EPRS_DISEASES).is_null()))
+    if lacking.height:
+        raise InputError(f"{Path(cohort_dir) / 'eprs.csv'}: no ePRS for {lacking.height} of the run's subjects "
+                         f"(first: eid {lacking['eid'][0]}); expected a row for every subject")
     head_split, masks = riskscore_design(subjects.diagnoses, subjects.encoder_split, seed=settings.seed)
     train_cases = {d: int(((subjects.diagnoses[d].to_numpy() == 1) & (masks[d] == 1) & (head_split == "train")).sum())
                    for d in EPRS_DISEASES}
