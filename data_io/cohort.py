@@ -10,12 +10,15 @@ import polars as pl
 
 from comical.data_io.catalog import read_gwas_catalog
 from comical.data_io.errors import InputError
-from comical.data_io.plink import Genotypes, open_genotypes
+from comical.data_io.plink import Genotypes, open_genotypes, with_ext
 from comical.data_io.tables import read_table
 from comical.data_io.ukb_fields import COVARIATES, DISEASES, EPRS_DISEASES, IDPS
 
-COHORT_FILES = ["genotypes.bed", "genotypes.bim", "genotypes.fam", "idps.csv", "covariates.csv", "diagnoses.csv",
-                "gwas_catalog.tsv"]
+TABLE_FILES = ["idps.csv", "covariates.csv", "diagnoses.csv", "gwas_catalog.tsv"]
+# one genotype fileset, in this order of preference: PLINK 1, plink2, BGEN (with its .sample)
+GENOTYPE_FILESETS = (["genotypes.bed", "genotypes.bim", "genotypes.fam"], ["genotypes.pgen", "genotypes.pvar",
+                     "genotypes.psam"], ["genotypes.bgen", "genotypes.sample"])
+COHORT_FILES = GENOTYPE_FILESETS[0] + TABLE_FILES  # the simulated cohort's
 OPTIONAL_FILES = ["eprs.csv"]  # read by `comical riskscore` only
 
 
@@ -47,10 +50,13 @@ def load_cohort(path: str | Path) -> Cohort:
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"--cohort {path}: not a folder")
-    absent = [f for f in COHORT_FILES if not (path / f).is_file()]
+    absent = [f for f in TABLE_FILES if not (path / f).is_file()]
+    fileset = next((files for files in GENOTYPE_FILESETS if (path / files[0]).is_file()), GENOTYPE_FILESETS[0])
+    absent += [f for f in fileset if not (path / f).is_file()]
     if absent:
-        raise InputError(f"--cohort {path}: missing file(s) {absent}; a cohort folder holds {COHORT_FILES}")
-    genotypes = open_genotypes(path / "genotypes")
+        raise InputError(f"--cohort {path}: missing file(s) {absent}; a cohort folder holds {TABLE_FILES} and "
+                         "genotypes as genotypes.bed/.bim/.fam, .pgen/.pvar/.psam or .bgen with .sample")
+    genotypes = genotype_files(path)[0]
     tables = {
         "idps": read_table(path / "idps.csv", columns=IDPS),
         "covariates": read_table(path / "covariates.csv", columns=COVARIATES),
@@ -74,3 +80,16 @@ def load_cohort(path: str | Path) -> Cohort:
     if eprs is not None:  # never narrows the samples: only riskscore reads it
         eprs = order.join(eprs, on="eid", how="left", maintain_order="left")
     return Cohort(path, genotypes, sample_index, catalog=catalog, eprs=eprs, **aligned)
+
+
+def genotype_files(path: Path) -> tuple[Genotypes, list[Path]]:
+    """The cohort folder's genotypes, opened, and their files (GENOTYPE_FILESETS' first present)."""
+    from comical.data_io.dosages import open_bgen, open_pgen
+
+    path = Path(path)
+    for files, opener in zip(GENOTYPE_FILESETS, (open_genotypes, open_pgen,
+                                                 lambda prefix: open_bgen(with_ext(prefix, ".bgen"),
+                                                                          with_ext(prefix, ".sample")))):
+        if (path / files[0]).is_file():
+            return opener(path / "genotypes"), [path / f for f in files]
+    raise InputError(f"--cohort {path}: no genotypes.bed, genotypes.pgen or genotypes.bgen")

@@ -2,7 +2,8 @@
 
 Both open as a `Genotypes` like a PLINK 1 fileset (data_io/plink.py): the same sample and variant tables, and
 `read` gives the dosage of the counted allele, `allele1`, as float (NaN where a call is missing), so every
-analysis reads any of the three formats the same way, a variant range at a time.
+analysis reads any of the three formats the same way, a variant range at a time. Asked for an integer dtype, `read`
+gives hard calls as a .bed would hold them (plink2's --hard-call-threshold 0.1; -127 missing).
 
 The counted allele is ALT (plink2's ALT; its `--glm` reports the minor allele as A1, so compare with the sign
 flipped where A1 is REF): for a .pgen its ALT; for a BGEN the second allele of each variant, which is ALT when
@@ -26,6 +27,19 @@ from comical.data_io.plink import Genotypes, _read_whitespace_table, with_ext
 
 
 DOSAGE_UNITS = 16384  # plink2's dosage precision (.pgen stores dosages as multiples of 1/16384)
+HARD_CALL_THRESHOLD = 0.1  # plink2's default --hard-call-threshold: a dosage further than this from 0, 1, 2 is missing
+MISSING_CALL = -127  # a PLINK 1 reader's missing call in an integer read (bed-reader's)
+
+
+def _as(dosage: np.ndarray, dtype) -> np.ndarray:
+    """Dosages in the caller's dtype. An integer dtype asks for hard calls, as a .bed holds them: the nearest count,
+    and MISSING_CALL where the dosage is missing or further than HARD_CALL_THRESHOLD from every count (plink2's
+    rule when it writes a .bed from dosages)."""
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        return dosage.astype(dtype, copy=False)
+    call = np.rint(dosage)
+    unsure = np.isnan(dosage) | (np.abs(dosage - call) > HARD_CALL_THRESHOLD)
+    return np.where(unsure, MISSING_CALL, np.nan_to_num(call)).astype(dtype)
 
 
 def _index(selection, count: int) -> np.ndarray:
@@ -61,9 +75,9 @@ class PgenGenotypes(Genotypes):
         finally:
             reader.close()
         out[out < 0] = np.nan  # pgenlib writes -9 for a missing dosage
-        result = np.empty((rows.size, variant_index.size), dtype=dtype)
+        result = np.empty((rows.size, variant_index.size), dtype=out.dtype)
         result[order] = out.T  # back to the caller's sample order
-        return result
+        return _as(result, dtype)
 
 
 def open_pgen(prefix: str | Path) -> PgenGenotypes:
@@ -168,7 +182,7 @@ class BgenGenotypes(Genotypes):
         else:  # phased diploid: P(hap1 = B) + P(hap2 = B); unphased rows keep their own columns
             dosage = np.where(phased, probs[:, :, 1] + probs[:, :, -1], probs[:, :, 1] + 2 * probs[:, :, 2])
         # plink2 keeps dosages in units of 1/16384; rounding as it does makes results equal to plink2's
-        return (np.round(dosage * DOSAGE_UNITS) / DOSAGE_UNITS).astype(dtype, copy=False)
+        return _as(np.round(dosage * DOSAGE_UNITS) / DOSAGE_UNITS, dtype)
 
 
 def open_bgen(path: str | Path, sample: str | Path | None = None) -> BgenGenotypes:

@@ -162,13 +162,13 @@ def _bucket_pairs(subjects: np.ndarray, grid: np.ndarray, disease: int, tokens: 
 
 
 def _input_checksums(cohort: Path) -> dict[str, str]:
-    files = ["genotypes.bed", "genotypes.bim", "genotypes.fam", "idps.csv", "covariates.csv", "diagnoses.csv",
-             "gwas_catalog.tsv"]
+    from comical.data_io.cohort import TABLE_FILES, genotype_files
+
     digests = {}
-    for name in files:
+    for path in genotype_files(cohort)[1] + [cohort / name for name in TABLE_FILES]:
         h = hashlib.sha256()
-        with (cohort / name).open("rb") as f:
+        with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
-        digests[name] = h.hexdigest()
+        digests[path.name] = h.hexdigest()
     return digests
