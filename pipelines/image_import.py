@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from comical.data_io.errors import InputError
+from comical.data_io.errors import InputError, RunFailed
 from comical.data_io.images import SHARD_ROWS, write_manifest, write_shard
 from comical.data_io.nifti import NORMALISE_PERCENTILE, Grid, VolumeError, read_volume, reference_grid, resample_atlas
 
@@ -84,14 +84,26 @@ def import_images(patterns: dict[str, str], eids: list[int], out: Path, *, voxel
     try:
         task = ray.remote(num_cpus=1)(_import_chunk)
         pending = {task.remote(k, chunks[k], patterns, grid, voxel_mm is not None, str(out)): k for k in todo}
-        while pending:
+        failed = []
+        while pending:  # every chunk that finishes is kept, whatever happens to the others
             ready, _ = ray.wait(list(pending), num_returns=1)
             k = pending.pop(ready[0])
-            (work / f"chunk-{k:05d}.json").write_text(json.dumps(ray.get(ready[0])) + "\n")
+            try:
+                note = ray.get(ready[0])
+            except Exception as err:  # a task's crash (a full disk, a killed node): kept for the one line below
+                failed.append((k, err))
+                continue
+            (work / f"chunk-{k:05d}.json").write_text(json.dumps(note) + "\n")
             say(f"images import: chunk {k + 1} of {len(chunks)} done")
     finally:
         if started:
             shutdown_ray()
+    if failed:
+        k, err = failed[0]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise RunFailed(f"images import: {len(failed)} of {len(chunks)} chunks failed (first: chunk {k + 1}, subjects "
+                        f"{chunks[k][0]}-{chunks[k][-1]}: {lines[-1] if lines else type(err).__name__}); the "
+                        f"{len(chunks) - len(failed)} done are kept in {work}: run the same command again to resume")
     notes = [json.loads((work / f"chunk-{k:05d}.json").read_text()) for k in range(len(chunks))]
     report = pl.DataFrame([row for note in notes for row in note["report"]],
                           schema={"eid": pl.Int64, "modality": pl.String, "file": pl.String, "status": pl.String,
