@@ -33,6 +33,27 @@ def test_single_rows_match_their_variant_by_rsid_or_position(rows_and_truth):
     assert single["snps"].str.starts_with("chr").any()  # some rows name chr:pos only, and still match
 
 
+def test_the_report_counts_each_match_key_and_a_shifted_build_is_caught(rows_and_truth, mini_pairs, mini_cohort):
+    """pairs_report.json counts rows matched by rsID and by position (catalog_rows.tsv's matched_by, which the
+    truth's chr:pos-only rows confirm); the build check passes on the cohort's own positions and fails when every
+    genotype position moves, as between GRCh37 and GRCh38."""
+    import json
+
+    from comical.data_io.cohort import load_cohort
+    from comical.pipelines.comical.catalog_sets import build_check
+
+    report = json.loads((mini_pairs / "pairs_report.json").read_text())
+    by_key = rows_and_truth.filter(pl.col("matched_by").is_not_null())["matched_by"].value_counts()
+    assert report["rows_matched_by"] == dict(zip(by_key["matched_by"], by_key["count"]))
+    assert report["rows_matched_by"]["position"] > 0 and report["rows_matched_by"]["rsid"] > 0
+    assert rows_and_truth.filter(pl.col("matched_by") == "position")["snps"].str.starts_with("chr").all()
+    assert report["genome_build"]["other_build"] is False
+    cohort = load_cohort(mini_cohort)
+    moved = cohort.genotypes.variants.with_columns(pl.col("pos") + 1234)
+    check = build_check(cohort.catalog, moved)
+    assert check["other_build"] is True and check["same_position"] == 0 and check["rsid_matches_compared"] >= 20
+
+
 def test_strand_flips_and_unknown_risk_alleles_are_found(rows_and_truth):
     single = rows_and_truth.filter(pl.col("kind") == "single")
     assert (single.filter(pl.col("strand_flipped"))["risk_allele_status"] == "strand_flip").all()

@@ -50,8 +50,11 @@ def catalog_snp_sets(catalog: pl.DataFrame, variants: pl.DataFrame, trait_map: p
     unmatched = by_id.filter(pl.col("variant_id").is_null()).drop("variant_id", "chrom", "pos", "allele1", "allele2",
                                                                   "passed_qc")
     positional = unmatched.join(by_pos, left_on=["chr_id", "chr_pos"], right_on=["chrom", "pos"], how="left")
-    matched = pl.concat([by_id.filter(pl.col("variant_id").is_not_null()).drop("chrom", "pos"),
-                         positional.select(by_id.drop("chrom", "pos").columns)]).sort("row")
+    matched = pl.concat([by_id.filter(pl.col("variant_id").is_not_null()).drop("chrom", "pos")
+                         .with_columns(pl.lit("rsid").alias("matched_by")),
+                         positional.select(by_id.drop("chrom", "pos").columns).with_columns(
+                             pl.when(pl.col("variant_id").is_not_null()).then(pl.lit("position"))
+                             .otherwise(pl.lit(None, pl.String)).alias("matched_by"))]).sort("row")
     risk_allele = pl.col("risk").str.split("-").list.last().str.strip_chars().str.to_uppercase()
     matched = matched.with_columns(risk_allele.alias("risk_allele")).with_columns(_harmonise())
     status = (pl.when(pl.col("disease").is_null()).then(pl.lit("trait_not_mapped"))
@@ -74,7 +77,22 @@ def catalog_snp_sets(catalog: pl.DataFrame, variants: pl.DataFrame, trait_map: p
         .when(pl.col("status") == "eligible").then(pl.lit("below_top_n"))
         .otherwise(pl.col("status")).alias("status"))
     return selected.drop("row").sort("disease", "rank"), rows_out.select(
-        "row", "trait", "disease", "snps", "variant_id", "p_value", "risk_allele", "risk_allele_status", "status")
+        "row", "trait", "disease", "snps", "variant_id", "matched_by", "p_value", "risk_allele", "risk_allele_status",
+        "status")
+
+
+def build_check(catalog: pl.DataFrame, variants: pl.DataFrame) -> dict:
+    """How many catalog rows matched by rsID sit at the genotypes' position of that rsID. The Catalog's positions are
+    GRCh38; where most differ, the genotypes are on another build (often GRCh37), and matches by position alone
+    would pair the wrong variants. `other_build` is True when at least 20 rows compare and under half agree."""
+    rows = catalog.select(pl.col("SNPS").str.strip_chars().alias("variant_id"),
+                          pl.col("CHR_ID").cast(pl.String).alias("chr_id"),
+                          pl.col("CHR_POS").cast(pl.String).alias("chr_pos")).filter(pl.col("chr_pos").is_not_null())
+    both = rows.join(variants.select("variant_id", pl.col("chrom").cast(pl.String), pl.col("pos").cast(pl.String)),
+                     on="variant_id")
+    same = int(((both["chrom"] == both["chr_id"]) & (both["pos"] == both["chr_pos"])).sum())
+    return {"rsid_matches_compared": both.height, "same_position": same,
+            "other_build": both.height >= 20 and same < both.height / 2}
 
 
 def _complement(allele: pl.Expr) -> pl.Expr:
@@ -103,7 +121,10 @@ def snp_set_report(rows: pl.DataFrame, selected: pl.DataFrame, diseases: list[st
     counts = dict(zip(*rows["status"].value_counts().sort("status").to_dict(as_series=False).values()))
     alleles = rows.filter(pl.col("variant_id").is_not_null())["risk_allele_status"].value_counts()
     per_disease = {d: selected.filter(pl.col("disease") == d).height for d in diseases}
+    by_key = rows.filter(pl.col("matched_by").is_not_null())["matched_by"].value_counts()
     return {"rows_by_status": {s: int(counts.get(s, 0)) for s in ROW_STATUSES},
+            "rows_matched_by": {k: int(dict(zip(by_key["matched_by"], by_key["count"])).get(k, 0))
+                                for k in ("rsid", "position")},
             "risk_allele_status": dict(zip(alleles["risk_allele_status"], map(int, alleles["count"]))),
             "snps_per_disease": per_disease,
             "diseases_without_snps": [d for d, n in per_disease.items() if n == 0]}

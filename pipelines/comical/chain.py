@@ -42,7 +42,7 @@ def qc_of(cohort, qc_dir: Path | None, stage: Path, *, shown_as: Path):
 def write_pair_store(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_dir, shown_as: Path) -> dict:
     """QC (read from `qc_dir`, or run into `stage/qc`), the PheWAS (read from `phewas_dir`, or run on the training
     split into `stage/phewas`), catalog SNP sets, then the pair store in `stage`; returns its manifest."""
-    from comical.pipelines.comical.catalog_sets import catalog_snp_sets, snp_set_report
+    from comical.pipelines.comical.catalog_sets import build_check, catalog_snp_sets, snp_set_report
     from comical.pipelines.comical.pairs import make_pairs, split_subjects
     from comical.pipelines.statgen.phewas import PhewasConfig, read_idp_disease_map, run_phewas, write_phewas
 
@@ -65,7 +65,13 @@ def write_pair_store(cohort, config, trait_map, stage: Path, *, qc_dir, phewas_d
         (qc.variants["filter"] == "PASS").alias("passed_qc"))
     selected, rows = catalog_snp_sets(cohort.catalog, variants, trait_map, top_n_perc=config.top_n_perc,
                                       diseases=diseases)
-    report = snp_set_report(rows, selected, diseases)
+    report = snp_set_report(rows, selected, diseases) | {"genome_build": build_check(cohort.catalog, variants)}
+    build = report["genome_build"]
+    if build["other_build"]:
+        print(f"comical pairs: warning: only {build['same_position']} of {build['rsid_matches_compared']} catalog rows "
+              "matched by rsID sit at the genotypes' position: the genotypes look like another genome build than the "
+              f"Catalog's GRCh38; {report['rows_matched_by']['position']} rows matched by position alone may be wrong "
+              "variants (catalog_rows.tsv, matched_by)", file=sys.stderr)
     for d in report["diseases_without_snps"]:
         print(f"comical pairs: warning: no catalog SNP of {d} is in the genotypes and passed QC; {d} forms no "
               "bucket", file=sys.stderr)
