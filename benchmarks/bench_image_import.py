@@ -1,0 +1,91 @@
+"""Benchmark: `comical images import` of the mini cohort's T1 volumes written as NIfTI, with 1 and 2 CPUs of Ray.
+
+    python benchmarks/bench_image_import.py --work /tmp/bench-import [--voxel-mm 4]
+
+Simulates the mini cohort with T1 volumes into --work (unless there), writes each volume as
+NIFTI/{eid}/T1.nii.gz with nibabel, then runs `comical images import --workers N` for N = 1 and 2, each into a fresh
+store, one run each, side by side. Measured: the command's wall time, and the peak resident memory of its whole
+process tree (the driver, Ray's raylet and GCS, the import tasks; sampled every 0.1 s with psutil; Ray's object
+store is shared memory and counts where it is touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--voxel-mm", type=float, default=4.0)
+    args = parser.parse_args()
+    cohort = args.work / f"mini_{args.voxel_mm:g}mm"
+    if not (cohort / "images" / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "comical", "simulate", "--preset", "mini", "--images", "t1",
+                        "--voxel-mm", str(args.voxel_mm), "--out", str(cohort)], check=True)
+    nifti = args.work / f"nifti_{args.voxel_mm:g}mm"
+    if not (nifti / "done").is_file():
+        export(cohort, nifti)
+    rows = []
+    for workers in (1, 2):
+        out = args.work / f"import_{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "comical", "images", "import", "--t1", str(nifti / "{eid}" / "T1.nii.gz"),
+                   "--subjects", str(cohort / "covariates.csv"), "--out", str(out), "--workers", str(workers)]
+        seconds, peak = run_measured(command)
+        rows.append((workers, seconds, peak))
+    volumes = len(list(nifti.glob("*/T1.nii.gz")))
+    print(f"| images import, {volumes} NIfTI T1 volumes at {args.voxel_mm:g} mm | " + " | ".join(
+        f"{w} worker{'s' if w > 1 else ''}: {s:.1f} s ({volumes / s:.0f} volumes/s), peak {p / 2**20:,.0f} MiB"
+        for w, s, p in rows) + f" | {platform.machine()}, {_cpus()} CPUs |")
+
+
+def export(cohort: Path, nifti: Path) -> None:
+    """Every volume of the cohort's store as NIFTI/{eid}/T1.nii.gz (nibabel), as a UK Biobank download holds them."""
+    import nibabel
+    import numpy as np
+
+    from comical.data_io.images import open_image_store
+
+    store = open_image_store(cohort / "images")
+    affine = np.array(store.manifest["affine"])
+    for volumes, eids in store.batches("t1"):
+        for volume, eid in zip(volumes, eids):
+            (nifti / str(eid)).mkdir(parents=True, exist_ok=True)
+            nibabel.save(nibabel.Nifti1Image(volume, affine), nifti / str(eid) / "T1.nii.gz")
+    (nifti / "done").write_text("")
+
+
+def run_measured(command: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak resident bytes of the process tree)."""
+    import psutil
+
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    root, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode})")
+    return time.perf_counter() - start, peak
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
