@@ -231,7 +231,8 @@ def test_cgni_end_to_end(image_cohort, tmp_path, in_process, monkeypatch):
     assert main(["cgni", "--cohort", str(image_cohort), "--out", str(out), "--epochs", "1,1,1,1", "--folds", "3"]) == 0
     table = pl.read_csv(out / "table1.csv")
     assert table["model"].to_list() == ["Imaging CNN", "Sparse genetic NN", "Imaging-genetic SVM (linear)",
-                                        "Imaging-genetic NN", "CGNI", "Covariates only (age, sex)"]
+                                        "Imaging-genetic NN", "CGNI", "Covariates only (age, sex)",
+                                        "True features (age, sex, planted regions)"]
     assert table.select(pl.col("train", "validation", "holdout").is_between(0, 1).all()).row(0) == (True,) * 3
     rows = dict(zip(table["model"], table.iter_rows(named=True)))
     # age drives the planted trait: the trivial reference is well above chance, and every pooled interval holds
@@ -241,6 +242,8 @@ def test_cgni_end_to_end(image_cohort, tmp_path, in_process, monkeypatch):
         assert row["cv_low"] <= row["cv"] <= row["cv_high"]
         assert row["holdout_mean_low"] <= row["holdout_mean"] <= row["holdout_mean_high"]
     assert rows["Covariates only (age, sex)"]["cv_minus_reference"] == 0
+    # the ceiling: the planted regions carry a quarter of the trait's variance, so knowing them beats age and sex
+    assert rows["True features (age, sex, planted regions)"]["cv_minus_reference_low"] > 0
     # the table's hold-out figure is what the fold networks' stored outputs give (recomputed here)
     inputs = pq.read_table(out / "inputs" / "classify" / "rows.parquet")
     outputs = pq.read_table(out / "runs" / "classify" / "member_outputs.parquet")

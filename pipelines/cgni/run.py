@@ -43,6 +43,7 @@ PAPER_TABLE1 = {"Imaging CNN": (81.34, 75.32, 87.02), "Sparse genetic NN": (59.8
                 "Imaging-genetic SVM (linear)": (95.5, 65.08, 65.23),
                 "Imaging-genetic NN": (87.47, 87.08, 87.02), "CGNI": (91.37, 90.39, 88.91)}
 COVARIATES = "Covariates only (age, sex)"
+TRUE_FEATURES = "True features (age, sex, planted regions)"  # the ceiling, on a simulated cohort only
 PAPER_TABLE2 = {"L(v,g) + L(g,v) + L(g,g)": (91.37, 90.39, 88.91), "L(v,g)": (None, None, 88.31),
                 "L(g,g)": (None, None, 88.10)}
 
@@ -186,7 +187,10 @@ def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbos
     logits["Imaging-genetic NN"] = _by_fold(outputs, "concat", settings.folds)
     for model in models:
         logits[model] = _by_fold(outputs, model, settings.folds)
-    logits[COVARIATES] = _covariates(rows, settings)
+    logits[COVARIATES] = _logistic(np.column_stack([rows["age"], rows["sex"]]), rows, settings)
+    planted = _planted_regions(cohort_dir, rows["eid"])
+    if planted is not None:
+        logits[TRUE_FEATURES] = _logistic(np.column_stack([rows["age"], rows["sex"], planted]), rows, settings)
     table1 = accuracy_table(logits, rows["label"], rows["fold"], [m for m in logits if not m.startswith("cgni_")],
                             seed=settings.seed)
     table1 = table1.with_columns(pl.col("model").replace({"cgni": "CGNI"}))
@@ -249,19 +253,39 @@ def _svm(rows: dict, settings: CgniSettings) -> np.ndarray:
     return out
 
 
-def _covariates(rows: dict, settings: CgniSettings) -> np.ndarray:
-    """The trivial reference: a logistic regression on age and sex alone, per fold."""
+def _logistic(x: np.ndarray, rows: dict, settings: CgniSettings) -> np.ndarray:
+    """Per fold, a logistic regression on the columns `x` fitted on the fold's training rows: the covariates-only
+    reference (age, sex), and on a simulated cohort the true-feature ceiling (age, sex and the planted regions)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = np.column_stack([rows["age"], rows["sex"]]).astype(float)
+    x = np.asarray(x, dtype=float)
     out = np.zeros((len(x), settings.folds))
     for k in range(settings.folds):
         fit = (rows["fold"] >= 0) & (rows["fold"] != k)
         model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x[fit], rows["label"][fit])
         out[:, k] = model.decision_function(x)
     return out
+
+
+def _planted_regions(cohort_dir: Path, eids: np.ndarray) -> np.ndarray | None:
+    """The planted working-memory regions as the simulator scores them (truth/wm_regions.parquet; data_io/
+    simulate_wm.py): each region's standardised log volume minus the subject's mean over all IDPs, for `eids`.
+    None without that truth file (a real cohort has no ceiling)."""
+    from comical.data_io.tables import read_table
+    from comical.data_io.ukb_fields import IDPS
+
+    truth = Path(cohort_dir) / "truth" / "wm_regions.parquet"
+    if not truth.is_file():
+        return None
+    regions = pl.read_parquet(truth)["idp"].to_list()
+    table = read_table(Path(cohort_dir) / "idps.csv", columns=IDPS)
+    log = np.log(table.select(IDPS).to_numpy())
+    z = (log - log.mean(0)) / log.std(0)
+    relative = z - z.mean(1, keepdims=True)
+    at = {str(e): i for i, e in enumerate(table["eid"])}
+    return relative[[at[str(e)] for e in eids]][:, [IDPS.index(r) for r in regions]]
 
 
 def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.ndarray, models: list[str], *,
