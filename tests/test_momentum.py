@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import destroy_process_group
@@ -278,6 +280,11 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     assert {"untrained", "raw voxels"} <= set(table) and table["untrained"]["dims"] == 256
     assert table["raw voxels"]["dims"] == 64
     assert (out / "evaluation.png").is_file() and "momentum" in (out / "evaluation.md").read_text()
+    # the ceiling: the planted latent is all genetic, so its own HE heritability is far above 2 se, and the joint
+    # model's first PC (the latent plus noise) reaches at most about it
+    ceiling = json.loads((out / "summary.json").read_text())["ceiling"]
+    assert ceiling["latent_h2"] > 2 * ceiling["latent_h2_se"] and "The ceiling" in (out / "evaluation.md").read_text()
+    assert joint["t1_mean_h2"] < ceiling["latent_h2"] + 2 * ceiling["latent_h2_se"]
 
 
 @pytest.mark.slow

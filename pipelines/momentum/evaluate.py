@@ -14,7 +14,8 @@ references made here (the joint run's architecture at its initial weights; the t
   GWAS uses no label) per side (T1 side, T2 side): loci at 5e-8 and the planted image-latent variants found; the
   agreement of the T1 and T2 sides (variants at 5e-8 on both / on either; for the single-modality models, the T1
   model's side against the T2 model's); the HE heritability of the side's top PCs (how many exceed 2 se, and their
-  mean) and the phenotypic and genetic correlation of the two sides' first PCs (pipelines/statgen/heritability.py, jackknife
+  mean; beside it the ceiling, the planted latent's own HE heritability through the same regression) and the
+  phenotypic and genetic correlation of the two sides' first PCs (pipelines/statgen/heritability.py, jackknife
   se; signed so the phenotypic correlation is positive). The multi-trait test's p-values are uniform on null data
   (tests/test_gwas.py). T1 and T2 render the same simulated anatomy, so agreement and rg between sides are high for
   any model that summarises anatomy: the planted latent's R^2 and its variants are the measures of learning.
@@ -94,6 +95,10 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
                                                     np.flatnonzero(qc.variants["pruned_in"].to_numpy()), dtype=np.int8))
     in_grm = np.searchsorted(first, cohort_eids[use])
     h2_covariates = _covariates(cohort, cohort_eids[use], ["age", "sex"] + [f"PC{i}" for i in range(1, 11)])
+    ceiling = None
+    if latent is not None:  # the ceiling: the planted latent's own heritability through the same HE regression
+        h2, se = he_regression(grm, latent[in_grm].reshape(-1, 1), h2_covariates, seed=seed)
+        ceiling = {"latent_h2": float(h2[0]), "latent_h2_se": float(se[0])}
 
     rows, hits, first_pcs = [], {}, {}
     for name, frame in frames.items():
@@ -131,9 +136,12 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
                                        first_pcs[("t2", "t2")], grm, h2_covariates, seed, genetic_correlation)})
     table = pl.DataFrame(rows, infer_schema_length=None)
     table.write_csv(stage / "evaluation.csv")
-    (stage / "evaluation.md").write_text(_markdown(table))
+    (stage / "evaluation.md").write_text(_markdown(table) + (
+        f"\nThe ceiling of the heritabilities above: the planted latent itself (AD's genetic liability, "
+        f"truth/image_latent.parquet) through the same HE regression, GRM and covariates: h2 "
+        f"{_fmt(ceiling['latent_h2'], 2)} (se {_fmt(ceiling['latent_h2_se'], 2)}).\n" if ceiling else ""))
     _figure(table, stage / "evaluation.png")
-    summary = {"rows": table.to_dicts(), "n_test": int(test.sum()), "n_gwas": int(len(first))}
+    summary = {"rows": table.to_dicts(), "n_test": int(test.sum()), "n_gwas": int(len(first)), "ceiling": ceiling}
     (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
