@@ -198,7 +198,7 @@ def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, se
     loss_sum, count = 0.0, 0
     tick = watchdog.tick if watchdog is not None else lambda waiting_for: None
     tick("its first validation batch")
-    for step, (rows, batch) in enumerate(_eval_batches(data, config, seed)):
+    for step, (rows, batch) in enumerate(eval_batches(data, config, seed)):
         tick(f"validation batch {step + 1} to be scored and the next to arrive")
         outputs = model(task.prepare(batch, dtype))
         if rows is None:  # this rank's shard is done: the forward only keeps ZeRO-3's collectives in step
@@ -228,7 +228,7 @@ def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, se
     return (metrics, rows_out) if row_outputs else metrics
 
 
-def _eval_batches(data, config: TrainConfig, seed: int):
+def eval_batches(data, config: TrainConfig, seed: int):
     """(row indices or None for a padding step, batch) over every row of the split."""
     size = config.eval_batch_size
     if not isinstance(data, dict):

@@ -141,6 +141,9 @@ def test_the_ceiling_lifts_above_its_null_the_floor_does_not_and_reversed_effect
     assert paired.mean() > 3 * paired.std() / np.sqrt(len(paired))
     loss = {name: m["loss"] for name, (m, _) in score.items()}
     assert loss["ceiling"] < loss["floor"] < loss["reversed"]
+    from comical.pipelines.comical.ceiling import identity_floor_loss
+
+    assert identity_floor_loss(test_split, config) == pytest.approx(loss["floor"], rel=1e-6)  # associate's shortcut
     assert score["floor"][0]["bucket_accuracy"] == 1.0  # the bucket term settles membership
 
 
