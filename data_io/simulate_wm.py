@@ -52,6 +52,14 @@ def wm_group(digits: np.ndarray) -> np.ndarray:
                     np.where((digits >= HIGH[0]) & (digits <= HIGH[1]), 1, -1)).astype(np.int8)
 
 
+def relative_volumes(idps: np.ndarray) -> np.ndarray:
+    """Each IDP's standardised log volume minus the subject's mean over all IDPs (subjects x IDPs): a region against
+    the subject's whole brain, so it is the region and not head size that counts; the regional part of the trait."""
+    log_idp = np.log(idps)
+    z = (log_idp - log_idp.mean(0)) / log_idp.std(0)
+    return z - z.mean(1, keepdims=True)
+
+
 def signal_shares(signal: float) -> dict[str, float]:
     """SHARES with the genetic and regional parts x `signal` (the cohort's --signal K), rescaled to sum to 1."""
     if signal == 1:
@@ -85,9 +93,7 @@ def write_working_memory(out: Path, rng: np.random.Generator, *, eid: np.ndarray
     scale = np.sqrt(shares["genetic"] / genetic.var())
     beta, genetic = beta * scale, genetic * scale
 
-    log_idp = np.log(idps)
-    z = (log_idp - log_idp.mean(0)) / log_idp.std(0)
-    relative = z - z.mean(1, keepdims=True)  # the region against the subject's whole brain
+    relative = relative_volumes(idps)
     weights = rng.uniform(0.5, 1.0, len(REGIONS))
     regional = relative[:, [IDPS.index(r) for r in REGIONS]] @ weights
     regional = (regional - regional.mean()) / regional.std() * np.sqrt(shares["regions"])

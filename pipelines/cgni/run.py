@@ -273,6 +273,7 @@ def _planted_regions(cohort_dir: Path, eids: np.ndarray) -> np.ndarray | None:
     """The planted working-memory regions as the simulator scores them (truth/wm_regions.parquet; data_io/
     simulate_wm.py): each region's standardised log volume minus the subject's mean over all IDPs, for `eids`.
     None without that truth file (a real cohort has no ceiling)."""
+    from comical.data_io.simulate_wm import relative_volumes
     from comical.data_io.tables import read_table
     from comical.data_io.ukb_fields import IDPS
 
@@ -281,9 +282,7 @@ def _planted_regions(cohort_dir: Path, eids: np.ndarray) -> np.ndarray | None:
         return None
     regions = pl.read_parquet(truth)["idp"].to_list()
     table = read_table(Path(cohort_dir) / "idps.csv", columns=IDPS)
-    log = np.log(table.select(IDPS).to_numpy())
-    z = (log - log.mean(0)) / log.std(0)
-    relative = z - z.mean(1, keepdims=True)
+    relative = relative_volumes(table.select(IDPS).to_numpy())
     at = {str(e): i for i, e in enumerate(table["eid"])}
     return relative[[at[str(e)] for e in eids]][:, [IDPS.index(r) for r in regions]]
 
