@@ -18,8 +18,6 @@ TABLE_FILES = ["idps.csv", "covariates.csv", "diagnoses.csv", "gwas_catalog.tsv"
 # one genotype fileset, in this order of preference: PLINK 1, plink2, BGEN (with its .sample)
 GENOTYPE_FILESETS = (["genotypes.bed", "genotypes.bim", "genotypes.fam"], ["genotypes.pgen", "genotypes.pvar",
                      "genotypes.psam"], ["genotypes.bgen", "genotypes.sample"])
-COHORT_FILES = GENOTYPE_FILESETS[0] + TABLE_FILES  # the simulated cohort's
-OPTIONAL_FILES = ["eprs.csv"]  # read by `comical riskscore` only
 
 
 @dataclasses.dataclass

@@ -23,12 +23,11 @@ import numpy as np
 import polars as pl
 
 from comical.data_io.errors import InputError
-from comical.data_io.plink import Genotypes, _read_whitespace_table, with_ext
+from comical.data_io.plink import MISSING_CALL, Genotypes, _read_whitespace_table, with_ext
 
 
 DOSAGE_UNITS = 16384  # plink2's dosage precision (.pgen stores dosages as multiples of 1/16384)
 HARD_CALL_THRESHOLD = 0.1  # plink2's default --hard-call-threshold: a dosage further than this from 0, 1, 2 is missing
-MISSING_CALL = -127  # a PLINK 1 reader's missing call in an integer read (bed-reader's)
 
 
 def _as(dosage: np.ndarray, dtype) -> np.ndarray:

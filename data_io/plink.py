@@ -21,6 +21,8 @@ BIM_COLUMNS = ["chrom", "variant_id", "cm", "pos", "allele1", "allele2"]
 FAM_COLUMNS = ["fid", "iid", "father", "mother", "sex", "pheno"]
 
 
+MISSING_CALL = -127  # bed-reader's missing genotype in an integer read
+
 def _read_whitespace_table(path: Path, columns: list[str], skip: int = 0) -> pl.DataFrame:
     """A whitespace-separated file with a fixed number of fields after `skip` header lines, as strings."""
     if not path.is_file():

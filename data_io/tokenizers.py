@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from comical.data_io.plink import MISSING_CALL
+
 MISSING_TOKEN = "<missing>"
-_MISSING_CALL = -127  # bed-reader's int8 missing genotype
 _BELOW_ONE = np.float32(np.nextafter(np.float32(1), np.float32(0)))
 
 
@@ -31,7 +32,7 @@ def snp_vocabulary(allele1: list[str], allele2: list[str]) -> tuple[list[str], n
 
 def encode_genotypes(genotypes: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Allele-1 counts (subjects x SNPs, int8, -127 missing) -> token ids (same shape, int8)."""
-    called = genotypes != _MISSING_CALL
+    called = genotypes != MISSING_CALL
     snp = np.broadcast_to(np.arange(genotypes.shape[1]), genotypes.shape)
     return np.where(called, table[snp, np.where(called, genotypes, 0)], 0).astype(np.int8)
 
