@@ -196,7 +196,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--signal", default="1,3,10,30", metavar="K,K,...",
                    help="comma-separated signal dials (default 1,3,10,30)")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="cohorts per signal, seeds 0..N-1 (default 3)")
-    p.add_argument("--epochs", type=int, default=5, metavar="N", help="COMICAL's epochs per training (default 5)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="COMICAL's epochs per training (default 10)")
     p.add_argument("--top-n-perc", type=float, default=5.0, metavar="X", help="the pair stores' --top-n-perc (default 5)")
     p.add_argument("--max-subjects", type=int, metavar="N", help="the pair stores' --max-subjects (default all)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="Ray Train workers per training (default 1)")
