@@ -159,6 +159,25 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="CPUs of the local Ray (default: all)")
     p.set_defaults(handler=_images_import)
 
+    p = sub.add_parser("cohort", help="bring users' tables and genotypes in")
+    cohort = p.add_subparsers(dest="cohort_verb", required=True)
+    p = cohort.add_parser("build", help="a UK Biobank showcase export and genotypes into a cohort folder")
+    p.add_argument("--showcase", type=Path, required=True, metavar="FILE.csv",
+                   help="the showcase export: an eid column and FIELD-INSTANCE.ARRAY columns (25782-2.0)")
+    p.add_argument("--genotypes", type=Path, required=True, metavar="PREFIX|FILE.bgen",
+                   help="a .bgen, or the prefix of a .pgen/.pvar/.psam or .bed/.bim/.fam fileset (linked, not copied)")
+    p.add_argument("--sample", type=Path, metavar="FILE.sample", help="the BGEN's .sample (default: beside it)")
+    p.add_argument("--catalog", type=Path, required=True, metavar="FILE.tsv",
+                   help="the GWAS Catalog association download (copied in as gwas_catalog.tsv)")
+    p.add_argument("--map", type=Path, metavar="FILE.yaml",
+                   help="which showcase field fills which column; sections given replace the default's "
+                        "(data_io/resources/showcase_map.yaml)")
+    p.add_argument("--instance", type=int, metavar="I",
+                   help="the visit of fields given by number (default 2, the imaging visit)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the cohort folder to write")
+    p.add_argument("--force", action="store_true", help="replace a previous run in OUT")
+    p.set_defaults(handler=_cohort_build)
+
     p = sub.add_parser("bench", help="benchmarks users run on their own cluster")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("scaling", help="training pairs/s and time per epoch as Ray Train workers grow")
@@ -623,6 +642,25 @@ def _images_import(args) -> int:
     print(f"images import: {manifest['n_subjects']} of {len(eids)} subjects stored ({', '.join(patterns)}) on a "
           f"{'x'.join(map(str, manifest['shape']))} grid of {manifest['voxel_mm']:g} mm; subjects with a missing file "
           f"{counts['missing']}, with a refused one {counts['refused']}{why} -> {args.out} (import_report.tsv)")
+    return 0
+
+
+def _cohort_build(args) -> int:
+    from comical.data_io.output_dir import check_output_dir, staged_output_dir
+    from comical.data_io.showcase import load_map
+    from comical.pipelines.cohort_build import build_cohort
+
+    mapping = load_map(args.map, instance=args.instance)
+    run = {"command": "cohort build", "showcase": str(args.showcase.resolve()), "map": mapping.source,
+           "instance": mapping.instance, "genotypes": str(args.genotypes.resolve()), "catalog": str(args.catalog)}
+    out = check_output_dir(args.out, run, force=args.force, inputs=(args.showcase, args.genotypes, args.catalog))
+    with staged_output_dir(out, run) as stage:
+        report = build_cohort(args.showcase, mapping, args.genotypes, args.sample, args.catalog, stage)
+    complete = report["subjects_complete"]
+    print(f"cohort build: {report['subjects']:,} showcase subjects, {report['subjects_with_genotypes']:,} with genotypes; "
+          f"complete rows: IDPs {complete['idps']:,}, covariates {complete['covariates']:,} (negative codes made "
+          f"missing: {sum(report['negative_codes_to_missing'].values()):,} values); cases "
+          f"{', '.join(f'{d} {n}' for d, n in report['cases'].items())} -> {out} (build_report.json)")
     return 0
 
 

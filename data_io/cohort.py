@@ -33,17 +33,31 @@ class Cohort:
     diagnoses: pl.DataFrame
     eprs: pl.DataFrame | None  # None without eprs.csv; a subject it lacks has nulls
     catalog: pl.DataFrame
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # why subjects were left out: how many
+
+    @property
+    def dropped_line(self) -> str:
+        """`N subjects used; dropped ...` when any subject was left out, else ''."""
+        if not self.dropped:
+            return ""
+        why = "; ".join(f"{n:,} {reason}" for reason, n in self.dropped.items())
+        return f"cohort: {self.eids.len():,} subjects used; dropped {why}"
 
     @property
     def eids(self) -> pl.Series:
         return self.idps["eid"]
 
 
-def load_cohort(path: str | Path) -> Cohort:
+_WHAT = {"idps": "IDP", "covariates": "covariate", "diagnoses": "diagnosis"}
+ALL_TABLES = tuple(_WHAT)
+
+
+def load_cohort(path: str | Path, needs: tuple[str, ...] = ALL_TABLES) -> Cohort:
     """Check every file of the cohort directory and align its samples; fail with one clear InputError.
 
-    Analysis samples are those present in the genotypes and in every table, in .fam order; it is an
-    error if there are none.
+    Analysis samples are those present in the genotypes and in every table, in .fam order, with no missing value
+    in the tables a step `needs` (missing values elsewhere stay null). Why the others were left out is counted in
+    `dropped` and printed in one line; it is an error if no sample is left.
     """
     path = Path(path)
     if not path.is_dir():
@@ -56,11 +70,12 @@ def load_cohort(path: str | Path) -> Cohort:
                          "genotypes as genotypes.bed/.bim/.fam, .pgen/.pvar/.psam or .bgen with .sample")
     genotypes = genotype_files(path)[0]
     tables = {
-        "idps": read_table(path / "idps.csv", columns=IDPS),
-        "covariates": read_table(path / "covariates.csv", columns=COVARIATES),
-        "diagnoses": read_table(path / "diagnoses.csv", columns=DISEASES, binary=True),
+        "idps": read_table(path / "idps.csv", columns=IDPS, allow_missing=True),
+        "covariates": read_table(path / "covariates.csv", columns=COVARIATES, allow_missing=True),
+        "diagnoses": read_table(path / "diagnoses.csv", columns=DISEASES, binary=True, allow_missing=True),
     }
-    eprs = read_table(path / "eprs.csv", columns=EPRS_DISEASES) if (path / "eprs.csv").is_file() else None
+    eprs = read_table(path / "eprs.csv", columns=EPRS_DISEASES, allow_missing=True) \
+        if (path / "eprs.csv").is_file() else None
     catalog = read_gwas_catalog(path / "gwas_catalog.tsv")
     iid = genotypes.samples["iid"]
     shared = np.ones(iid.len(), bool)
@@ -72,12 +87,27 @@ def load_cohort(path: str | Path) -> Cohort:
         shared &= in_table
     if not shared.any():
         raise InputError(f"--cohort {path}: no sample is in genotypes.fam and in all of {list(tables)}")
+    dropped = {}
+    if (~shared).sum():
+        dropped["absent from the genotypes or a table"] = int((~shared).sum())
+    for name in needs:  # in this order, each subject counted once: under the first table it misses a value in
+        complete = tables[name].filter(pl.all_horizontal(pl.exclude("eid").is_not_null()))["eid"]
+        has = iid.is_in(complete.implode()).to_numpy()
+        if (shared & ~has).any():
+            dropped[f"with a missing {_WHAT[name]} ({name}.csv)"] = int((shared & ~has).sum())
+        shared &= has
+    if not shared.any():
+        raise InputError(f"--cohort {path}: no sample has every value this step needs ({', '.join(needs)}): "
+                         f"{'; '.join(f'{n} {r}' for r, n in dropped.items())}")
     sample_index = np.flatnonzero(shared)
     order = pl.DataFrame({"eid": iid.gather(sample_index)})
     aligned = {name: order.join(t, on="eid", how="left", maintain_order="left") for name, t in tables.items()}
     if eprs is not None:  # never narrows the samples: only riskscore reads it
         eprs = order.join(eprs, on="eid", how="left", maintain_order="left")
-    return Cohort(path, genotypes, sample_index, catalog=catalog, eprs=eprs, **aligned)
+    cohort = Cohort(path, genotypes, sample_index, catalog=catalog, eprs=eprs, dropped=dropped, **aligned)
+    if cohort.dropped_line:
+        print(cohort.dropped_line)
+    return cohort
 
 
 def genotype_files(path: Path) -> tuple[Genotypes, list[Path]]:

@@ -64,11 +64,33 @@ def test_non_numeric_value_names_line_and_column(cohort_copy, tmp_path, capsys):
     assert err.startswith("comical qc: error:")
 
 
-def test_missing_value_in_a_numeric_column(cohort_copy, tmp_path, capsys):
+def test_missing_values_drop_the_subjects_a_step_cannot_use_and_say_so(cohort_copy, tmp_path, capsys):
+    """Real tables have gaps: a subject missing a value a step needs is left out, counted by reason on the console
+    and in the report; a table the step does not need may have gaps without costing a subject."""
+    from comical.data_io.cohort import load_cohort
+
     cov = pl.read_csv(cohort_copy / "covariates.csv", infer_schema=False)
-    cov = cov.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise(pl.col("bmi")).alias("bmi"))
+    cov = cov.with_columns(pl.when(pl.int_range(pl.len()).is_in([4, 9])).then(None).otherwise(pl.col("bmi"))
+                           .alias("bmi"))
     cov.write_csv(cohort_copy / "covariates.csv")
-    _expect_refusal(cohort_copy, tmp_path, capsys, "covariates.csv line 6", "column bmi", "missing value")
+    idps = pl.read_csv(cohort_copy / "idps.csv", infer_schema=False)
+    column = idps.columns[7]
+    idps.with_columns(pl.when(pl.int_range(pl.len()).is_in([4, 20, 30])).then(pl.lit("NA")).otherwise(pl.col(column))
+                      .alias(column)).write_csv(cohort_copy / "idps.csv")
+    missing = {cov["eid"][i] for i in (4, 9, 20, 30)}
+    out = tmp_path / "qc"
+    assert main(["qc", "--cohort", str(cohort_copy), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("cohort: 1,996 subjects used; dropped 3 with a missing IDP (idps.csv); 1 with a missing covariate "
+            "(covariates.csv)") in printed
+    report = json.loads((out / "qc_report.json").read_text())["samples"]
+    assert report["input"] == 1996 and sum(report["left_out_before_qc"].values()) == 4
+    kept = pl.read_csv(out / "sample_qc.tsv", separator="\t", infer_schema=False)["eid"]
+    assert kept.len() == 1996 and not set(kept) & missing
+    # a step that needs only the IDPs keeps the subjects whose gaps are in the covariates, with nulls there
+    cohort = load_cohort(cohort_copy, needs=("idps",))
+    assert cohort.eids.len() == 1997 and cohort.covariates["bmi"].null_count() == 1
+    assert cohort.dropped == {"with a missing IDP (idps.csv)": 3}
 
 
 def test_duplicate_eids(cohort_copy, tmp_path, capsys):

@@ -134,7 +134,8 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
         pl.from_numpy(scores, schema=[f"PC{i + 1}" for i in range(config.n_pcs)]))
     report = {
         "samples": {"input": int(n), "removed_mind": int((sample_filter == "mind").sum()),
-                    "removed_het": int((sample_filter == "het").sum()), "kept": int(final.sum())},
+                    "removed_het": int((sample_filter == "het").sum()), "kept": int(final.sum()),
+                    "left_out_before_qc": cohort.dropped},  # no genotypes, or a missing value (data_io/cohort.py)
         "variants": {"input": int(m), **{f"removed_{k}": int((variant_filter == k).sum()) for k in ("geno", "hwe", "maf")},
                      "kept": int(kept_v.size), "pruned_in": int(pruned.size)},
         "config": config.to_dict(),
