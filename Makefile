@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast clean
+.PHONY: demo test test-fast check-install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q --durations=10 -m "not slow"
+
+# CI: the package as a cluster installs it (`pip install .`, no [dev]): every module imports, a command runs.
+NODEV := /tmp/comical-nodev
+check-install:
+	rm -rf $(NODEV) && $(PYTHON) -m venv $(NODEV)
+	$(NODEV)/bin/pip install -q --upgrade pip
+	$(NODEV)/bin/pip install -q torch==2.13.0
+	$(NODEV)/bin/pip install -q .
+	cd /tmp && $(NODEV)/bin/python $(CURDIR)/.ci/import_all.py && $(NODEV)/bin/comical riskscore --help >/dev/null
 
 clean:
 	rm -rf $(VENV) demo-output

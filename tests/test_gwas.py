@@ -713,3 +713,23 @@ def test_phased_bgen_dosage_is_the_haplotype_sum_and_a_haploid_call_is_refused(p
     plink2("--vcf", tmp_path / "x.vcf", "--update-sex", tmp_path / "x.sex", "--export", "bgen-1.2", "ref-first", "--out", tmp_path / "x")
     with pytest.raises(InputError, match=r"variant v0, sample m1: a haploid call"):
         open_bgen(tmp_path / "x.bgen").read()
+
+
+def test_a_cohort_phenotypes_gaps_leave_out_only_its_own_subjects(cohort_copy, tmp_path, capsys):
+    """IDP gaps in a cohort (a real showcase has them): each IDP is tested on the subjects that have it, as plink2
+    does, and a subject missing a covariate is left out of every test with the console saying so."""
+    first, second = "Volume_of_grey_matter_in_Left_Frontal_Pole", "Volume_of_Left_Hippocampus"
+    idps = pl.read_csv(cohort_copy / "idps.csv", infer_schema=False)
+    idps.with_columns(pl.when(pl.int_range(pl.len()) < 25).then(None).otherwise(pl.col(second)).alias(second)) \
+        .write_csv(cohort_copy / "idps.csv")
+    cov = pl.read_csv(cohort_copy / "covariates.csv", infer_schema=False)
+    cov.with_columns(pl.when(pl.int_range(pl.len()) == 30).then(None).otherwise(pl.col("PC3")).alias("PC3")) \
+        .write_csv(cohort_copy / "covariates.csv")
+    out = tmp_path / "g"
+    assert main(["gwas", "--cohort", str(cohort_copy), "--pheno-name", f"{first},{second}", "--no-plots",
+                 "--out", str(out)]) == 0
+    assert "dropped 1 with a missing covariate (covariates.csv)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "g.summary.json").read_text())
+    assert summary["phenotypes"][first]["n"] == 1999 and summary["phenotypes"][second]["n"] == 1999 - 25
+    table = pl.read_csv(tmp_path / f"g.{second}.tsv", separator="\t", null_values="NA")
+    assert table.height == 3000 and table["p_value"].drop_nulls().len() > 2900

@@ -70,8 +70,10 @@ def test_gathered_negatives_equal_the_single_process_loss_and_gradient(targets):
     s, i = snp.clone().requires_grad_(), idp.clone().requires_grad_()
     single = clip_loss(s, i, scale, targets=targets, snp_key=keys[0], idp_key=keys[1])
     single.backward()
-    out = mp.get_context("spawn").Manager().dict()  # a forked manager would break the Ray driver's gRPC
-    mp.spawn(_worker, args=(2, _free_port(), snp, idp, scale, targets, keys, out), nprocs=2, join=True)
+    with mp.get_context("spawn").Manager() as manager:  # a forked manager would break the Ray driver's gRPC
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), snp, idp, scale, targets, keys, out), nprocs=2, join=True)
+        out = dict(out)  # copied before the manager's process stops with the block
     # The workers' mean loss is the concatenated batch's loss; the engine's gradient mean is its gradient.
     assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-6)
     torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, s.grad, rtol=1e-5, atol=1e-7)

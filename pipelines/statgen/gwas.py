@@ -508,7 +508,8 @@ def tables_from_cohort(cohort_dir: Path, *, binary: bool, pheno_names: list[str]
                        rank_normalise: bool = False) -> GwasTables:
     from comical.data_io.cohort import load_cohort
 
-    cohort = load_cohort(cohort_dir)
+    # only complete covariates are needed: a phenotype's gaps leave out its own missing subjects, as in plink2
+    cohort = load_cohort(cohort_dir, needs=("covariates",))
     covariates = cohort.covariates.select("eid", *(covar_names or DEFAULT_COHORT_COVARIATES))
     if multi_trait is not None:  # default traits: every numeric column (`comical embed` also writes list columns)
         schema = pl.read_parquet_schema(multi_trait) if multi_trait.suffix == ".parquet" else None
