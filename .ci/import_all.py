@@ -7,7 +7,8 @@ import sys
 
 import comical
 
-names = [m.name for m in pkgutil.walk_packages(comical.__path__, "comical.")]
+names = [m.name for m in pkgutil.walk_packages(comical.__path__, "comical.")
+         if not m.name.endswith("__main__")]  # that one runs the CLI
 for name in names:
     importlib.import_module(name)
 assert len(names) > 60, names
