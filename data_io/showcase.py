@@ -154,8 +154,8 @@ def read_showcase(path: Path, mapping: ShowcaseMap) -> tuple[dict[str, pl.DataFr
         tables[table] = pl.DataFrame({"eid": eid, **values})
     codes = raw.select(pl.col(diagnosis_columns).str.strip_chars().str.to_uppercase().str.replace_all(r"\.", ""))
     tables["diagnoses"] = pl.DataFrame({"eid": eid, **{
-        disease: codes.select(pl.any_horizontal(pl.col(c).str.starts_with(p) for c in diagnosis_columns for p in prefixes)
-                              .fill_null(False)).to_series().cast(pl.Float64)
+        disease: codes.select(pl.any_horizontal(pl.col(c).str.starts_with(p) for c in diagnosis_columns
+                                                for p in prefixes).fill_null(False)).to_series().cast(pl.Float64)
         for disease, prefixes in mapping.codes.items()}})
     report["cases"] = {d: int(tables["diagnoses"][d].sum()) for d in DISEASES}
     return tables, report

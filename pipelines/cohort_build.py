@@ -48,8 +48,9 @@ def build_cohort(showcase: Path, mapping: ShowcaseMap, genotypes: Path, sample: 
     eids = tables["idps"]["eid"]
     shared = int(iids.is_in(eids.implode()).sum())
     if not shared:
-        raise InputError(f"--genotypes {genotypes}: none of its {iids.len():,} samples (IDs like {iids[0]!r}) is an eid "
-                         f"of {showcase} (eids like {eids[0]!r}); the genotypes' sample IDs must be the showcase's eids")
+        raise InputError(f"--genotypes {genotypes}: none of its {iids.len():,} samples (IDs like {iids[0]!r}) is an "
+                         f"eid of {showcase} (eids like {eids[0]!r}); the genotypes' sample IDs must be the showcase's "
+                         "eids")
     for name, table in tables.items():
         table.write_csv(stage / f"{name}.csv", null_value="NA")
     shutil.copyfile(catalog, stage / "gwas_catalog.tsv")
