@@ -57,6 +57,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the QC tables, kept-variant list and PCs")
     p.add_argument("--config", type=Path, help="YAML of QC settings; flags override it")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
+    _add_keep_extract(p)
     if command == "qc":
         _add_config_flags(p, _config_class("statgen.qc", "QCConfig"))
     p.set_defaults(handler=_qc)
@@ -139,6 +140,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--clump-p2", type=float, default=1e-2, help="p threshold for variants a clump may take")
     p.add_argument("--clump-r2", type=float, default=0.05, help="r^2 at which a variant joins a clump (paper 001)")
     p.add_argument("--clump-kb", type=float, default=5000, help="clump window in kb (paper 001: 5 Mb)")
+    _add_keep_extract(p)
     p.set_defaults(handler=_gwas)
 
     p = sub.add_parser("images", help="bring users' brain images in")
@@ -386,6 +388,18 @@ def _key_owner(config_class, key: str):
     return owner, leaf
 
 
+def _add_keep_extract(p) -> None:
+    p.add_argument("--keep", type=Path, metavar="FILE", help="only these samples (plink2 --keep: FID IID, or IID)")
+    p.add_argument("--extract", type=Path, metavar="FILE", help="only these variants (plink2 --extract: variant IDs)")
+
+
+def _keep_extract(args) -> tuple[list[str] | None, list[str] | None]:
+    from comical.data_io.plink import read_id_list
+
+    return tuple(read_id_list(path, flag) if path else None
+                 for path, flag in ((args.keep, "--keep"), (args.extract, "--extract")))
+
+
 def _config_from_args(config_class, args, source: str, **values):
     """The config of `--config` (or the defaults), then `values`, then the flags: the one override order. Checked
     once, merged: a YAML's `model:` keys are typed by the task a flag may name (`--task gemcont`)."""
@@ -444,11 +458,13 @@ def _qc(args) -> int:
     from comical.pipelines.comical.chain import write_qc
 
     config = _config_from_args(QCConfig, args, "comical qc")
-    run = {"command": "qc", "cohort": str(args.cohort.resolve()), "config": config.to_dict()}
+    keep, extract = _keep_extract(args)
+    run = {"command": "qc", "cohort": str(args.cohort.resolve()), "config": config.to_dict(),
+           **{flag: str(path.resolve()) for flag, path in (("keep", args.keep), ("extract", args.extract)) if path}}
     out = check_output_dir(args.out, run, force=args.force, inputs=(args.cohort,))
-    cohort = load_cohort(args.cohort)
+    cohort = load_cohort(args.cohort, keep=keep)
     with staged_output_dir(out, run) as stage:
-        write_qc(cohort, config, stage, shown_as=out)
+        write_qc(cohort, config, stage, shown_as=out, extract=extract)
     return 0
 
 
@@ -546,8 +562,9 @@ def _gwas(args) -> int:
     from comical.pipelines.statgen.gwas import run_gwas, tables_reader
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    keep, extract = _keep_extract(args)
     read_tables = tables_reader(cohort=args.cohort, bfile=args.bfile, pfile=args.pfile, bgen=args.bgen,
-                                sample=args.sample, pheno=args.pheno, covar=args.covar,
+                                sample=args.sample, pheno=args.pheno, covar=args.covar, keep=keep, extract=extract,
                                 out=args.out, workers=args.workers, binary=args.binary, multi_trait=args.multi_trait,
                                 mt_pcs=args.mt_pcs, rank_normalise=args.rank_normalise,
                                 pheno_names=split(args.pheno_name), covar_names=split(args.covar_name))

@@ -52,12 +52,13 @@ _WHAT = {"idps": "IDP", "covariates": "covariate", "diagnoses": "diagnosis"}
 ALL_TABLES = tuple(_WHAT)
 
 
-def load_cohort(path: str | Path, needs: tuple[str, ...] = ALL_TABLES) -> Cohort:
+def load_cohort(path: str | Path, needs: tuple[str, ...] = ALL_TABLES, keep: list[str] | None = None) -> Cohort:
     """Check every file of the cohort directory and align its samples; fail with one clear InputError.
 
     Analysis samples are those present in the genotypes and in every table, in .fam order, with no missing value
     in the tables a step `needs` (missing values elsewhere stay null). Why the others were left out is counted in
-    `dropped` and printed in one line; it is an error if no sample is left.
+    `dropped` and printed in one line; it is an error if no sample is left. `keep` (plink2's --keep) narrows the
+    samples to those it lists.
     """
     path = Path(path)
     if not path.is_dir():
@@ -90,6 +91,11 @@ def load_cohort(path: str | Path, needs: tuple[str, ...] = ALL_TABLES) -> Cohort
     dropped = {}
     if (~shared).sum():
         dropped["absent from the genotypes or a table"] = int((~shared).sum())
+    if keep is not None:
+        listed = iid.is_in(pl.Series(keep).implode()).to_numpy()
+        if (shared & ~listed).any():
+            dropped["not in --keep"] = int((shared & ~listed).sum())
+        shared &= listed
     for name in needs:  # in this order, each subject counted once: under the first table it misses a value in
         complete = tables[name].filter(pl.all_horizontal(pl.exclude("eid").is_not_null()))["eid"]
         has = iid.is_in(complete.implode()).to_numpy()

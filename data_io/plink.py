@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -81,6 +82,70 @@ class Genotypes:
         with open_bed(with_ext(self.prefix, ".bed"), iid_count=self.n_samples, sid_count=self.n_variants,
                       num_threads=1) as bed:  # the counts spare bed-reader the .fam/.bim
             return bed.read(index=index, dtype=dtype)
+
+
+@dataclasses.dataclass
+class VariantSubset:
+    """Genotypes of any format restricted to some of their variants (plink2's --extract): the same interface, with
+    variant indices counted in the subset."""
+
+    inner: Any
+    index: np.ndarray  # sorted positions in inner's variants
+
+    def __getattr__(self, name: str):  # prefix, samples, hard_calls, read_bytes_per_call ...: the inner fileset's
+        if name in ("inner", "index") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def variants(self) -> pl.DataFrame:
+        return self.inner.variants[self.index]
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.index.size)
+
+    def read(self, samples=None, variants=None, *, dtype=np.float32) -> np.ndarray:
+        return self.inner.read(samples, self.index if variants is None else self.index[variants], dtype=dtype)
+
+
+def read_id_list(path: str | Path, flag: str) -> list[str]:
+    """The IDs of a plink2 --keep (sample) or --extract (variant) file.
+
+    --keep: `#FID IID` or `#IID` header, or no header with FID IID (or IID alone) per line: the IIDs.
+    --extract: variant IDs separated by whitespace or newlines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{flag} {path}: file not found")
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    if flag == "--extract":
+        ids = [token for line in lines for token in line]
+    else:
+        column = 1 if lines and len(lines[0]) > 1 else 0
+        if lines and lines[0][0].startswith("#"):
+            header = [h.lstrip("#") for h in lines.pop(0)]
+            if "IID" not in header:
+                raise InputError(f"{flag} {path} line 1: a header without IID; expected #FID IID or #IID")
+            column = header.index("IID")
+        short = next((i for i, line in enumerate(lines) if len(line) <= column), None)
+        if short is not None:
+            raise InputError(f"{flag} {path} line {short + 1}: {len(lines[short])} field(s); expected FID IID")
+        ids = [line[column] for line in lines]
+    if not ids:
+        raise InputError(f"{flag} {path}: lists no ID")
+    return ids
+
+
+def subset_variants(genotypes, ids: list[str] | None, source: str):
+    """`genotypes` restricted to the variants `ids` names (all when None); an error if it names none of them."""
+    if ids is None:
+        return genotypes
+    listed = genotypes.variants["variant_id"].is_in(pl.Series(ids).implode()).to_numpy()
+    if not listed.any():
+        raise InputError(f"{source}: none of its {len(ids):,} variant IDs (like {ids[0]!r}) is a variant of the "
+                         f"genotypes (IDs like {genotypes.variants['variant_id'][0]!r})")
+    return VariantSubset(genotypes, np.flatnonzero(listed))
 
 
 def with_ext(prefix: str | Path, ext: str) -> Path:

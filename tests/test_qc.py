@@ -111,3 +111,46 @@ def test_pcs_separate_the_planted_subpopulations(mini_cohort, qc):
     assert (nearest == pop).mean() > 0.95
     assert qc.pcs.width == 41 and qc.pcs.height == qc.report["samples"]["kept"]
     assert min(qc.report["planted_structure"]["population_eta2_by_pc"][:3]) > 0.8
+
+
+def test_keep_and_extract_equal_the_fileset_plink2_subsets(mini_cohort, plink2, tmp_path, capsys):
+    """`qc` and `gwas` with plink2's --keep (FID IID lines) and --extract (IDs, some unknown): the same tables as
+    the same commands on the fileset `plink2 --keep --extract --make-bed` writes."""
+    import json
+
+    from comical.cli import main
+
+    fam = [line.split()[:2] for line in (mini_cohort / "genotypes.fam").read_text().splitlines()]
+    (tmp_path / "keep.txt").write_text("".join(f"{fid} {iid}\n" for fid, iid in fam[:1500]))
+    ids = [line.split()[1] for line in (mini_cohort / "genotypes.bim").read_text().splitlines()]
+    (tmp_path / "extract.txt").write_text("\n".join(ids[200:2600:2] + ["rs_not_there"]) + "\n")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for item in mini_cohort.iterdir():
+        if not item.name.startswith("genotypes."):
+            (subset / item.name).symlink_to(item)
+    plink2("--bfile", mini_cohort / "genotypes", "--keep", tmp_path / "keep.txt", "--extract",
+           tmp_path / "extract.txt", "--make-bed", "--out", subset / "genotypes")
+
+    flags = ["--keep", str(tmp_path / "keep.txt"), "--extract", str(tmp_path / "extract.txt")]
+    assert main(["qc", "--cohort", str(mini_cohort), "--out", str(tmp_path / "flags"), *flags]) == 0
+    assert "dropped 500 not in --keep" in capsys.readouterr().out
+    assert main(["qc", "--cohort", str(subset), "--out", str(tmp_path / "plink2")]) == 0
+    read = lambda folder, name: pl.read_csv(tmp_path / folder / name, separator="\t", infer_schema=False)  # noqa: E731
+    assert read("flags", "sample_qc.tsv").equals(read("plink2", "sample_qc.tsv"))
+    variants = read("flags", "variant_qc.tsv")
+    assert variants.height == 3000 and (variants["filter"] == "extract").sum() == 3000 - 1200
+    assert variants.filter(pl.col("filter") != "extract").equals(read("plink2", "variant_qc.tsv"))
+    np.testing.assert_allclose(read("flags", "pcs.eigenvec").drop("#FID", "IID").cast(pl.Float64).to_numpy(),
+                               read("plink2", "pcs.eigenvec").drop("#FID", "IID").cast(pl.Float64).to_numpy(),
+                               rtol=1e-6, atol=1e-9)
+    report = json.loads((tmp_path / "flags" / "qc_report.json").read_text())
+    assert report["variants"]["removed_extract"] == 1800 and report["samples"]["input"] == 1500
+
+    phenotype = ["--pheno-name", "Volume_of_Left_Hippocampus", "--no-plots", "--no-clump"]
+    assert main(["gwas", "--cohort", str(mini_cohort), *phenotype, *flags, "--out", str(tmp_path / "g_flags")]) == 0
+    assert main(["gwas", "--cohort", str(subset), *phenotype, "--out", str(tmp_path / "g_plink2")]) == 0
+    name = "Volume_of_Left_Hippocampus.tsv"
+    assert pl.read_csv(tmp_path / f"g_flags.{name}", separator="\t", infer_schema=False).equals(
+        pl.read_csv(tmp_path / f"g_plink2.{name}", separator="\t", infer_schema=False))
+    assert json.loads((tmp_path / "g_flags.summary.json").read_text())["n_variants"] == 1200

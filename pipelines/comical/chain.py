@@ -15,11 +15,12 @@ import polars as pl
 from comical.data_io.errors import InputError
 
 
-def write_qc(cohort, config, stage: Path, *, shown_as: Path):
-    """Run QC and write its outputs into `stage` (shown to the user as `shown_as`)."""
+def write_qc(cohort, config, stage: Path, *, shown_as: Path, extract: list[str] | None = None):
+    """Run QC (of the `extract` variants only, when given) and write its outputs into `stage` (shown to the user
+    as `shown_as`)."""
     from comical.pipelines.statgen.qc import run_qc
 
-    result = run_qc(cohort, config)
+    result = run_qc(cohort, config, extract=extract)
     result.write(stage)
     (stage / "config.yaml").write_text(config.to_yaml())
     r = result.report

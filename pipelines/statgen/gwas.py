@@ -32,7 +32,7 @@ from scipy import special
 
 from comical.data_io.dosages import open_bgen, open_pgen
 from comical.data_io.errors import InputError
-from comical.data_io.plink import Genotypes, open_genotypes, with_ext
+from comical.data_io.plink import Genotypes, open_genotypes, subset_variants, with_ext
 from comical.data_io.tables import read_table
 from comical.distributed.ray_session import init_ray, shutdown_ray
 from comical.pipelines.statgen import gwas_stats
@@ -78,6 +78,7 @@ class GwasTables:
     multi_trait: bool = False  # the phenotypes are embedding dimensions, tested jointly
     mt_pcs: int | None = None
     rank_normalise: bool = False
+    keep: list[str] | None = None  # plink2's --keep: only these samples
 
 
 def _phenotype_kind(values: np.ndarray) -> str | None:
@@ -96,6 +97,12 @@ def build_inputs(tables: GwasTables) -> GwasInputs:
     covariate_names = [c for c in covariates.columns if c != "eid"]
     complete = covariates.drop_nulls()
     keep = iid.is_in(phenotypes["eid"].implode()) & iid.is_in(complete["eid"].implode())
+    if tables.keep is not None:
+        listed = iid.is_in(pl.Series(tables.keep).implode())
+        if not listed.any():
+            raise InputError(f"--keep: none of its {len(tables.keep):,} IDs (like {tables.keep[0]!r}) is a sample of "
+                             f"{genotypes.prefix} (IIDs like {iid[0]!r})")
+        keep &= listed
     if not keep.any():
         raise InputError(f"{source}: no sample ID of the phenotype and covariate files is in {genotypes.prefix}'s samples "
                          f"(fam IIDs like {iid[0]!r}, phenotype IDs like {phenotypes['eid'][0]!r})")
@@ -465,9 +472,10 @@ def genotype_files(bfile: Path | None, pfile: Path | None, bgen: Path | None,
 def tables_reader(*, cohort: Path | None, pheno: Path | None, covar: Path | None, out: Path, workers: int,
                   binary: bool, multi_trait: Path | None, mt_pcs: int | None, rank_normalise: bool,
                   pheno_names: list[str] | None, covar_names: list[str] | None, bfile: Path | None = None,
-                  pfile: Path | None = None, bgen: Path | None = None,
-                  sample: Path | None = None) -> Callable[[], GwasTables]:
-    """`comical gwas`'s inputs checked (which files, none overwritten by --out), as the reader `run_gwas` calls."""
+                  pfile: Path | None = None, bgen: Path | None = None, sample: Path | None = None,
+                  keep: list[str] | None = None, extract: list[str] | None = None) -> Callable[[], GwasTables]:
+    """`comical gwas`'s inputs checked (which files, none overwritten by --out), as the reader `run_gwas` calls.
+    `keep` and `extract` are plink2's: the samples and the variants to test."""
     if workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1")
     opener, geno_files = genotype_files(bfile, pfile, bgen, sample)
@@ -484,11 +492,18 @@ def tables_reader(*, cohort: Path | None, pheno: Path | None, covar: Path | None
         if str(path.resolve()).startswith(prefix) or path.resolve() == out.resolve():
             raise InputError(f"--out {out}: would write over the input {path}; choose another prefix")
     if cohort is not None:
-        return functools.partial(tables_from_cohort, cohort, binary=binary, pheno_names=pheno_names,
-                                 covar_names=covar_names, multi_trait=multi_trait, mt_pcs=mt_pcs,
-                                 rank_normalise=rank_normalise)
-    return functools.partial(tables_from_files, opener, pheno, covar, pheno_names=pheno_names,
-                             covar_names=covar_names, binary=True if binary else None)
+        reader = functools.partial(tables_from_cohort, cohort, binary=binary, pheno_names=pheno_names,
+                                   covar_names=covar_names, multi_trait=multi_trait, mt_pcs=mt_pcs,
+                                   rank_normalise=rank_normalise)
+    else:
+        reader = functools.partial(tables_from_files, opener, pheno, covar, pheno_names=pheno_names,
+                                   covar_names=covar_names, binary=True if binary else None)
+    return reader if keep is None and extract is None else functools.partial(_narrowed, reader, keep, extract)
+
+
+def _narrowed(reader: Callable[[], GwasTables], keep: list[str] | None, extract: list[str] | None) -> GwasTables:
+    tables = reader()
+    return dataclasses.replace(tables, keep=keep, genotypes=subset_variants(tables.genotypes, extract, "--extract"))
 
 
 def tables_from_files(open_genotype_files: Callable[[], Genotypes], pheno: Path, covar: Path | None, *,

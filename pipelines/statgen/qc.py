@@ -24,6 +24,7 @@ from comical.data_io.cohort import Cohort
 from comical.data_io.configs import Config
 from comical.data_io.errors import InputError
 from comical.data_io.pca import MISSING_INT8, genotype_pcs
+from comical.data_io.plink import subset_variants
 
 _BLOCK = 2048  # variants read from the bed at a time
 
@@ -81,22 +82,25 @@ class QCResult:
         return cls(samples, variants, pcs, eigenvalues, json.loads((folder / "qc_report.json").read_text()))
 
 
-def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
+def run_qc(cohort: Cohort, config: QCConfig = QCConfig(), extract: list[str] | None = None) -> QCResult:
     """QC of the cohort's analysis samples (genotyped and in every table): filters, pruning, PCs.
 
     Returns per-sample and per-variant tables with the filter that removed each (empty if kept), the PCs
-    of the kept samples, and a report of counts removed per filter.
+    of the kept samples, and a report of counts removed per filter. `extract` (plink2's --extract) limits QC to
+    the variants it names: the others stay in the variant table, filtered as `extract`, so its rows remain the
+    genotypes' variants in order.
     """
     geno = cohort.genotypes
     rows = cohort.sample_index
     eid = cohort.eids
     n, m = rows.size, geno.n_variants
+    listed = subset_variants(geno, extract, "--extract").index if extract is not None else np.arange(m)
 
     sample_missing = np.zeros(n)
-    for start in tqdm(range(0, m, _BLOCK), desc="qc: sample call rates", leave=False):
-        block = geno.read(rows, slice(start, start + _BLOCK), dtype=np.int8)
+    for start in tqdm(range(0, listed.size, _BLOCK), desc="qc: sample call rates", leave=False):
+        block = geno.read(rows, listed[start:start + _BLOCK], dtype=np.int8)
         sample_missing += (block == MISSING_INT8).sum(axis=1)
-    sample_missing /= m
+    sample_missing /= listed.size
     sample_filter = np.where(sample_missing > config.mind, "mind", "PASS").astype(object)
     keep_s = rows[sample_filter == "PASS"]
 
@@ -104,7 +108,8 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
              for s in tqdm(range(0, m, _BLOCK), desc="qc: variant stats", leave=False)]
     missing_rate, a1_freq, hwe_p = (np.concatenate(x) for x in zip(*stats))
     maf = np.minimum(a1_freq, 1 - a1_freq)
-    variant_filter = np.full(m, "PASS", dtype=object)
+    variant_filter = np.full(m, "extract", dtype=object)
+    variant_filter[listed] = "PASS"
     for name, failed in (("geno", missing_rate > config.geno), ("hwe", hwe_p < config.hwe),
                          ("maf", maf < config.maf)):
         variant_filter[(variant_filter == "PASS") & failed] = name
@@ -136,7 +141,8 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig()) -> QCResult:
         "samples": {"input": int(n), "removed_mind": int((sample_filter == "mind").sum()),
                     "removed_het": int((sample_filter == "het").sum()), "kept": int(final.sum()),
                     "left_out_before_qc": cohort.dropped},  # no genotypes, or a missing value (data_io/cohort.py)
-        "variants": {"input": int(m), **{f"removed_{k}": int((variant_filter == k).sum()) for k in ("geno", "hwe", "maf")},
+        "variants": {"input": int(m), **{f"removed_{k}": int((variant_filter == k).sum())
+                                         for k in ("extract", "geno", "hwe", "maf")},
                      "kept": int(kept_v.size), "pruned_in": int(pruned.size)},
         "config": config.to_dict(),
     }
