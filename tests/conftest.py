@@ -14,6 +14,36 @@ import pytest
 from comical.data_io.simulate import write_cohort
 
 
+def write_showcase(cohort: Path, path: Path, *, gaps: bool = True) -> dict[str, list[int]]:
+    """A cohort's tables as a UK Biobank showcase export (field-ID columns through the default map, a recruitment
+    visit's age that must not be read, ICD-10 codes in 41270 array columns); with `gaps`, blanks and negative codes
+    in a few cells. Returns the cohort column -> rows made missing."""
+    import polars as pl
+
+    from comical.data_io.showcase import load_map
+    from comical.data_io.tables import read_table
+    from comical.data_io.ukb_fields import COVARIATES, DISEASES, IDPS
+
+    mapping = load_map()
+    idps = read_table(cohort / "idps.csv", columns=IDPS)
+    cov = read_table(cohort / "covariates.csv", columns=COVARIATES)
+    dx = read_table(cohort / "diagnoses.csv", columns=DISEASES)
+    columns = {"eid": idps["eid"]}
+    columns |= {mapping.idps[c]: idps[c].cast(pl.String) for c in IDPS}
+    columns |= {mapping.covariates[c]: cov[c].cast(pl.String) for c in COVARIATES}
+    columns["21003-0.0"] = (cov["age"] - 9).cast(pl.String)
+    planted = {"Volume_of_Left_Hippocampus": ([3, 11], [None, ""]), "height": ([5], ["-1"]),
+               "smoking": ([7, 8], ["-3", "-3"]), "bmi": ([11], ["NA"])} if gaps else {}
+    for column, (rows, values) in planted.items():
+        name = mapping.idps.get(column) or mapping.covariates[column]
+        columns[name] = columns[name].scatter(rows, values)
+    codes = [[mapping.codes[d][0] + "1" for d in DISEASES if dx[d][i]] for i in range(idps.height)]  # G30 -> G301
+    for a in range(max(map(len, codes)) + 1):  # one empty array column, as real exports have
+        columns[f"41270-0.{a}"] = pl.Series([c[a] if a < len(c) else None for c in codes], dtype=pl.String)
+    pl.DataFrame(columns).write_csv(path)
+    return {column: rows for column, (rows, _) in planted.items()}
+
+
 @pytest.fixture(scope="session")
 def mini_cohort(tmp_path_factory) -> Path:
     """The mini cohort (seed 0). Read-only by convention: tests that damage files use `cohort_copy`."""

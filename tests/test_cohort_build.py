@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import write_showcase
 
 from comical.cli import main
 from comical.data_io.cohort import load_cohort
@@ -18,34 +19,9 @@ from comical.data_io.tables import read_table
 from comical.data_io.ukb_fields import COVARIATES, DISEASES, IDPS
 
 
-def _showcase(mini_cohort, path):
-    """The mini cohort's tables as a showcase export; returns the cells it blanked or coded negative."""
-    mapping = load_map()
-    idps = read_table(mini_cohort / "idps.csv", columns=IDPS)
-    cov = read_table(mini_cohort / "covariates.csv", columns=COVARIATES)
-    dx = read_table(mini_cohort / "diagnoses.csv", columns=DISEASES)
-    columns = {"eid": idps["eid"]}
-    columns |= {mapping.idps[c]: idps[c].cast(pl.String) for c in IDPS}
-    columns |= {mapping.covariates[c]: cov[c].cast(pl.String) for c in COVARIATES}
-    n = idps.height
-    columns["21003-0.0"] = (cov["age"] - 9).cast(pl.String)  # the recruitment visit: must not be read
-    gaps = {"Volume_of_Left_Hippocampus": [3, 11], "height": [5], "smoking": [7, 8], "bmi": [11]}
-    columns[mapping.idps["Volume_of_Left_Hippocampus"]] = columns[mapping.idps["Volume_of_Left_Hippocampus"]].scatter(
-        [3, 11], [None, ""])
-    columns[mapping.covariates["height"]] = columns[mapping.covariates["height"]].scatter([5], ["-1"])
-    columns[mapping.covariates["smoking"]] = columns[mapping.covariates["smoking"]].scatter([7, 8], ["-3", "-3"])
-    columns[mapping.covariates["bmi"]] = columns[mapping.covariates["bmi"]].scatter([11], ["NA"])
-    codes = [[mapping.codes[d][0] + "1" for d in DISEASES if dx[d][i]] for i in range(n)]  # G30 -> G301
-    width = max(map(len, codes)) + 1  # one empty array column, as real exports have
-    for a in range(width):
-        columns[f"41270-0.{a}"] = pl.Series([c[a] if a < len(c) else None for c in codes], dtype=pl.String)
-    pl.DataFrame(columns).write_csv(path)
-    return gaps
-
-
 def test_a_showcase_and_a_bgen_build_the_cohort_they_came_from(mini_cohort, plink2, tmp_path, capsys):
     showcase = tmp_path / "ukb_showcase.csv"
-    gaps = _showcase(mini_cohort, showcase)
+    gaps = write_showcase(mini_cohort, showcase)
     plink2("--bfile", mini_cohort / "genotypes", "--export", "bgen-1.2", "ref-first", "bits=8",
            "--out", tmp_path / "ukb_imp")
     out = tmp_path / "cohort"
@@ -93,7 +69,7 @@ def _refused(capsys, tmp_path, args, *needles):
 
 def test_bad_showcase_map_or_genotypes_get_one_line(mini_cohort, tmp_path, capsys):
     showcase = tmp_path / "showcase.csv"
-    _showcase(mini_cohort, showcase)
+    write_showcase(mini_cohort, showcase)
     base = ["--genotypes", mini_cohort / "genotypes", "--catalog", mini_cohort / "gwas_catalog.tsv"]
     _refused(capsys, tmp_path, ["--showcase", showcase, *base, "--instance", "3"], "no column 25782-3.0",
              "idps.Volume_of_grey_matter_in_Left_Frontal_Pole")

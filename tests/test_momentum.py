@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
-from conftest import destroy_process_group
+from conftest import destroy_process_group, write_showcase
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -144,14 +146,25 @@ def test_the_single_modality_and_autoencoder_models_keep_their_shapes():
 
 @pytest.fixture(scope="module")
 def momentum_cohort(image_cohort, ray_session, tmp_path_factory):
-    """The image cohort as a user would bring it: its T1 and T2 volumes and atlas as NIfTI files (nibabel), taken in
-    by `comical images import`; the tables and truth are the simulated cohort's. The T1/T2 tests train on it."""
+    """The image cohort as a user would bring it (issue 33's whole path): its tables as a showcase export and its
+    genotypes as the BGEN plink2 exports (the .bed where plink2 is not installed), taken in by `comical cohort
+    build`; its T1 and T2 volumes and atlas as NIfTI files (nibabel), taken in by `comical images import`; the truth
+    files are the simulated cohort's. The T1/T2 tests train and evaluate on it."""
     import nibabel
 
     from comical.cli import main
     from comical.data_io.images import open_image_store
 
     root = tmp_path_factory.mktemp("nifti")
+    write_showcase(image_cohort, root / "showcase.csv", gaps=False)
+    genotypes = image_cohort / "genotypes"
+    if shutil.which("plink2"):
+        subprocess.run(["plink2", "--threads", "1", "--bfile", str(genotypes), "--export", "bgen-1.2", "ref-first",
+                        "bits=8", "--out", str(root / "ukb_imp")], check=True, capture_output=True)
+        genotypes = root / "ukb_imp.bgen"
+    cohort = root / "cohort"
+    assert main(["cohort", "build", "--showcase", str(root / "showcase.csv"), "--genotypes", str(genotypes),
+                 "--catalog", str(image_cohort / "gwas_catalog.tsv"), "--out", str(cohort)]) == 0
     store = open_image_store(image_cohort / "images")
     for modality in ("t1", "t2"):
         volumes, eids = store.read(modality)
@@ -159,10 +172,8 @@ def momentum_cohort(image_cohort, ray_session, tmp_path_factory):
             (root / "data" / str(eid)).mkdir(parents=True, exist_ok=True)
             nibabel.save(nibabel.Nifti1Image(volume, np.array(store.manifest["affine"])),
                          root / "data" / str(eid) / f"{modality}.nii.gz")
-    cohort = root / "cohort"
-    cohort.mkdir()
-    for item in image_cohort.iterdir():
-        if item.name != "images":
+    for item in image_cohort.iterdir():  # what a showcase does not hold: the truth, cognition, ePRS
+        if not (cohort / item.name).exists() and item.name != "images" and not item.name.startswith("genotypes."):
             (cohort / item.name).symlink_to(item)
     data = root / "data" / "{eid}"
     assert main(["images", "import", "--t1", str(data / "t1.nii.gz"), "--t2", str(data / "t2.nii.gz"), "--atlas",
