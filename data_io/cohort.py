@@ -90,7 +90,7 @@ def load_cohort(path: str | Path, needs: tuple[str, ...] = ALL_TABLES, keep: lis
         raise InputError(f"--cohort {path}: no sample is in genotypes.fam and in all of {list(tables)}")
     dropped = {}
     if (~shared).sum():
-        dropped["absent from the genotypes or a table"] = int((~shared).sum())
+        dropped["genotyped but not in every table"] = int((~shared).sum())
     if keep is not None:
         listed = iid.is_in(pl.Series(keep).implode()).to_numpy()
         if (shared & ~listed).any():

@@ -8,6 +8,7 @@ Genotypes are counts of allele1: 0, 1, 2, or missing (NaN in float reads, -127 i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,8 @@ class VariantSubset:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    @property
-    def variants(self) -> pl.DataFrame:
+    @functools.cached_property
+    def variants(self) -> pl.DataFrame:  # built once: the GWAS writer reads it per block
         return self.inner.variants[self.index]
 
     @property
@@ -118,20 +119,20 @@ def read_id_list(path: str | Path, flag: str) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{flag} {path}: file not found")
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    numbered = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     if flag == "--extract":
-        ids = [token for line in lines for token in line]
+        ids = [token for _, fields in numbered for token in fields]
     else:
-        column = 1 if lines and len(lines[0]) > 1 else 0
-        if lines and lines[0][0].startswith("#"):
-            header = [h.lstrip("#") for h in lines.pop(0)]
+        column = 1 if numbered and len(numbered[0][1]) > 1 else 0
+        if numbered and numbered[0][1][0].startswith("#"):
+            header = [h.lstrip("#") for h in numbered.pop(0)[1]]
             if "IID" not in header:
                 raise InputError(f"{flag} {path} line 1: a header without IID; expected #FID IID or #IID")
             column = header.index("IID")
-        short = next((i for i, line in enumerate(lines) if len(line) <= column), None)
+        short = next(((n, fields) for n, fields in numbered if len(fields) <= column), None)
         if short is not None:
-            raise InputError(f"{flag} {path} line {short + 1}: {len(lines[short])} field(s); expected FID IID")
-        ids = [line[column] for line in lines]
+            raise InputError(f"{flag} {path} line {short[0]}: {len(short[1])} field(s); expected FID IID")
+        ids = [fields[column] for _, fields in numbered]  # the IID: UK Biobank's FID is the IID
     if not ids:
         raise InputError(f"{flag} {path}: lists no ID")
     return ids

@@ -9,6 +9,7 @@ answer" codes and become missing, except in fields the map calls signed (genetic
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import re
 from importlib import resources
 from pathlib import Path
@@ -55,7 +56,8 @@ def load_map(path: Path | None = None, *, instance: int | None = None) -> Showca
         unknown = set(user) - set(SECTIONS) if isinstance(user, dict) else {"(not a mapping)"}
         if unknown:
             raise InputError(f"--map {path}: unknown section(s) {sorted(unknown)}; expected some of {list(SECTIONS)}")
-        raw |= user
+        signed = set(raw.get("signed") or []) | set(user.get("signed") or [])  # a user's map never unsigns the PCs
+        raw |= user | {"signed": sorted(signed)}
         source = str(path)
     visit = int(raw["instance"] if instance is None else instance)
 
@@ -106,8 +108,12 @@ def read_showcase(path: Path, mapping: ShowcaseMap) -> tuple[dict[str, pl.DataFr
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--showcase {path}: file not found")
-    with path.open() as f:
-        header = f.readline().rstrip("\r\n")
+    zipped = path.suffix == ".gz"
+    try:
+        with (gzip.open(path, "rt") if zipped else path.open()) as f:
+            header = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"--showcase {path}: not a readable text table ({err})") from None
     separator = "\t" if "\t" in header else ","
     names = [n.strip().strip('"') for n in header.split(separator)]
     if "eid" not in names:
@@ -123,7 +129,8 @@ def read_showcase(path: Path, mapping: ShowcaseMap) -> tuple[dict[str, pl.DataFr
                          f"{mapping.source}); a showcase export names its array columns FIELD-INSTANCE.ARRAY")
     wanted = ["eid", *dict.fromkeys([*mapping.idps.values(), *mapping.covariates.values()]), *diagnosis_columns]
     try:
-        raw = pl.scan_csv(path, separator=separator, infer_schema=False).select(wanted).collect()
+        raw = (pl.read_csv(path, separator=separator, infer_schema=False, columns=wanted) if zipped  # not lazily
+               else pl.scan_csv(path, separator=separator, infer_schema=False).select(wanted).collect())
     except pl.exceptions.PolarsError as err:
         raise InputError(f"--showcase {path}: not a readable table ({str(err).splitlines()[0]})") from None
     eid = raw["eid"].str.strip_chars()

@@ -4,6 +4,7 @@ the cohort's tables where values were present; bad input gets one line and leave
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -31,6 +32,12 @@ def test_a_showcase_and_a_bgen_build_the_cohort_they_came_from(mini_cohort, plin
     assert "2,000 showcase subjects, 2,000 with genotypes" in printed
     assert "negative codes made missing: 3 values" in printed
     assert (out / "genotypes.bgen").resolve() == (tmp_path / "ukb_imp.bgen").resolve()  # linked, not copied
+    zipped = tmp_path / "ukb_showcase.csv.gz"  # as downloads often come
+    zipped.write_bytes(gzip.compress(showcase.read_bytes()))
+    assert main(["cohort", "build", "--showcase", str(zipped), "--genotypes", str(tmp_path / "ukb_imp.bgen"),
+                 "--catalog", str(mini_cohort / "gwas_catalog.tsv"), "--out", str(tmp_path / "from_gz")]) == 0
+    for name in ("idps.csv", "covariates.csv", "diagnoses.csv"):
+        assert (tmp_path / "from_gz" / name).read_bytes() == (out / name).read_bytes(), name
 
     for name, columns in (("idps", IDPS), ("covariates", COVARIATES)):
         built = read_table(out / f"{name}.csv", columns=columns, allow_missing=True)
@@ -97,6 +104,11 @@ def test_the_default_map_names_every_cohort_column_once():
     mapping = load_map()
     assert list(mapping.idps) == IDPS and list(mapping.covariates) == COVARIATES
     fields = [int(c.split("-")[0]) for c in mapping.idps.values()]
-    assert fields == list(range(25782, 25921)) + list(range(25011, 25026))  # FAST 139, FIRST 15
+    assert sorted(fields) == list(range(25011, 25026)) + list(range(25782, 25921))  # FIRST 15, FAST 139, each once
+    assert fields[:96] == list(range(25782, 25878))  # cortical pairs in the showcase's order
+    cerebellum = {"Left_I_IV": 25893, "Right_V": 25896, "Left_VI": 25897, "Vermis_VI": 25898, "Right_VI": 25899,
+                  "Vermis_X": 25919, "Right_X": 25920}  # the atlas's label order: vermis between left and right
+    for region, field in cerebellum.items():
+        assert mapping.idps[f"Volume_of_grey_matter_in_{region}_Cerebellum"] == f"{field}-2.0", region
     assert mapping.covariates["PC40"] == "22009-0.40" and mapping.covariates["age"] == "21003-2.0"
     assert load_map(instance=3).covariates["age"] == "21003-3.0" and set(mapping.codes) == set(DISEASES)

@@ -717,18 +717,21 @@ def test_phased_bgen_dosage_is_the_haplotype_sum_and_a_haploid_call_is_refused(p
 
 def test_a_cohort_phenotypes_gaps_leave_out_only_its_own_subjects(cohort_copy, tmp_path, capsys):
     """IDP gaps in a cohort (a real showcase has them): each IDP is tested on the subjects that have it, as plink2
-    does, and a subject missing a covariate is left out of every test with the console saying so."""
+    does; a subject missing one of the model's covariates is left out of every test with the console saying so, and
+    one missing a covariate the model does not use (height) is not."""
     first, second = "Volume_of_grey_matter_in_Left_Frontal_Pole", "Volume_of_Left_Hippocampus"
     idps = pl.read_csv(cohort_copy / "idps.csv", infer_schema=False)
     idps.with_columns(pl.when(pl.int_range(pl.len()) < 25).then(None).otherwise(pl.col(second)).alias(second)) \
         .write_csv(cohort_copy / "idps.csv")
     cov = pl.read_csv(cohort_copy / "covariates.csv", infer_schema=False)
-    cov.with_columns(pl.when(pl.int_range(pl.len()) == 30).then(None).otherwise(pl.col("PC3")).alias("PC3")) \
+    cov.with_columns(pl.when(pl.int_range(pl.len()) == 30).then(None).otherwise(pl.col("PC3")).alias("PC3"),
+                     pl.when(pl.int_range(pl.len()) == 40).then(None).otherwise(pl.col("height")).alias("height")) \
         .write_csv(cohort_copy / "covariates.csv")
     out = tmp_path / "g"
     assert main(["gwas", "--cohort", str(cohort_copy), "--pheno-name", f"{first},{second}", "--no-plots",
                  "--out", str(out)]) == 0
-    assert "dropped 1 with a missing covariate (covariates.csv)" in capsys.readouterr().out
+    assert "gwas: 1 subjects left out: a missing value in the model's covariates (age, sex, PC1 ...)" in \
+        capsys.readouterr().out
     summary = json.loads((tmp_path / "g.summary.json").read_text())
     assert summary["phenotypes"][first]["n"] == 1999 and summary["phenotypes"][second]["n"] == 1999 - 25
     table = pl.read_csv(tmp_path / f"g.{second}.tsv", separator="\t", null_values="NA")

@@ -154,3 +154,22 @@ def test_keep_and_extract_equal_the_fileset_plink2_subsets(mini_cohort, plink2, 
     assert pl.read_csv(tmp_path / f"g_flags.{name}", separator="\t", infer_schema=False).equals(
         pl.read_csv(tmp_path / f"g_plink2.{name}", separator="\t", infer_schema=False))
     assert json.loads((tmp_path / "g_flags.summary.json").read_text())["n_variants"] == 1200
+
+
+def test_keep_and_extract_files_in_plink2s_forms(tmp_path):
+    from comical.data_io.errors import InputError
+    from comical.data_io.plink import read_id_list
+
+    forms = {"#FID\tIID\nf1\ta\nf2\tb\n": ["a", "b"], "#IID SEX\na 1\n\nb 2\n": ["a", "b"], "a\nb\n": ["a", "b"],
+             "f1 a\nf2 b\n": ["a", "b"]}
+    for text, ids in forms.items():
+        (tmp_path / "keep.txt").write_text(text)
+        assert read_id_list(tmp_path / "keep.txt", "--keep") == ids, text
+    (tmp_path / "extract.txt").write_text("rs1 rs2\nrs3\n\n")
+    assert read_id_list(tmp_path / "extract.txt", "--extract") == ["rs1", "rs2", "rs3"]
+    (tmp_path / "keep.txt").write_text("#FID IID\nf1 a\n\nf2\n")  # the short line is the file's line 4
+    with pytest.raises(InputError, match=r"keep.txt line 4: 1 field\(s\); expected FID IID"):
+        read_id_list(tmp_path / "keep.txt", "--keep")
+    (tmp_path / "keep.txt").write_text("#FID SAMPLE\nf1 a\n")
+    with pytest.raises(InputError, match="a header without IID"):
+        read_id_list(tmp_path / "keep.txt", "--keep")

@@ -523,9 +523,14 @@ def tables_from_cohort(cohort_dir: Path, *, binary: bool, pheno_names: list[str]
                        rank_normalise: bool = False) -> GwasTables:
     from comical.data_io.cohort import load_cohort
 
-    # only complete covariates are needed: a phenotype's gaps leave out its own missing subjects, as in plink2
-    cohort = load_cohort(cohort_dir, needs=("covariates",))
+    # no table must be complete: a phenotype's gaps leave out its own subjects, and the model's covariates (not the
+    # cohort's other columns) leave out theirs, as in plink2
+    cohort = load_cohort(cohort_dir, needs=())
     covariates = cohort.covariates.select("eid", *(covar_names or DEFAULT_COHORT_COVARIATES))
+    gaps = covariates.filter(pl.any_horizontal(pl.exclude("eid").is_null())).height
+    if gaps:
+        print(f"gwas: {gaps:,} subjects left out: a missing value in the model's covariates "
+              f"({', '.join(covariates.columns[1:4])}{' ...' if covariates.width > 4 else ''})")
     if multi_trait is not None:  # default traits: every numeric column (`comical embed` also writes list columns)
         schema = pl.read_parquet_schema(multi_trait) if multi_trait.suffix == ".parquet" else None
         columns = pheno_names or ([c for c, t in schema.items() if c != "eid" and t.is_numeric()] if schema else None)

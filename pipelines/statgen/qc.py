@@ -95,18 +95,22 @@ def run_qc(cohort: Cohort, config: QCConfig = QCConfig(), extract: list[str] | N
     eid = cohort.eids
     n, m = rows.size, geno.n_variants
     listed = subset_variants(geno, extract, "--extract").index if extract is not None else np.arange(m)
+    # only the listed variants are read (slices when all are: a whole-file read stays sequential)
+    blocks = [slice(s, s + _BLOCK) if extract is None else listed[s:s + _BLOCK] for s in range(0, listed.size, _BLOCK)]
 
     sample_missing = np.zeros(n)
-    for start in tqdm(range(0, listed.size, _BLOCK), desc="qc: sample call rates", leave=False):
-        block = geno.read(rows, listed[start:start + _BLOCK], dtype=np.int8)
+    for columns in tqdm(blocks, desc="qc: sample call rates", leave=False):
+        block = geno.read(rows, columns, dtype=np.int8)
         sample_missing += (block == MISSING_INT8).sum(axis=1)
     sample_missing /= listed.size
     sample_filter = np.where(sample_missing > config.mind, "mind", "PASS").astype(object)
     keep_s = rows[sample_filter == "PASS"]
 
-    stats = [_variant_stats(geno.read(keep_s, slice(s, s + _BLOCK), dtype=np.int8))
-             for s in tqdm(range(0, m, _BLOCK), desc="qc: variant stats", leave=False)]
-    missing_rate, a1_freq, hwe_p = (np.concatenate(x) for x in zip(*stats))
+    stats = [_variant_stats(geno.read(keep_s, columns, dtype=np.int8))
+             for columns in tqdm(blocks, desc="qc: variant stats", leave=False)]
+    missing_rate, a1_freq, hwe_p = (np.full(m, np.nan) for _ in range(3))  # NaN: a variant --extract left out
+    for column, values in zip((missing_rate, a1_freq, hwe_p), (np.concatenate(x) for x in zip(*stats))):
+        column[listed] = values
     maf = np.minimum(a1_freq, 1 - a1_freq)
     variant_filter = np.full(m, "extract", dtype=object)
     variant_filter[listed] = "PASS"
