@@ -147,7 +147,7 @@ def test_the_single_modality_and_autoencoder_models_keep_their_shapes():
 @pytest.fixture(scope="module")
 def momentum_cohort(image_cohort, ray_session, tmp_path_factory):
     """The image cohort as a user would bring it (issue 33's whole path): its tables as a showcase export and its
-    genotypes as the BGEN plink2 exports (the .bed where plink2 is not installed), taken in by `comical cohort
+    genotypes as the .pgen plink2 exports (the .bed where plink2 is not installed), taken in by `comical cohort
     build`; its T1 and T2 volumes and atlas as NIfTI files (nibabel), taken in by `comical images import`; the truth
     files are the simulated cohort's. The T1/T2 tests train and evaluate on it."""
     import nibabel
@@ -158,10 +158,11 @@ def momentum_cohort(image_cohort, ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("nifti")
     write_showcase(image_cohort, root / "showcase.csv", gaps=False)
     genotypes = image_cohort / "genotypes"
-    if shutil.which("plink2"):
-        subprocess.run(["plink2", "--threads", "1", "--bfile", str(genotypes), "--export", "bgen-1.2", "ref-first",
-                        "bits=8", "--out", str(root / "ukb_imp")], check=True, capture_output=True)
-        genotypes = root / "ukb_imp.bgen"
+    if shutil.which("plink2"):  # .pgen: in the suite a BGEN's reads cost evaluate momentum 10-15 s more, and
+        # test_cohort_build already builds from a BGEN
+        subprocess.run(["plink2", "--threads", "1", "--bfile", str(genotypes), "--make-pgen", "--out",
+                        str(root / "ukb_imp")], check=True, capture_output=True)
+        genotypes = root / "ukb_imp"
     cohort = root / "cohort"
     assert main(["cohort", "build", "--showcase", str(root / "showcase.csv"), "--genotypes", str(genotypes),
                  "--catalog", str(image_cohort / "gwas_catalog.tsv"), "--out", str(cohort)]) == 0
