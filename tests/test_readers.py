@@ -109,18 +109,35 @@ def test_config_round_trips_through_yaml(tmp_path):
 def test_a_cohort_with_plink2_or_bgen_genotypes_gives_the_qc_and_pair_store_of_its_bed(fileset, mini_cohort,
                                                                                       mini_pairs, plink2, tmp_path):
     """The mini cohort's .bed exported by plink2 as .pgen, or as a BGEN 1.2 (ref-first) with its .sample, in place
-    of the .bed: QC and PheWAS (inside `comical pairs`) and the pair store come out as from the .bed."""
+    of the .bed: QC and PheWAS (inside `comical pairs`) and the pair store come out as from the .bed. The BGEN
+    cohort is made the UK Biobank user's way (issue 33): its tables from a showcase export through `comical cohort
+    build`, with a map whose CBVD codes leave out stroke's, as the simulator's diagnoses do."""
     import pyarrow.parquet as pq
+    import yaml
+    from conftest import write_showcase
 
     from comical.cli import main
+    from comical.data_io.showcase import default_map_path
 
     cohort = tmp_path / "cohort"
-    cohort.mkdir()
-    for item in mini_cohort.iterdir():
-        if not item.name.startswith("genotypes."):
-            (cohort / item.name).symlink_to(item)
     export = ["--make-pgen"] if fileset == "pgen" else ["--export", "bgen-1.2", "ref-first", "bits=8"]
-    plink2("--bfile", mini_cohort / "genotypes", *export, "--out", cohort / "genotypes")
+    if fileset == "pgen":
+        cohort.mkdir()
+        for item in mini_cohort.iterdir():
+            if not item.name.startswith("genotypes."):
+                (cohort / item.name).symlink_to(item)
+        plink2("--bfile", mini_cohort / "genotypes", *export, "--out", cohort / "genotypes")
+    else:
+        plink2("--bfile", mini_cohort / "genotypes", *export, "--out", tmp_path / "ukb_imp")
+        write_showcase(mini_cohort, tmp_path / "showcase.csv", gaps=False)
+        diagnoses = yaml.safe_load(default_map_path().read_text())["diagnoses"]
+        diagnoses["codes"]["CBVD"] = [c for c in diagnoses["codes"]["CBVD"] if c not in diagnoses["codes"]["Stroke"]]
+        (tmp_path / "map.yaml").write_text(yaml.safe_dump({"diagnoses": diagnoses}))
+        assert main(["cohort", "build", "--showcase", str(tmp_path / "showcase.csv"), "--genotypes",
+                     str(tmp_path / "ukb_imp.bgen"), "--catalog", str(mini_cohort / "gwas_catalog.tsv"),
+                     "--map", str(tmp_path / "map.yaml"), "--out", str(cohort)]) == 0
+        for name in ("idps.csv", "covariates.csv", "diagnoses.csv"):  # the simulated tables, to the last digit
+            assert read_table(cohort / name).equals(read_table(mini_cohort / name)), name
     assert not (cohort / "genotypes.bed").exists()
     genotypes = load_cohort(cohort).genotypes
     np.testing.assert_array_equal(genotypes.read(slice(0, 50), slice(0, 40), dtype=np.int8),
