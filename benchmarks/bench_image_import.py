@@ -19,16 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from mini_images import mini_image_cohort  # benchmarks/ is the script's folder: on sys.path
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--voxel-mm", type=float, default=4.0)
     args = parser.parse_args()
-    cohort = args.work / f"mini_{args.voxel_mm:g}mm"
-    if not (cohort / "images" / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "comical", "simulate", "--preset", "mini", "--images", "t1",
-                        "--voxel-mm", str(args.voxel_mm), "--out", str(cohort)], check=True)
+    cohort = mini_image_cohort(args.work, args.voxel_mm)
     nifti = args.work / f"nifti_{args.voxel_mm:g}mm"
     if not (nifti / "done").is_file():
         export(cohort, nifti)

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mini_images import mini_image_cohort  # benchmarks/ is the script's folder: on sys.path
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -46,10 +48,7 @@ def main() -> None:
     if args.replicate:
         inputs = replicate(args.from_shard, args.from_inputs, args.replicate, args.work)
     else:
-        cohort = args.work / f"mini_{args.voxel_mm:g}mm"
-        if not (cohort / "images" / "manifest.json").is_file():
-            subprocess.run([sys.executable, "-m", "comical", "simulate", "--preset", "mini", "--images", "t1",
-                            "--voxel-mm", str(args.voxel_mm), "--out", str(cohort)], check=True)
+        cohort = mini_image_cohort(args.work, args.voxel_mm)
         from comical.pipelines.gemcont.inputs import prepare_gemcont_inputs
 
         inputs = args.work / f"inputs_{args.voxel_mm:g}mm"

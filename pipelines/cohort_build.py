@@ -15,27 +15,29 @@ from pathlib import Path
 import polars as pl
 
 from comical.data_io.catalog import read_gwas_catalog
-from comical.data_io.dosages import open_bgen, open_pgen
 from comical.data_io.errors import InputError
-from comical.data_io.plink import open_genotypes, with_ext
+from comical.data_io.plink import with_ext
 from comical.data_io.showcase import ShowcaseMap, read_showcase
+from comical.pipelines.statgen.gwas import genotype_files
 
 
 def genotype_fileset(genotypes: Path, sample: Path | None) -> tuple[object, dict[str, Path]]:
     """The user's genotypes opened and checked, and their files by the cohort folder's names: a .bgen (with its
-    .sample), or a prefix of a .pgen/.pvar/.psam or .bed/.bim/.fam fileset."""
+    .sample), or a prefix of a .pgen/.pvar/.psam or .bed/.bim/.fam fileset. Opened by `comical gwas`'s reader."""
     genotypes = Path(genotypes)
-    if genotypes.suffix == ".bgen":
-        sample = Path(sample) if sample else genotypes.with_suffix(".sample")
-        return open_bgen(genotypes, sample), {"genotypes.bgen": genotypes, "genotypes.sample": sample}
-    if sample:
-        raise InputError("--sample goes with a .bgen file only")
     prefix = genotypes.with_suffix("") if genotypes.suffix in (".bed", ".pgen") else genotypes
-    if with_ext(prefix, ".pgen").is_file():
-        return open_pgen(prefix), {f"genotypes{e}": with_ext(prefix, e) for e in (".pgen", ".pvar", ".psam")}
-    if with_ext(prefix, ".bed").is_file():
-        return open_genotypes(prefix), {f"genotypes{e}": with_ext(prefix, e) for e in (".bed", ".bim", ".fam")}
-    raise InputError(f"--genotypes {genotypes}: no {prefix}.pgen, {prefix}.bed or .bgen file")
+    if genotypes.suffix == ".bgen":
+        flags = {"bgen": genotypes}
+    elif sample:
+        raise InputError("--sample goes with a .bgen file only")
+    elif with_ext(prefix, ".pgen").is_file():
+        flags = {"pfile": prefix}
+    elif with_ext(prefix, ".bed").is_file():
+        flags = {"bfile": prefix}
+    else:
+        raise InputError(f"--genotypes {genotypes}: no {prefix}.pgen, {prefix}.bed or .bgen file")
+    opener, files = genotype_files(flags.get("bfile"), flags.get("pfile"), flags.get("bgen"), sample)
+    return opener(), {f"genotypes{Path(f).suffix}": Path(f) for f in files}
 
 
 def build_cohort(showcase: Path, mapping: ShowcaseMap, genotypes: Path, sample: Path | None, catalog: Path,
