@@ -211,18 +211,14 @@ def _labels(cohort, disease: str, eids: np.ndarray) -> np.ndarray:
 
 
 def _auc(y: np.ndarray, score: np.ndarray | None, seed: int = 0) -> dict:
-    """AUC with a 95% bootstrap interval (2,000 resamples of subjects, cases and controls resampled apart); NA
-    (None) with fewer than 5 cases or controls."""
-    from sklearn.metrics import roc_auc_score
+    """AUC with a 95% bootstrap interval (2,000 resamples of subjects, cases and controls resampled apart: the
+    heads' vectorised statistic); NA (None) with fewer than 5 cases or controls."""
+    from comical.pipelines.downstream.stats import auc_interval
 
     if score is None or min(y.sum(), len(y) - y.sum()) < 5:
         return {"auc": None, "auc_low": None, "auc_high": None}
-    rng = np.random.default_rng(seed)
-    cases, controls = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    draws = [roc_auc_score(y[idx], score[idx]) for idx in (
-        np.concatenate([rng.choice(cases, len(cases)), rng.choice(controls, len(controls))]) for _ in range(2000))]
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"auc": float(roc_auc_score(y, score)), "auc_low": float(low), "auc_high": float(high)}
+    auc, low, high = auc_interval(y, {"score": score}, resamples=2000, seed=seed)["score"]
+    return {"auc": float(auc), "auc_low": float(low), "auc_high": float(high)}
 
 
 def _oof_scores(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray | None:
