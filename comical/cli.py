@@ -316,7 +316,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Ray's logs and warnings (always in demo.log)")
     p.add_argument("--images", action="store_true", help="also simulate T1/T2 volumes and train GEMCONT on them")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, metavar="N",
-                   help=f"COMICAL's training epochs (default {DEMO_EPOCHS}; 1 or 2 for a quicker look)")
+                   help=f"COMICAL's training epochs (default {DEMO_EPOCHS}; 1 or 2 for a quicker look); the heads "
+                        "train 2 per epoch, up to 10")
     p.set_defaults(handler=_demo)
     return parser
 

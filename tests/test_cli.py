@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from comical.cli import main
+from comical.distributed.config import TrainConfig
 
 
 def _free_port() -> int:
@@ -109,6 +110,7 @@ def test_the_demo_submitted_with_ray_job_submit_to_a_local_cluster(tmp_path):
     assert len(gwas["phenotypes"]) == 154 and (out / "gwas" / "idps.manhattan.png").is_file() and "GWAS of 154" in printed
     for step in ("predict", "riskscore"):
         assert json.loads((out / step / "summary.json").read_text())["fitted"], step
+        assert TrainConfig.from_yaml(out / step / "run" / "config.yaml").epochs == 2  # --epochs 1: 2 head epochs
     assert not list(tmp_path.glob(".demo*")), "staging folders left behind"
     lines = [line for line in printed.splitlines() if line.strip()]
     assert len(lines) <= 20, printed  # one screen: a line per step and per epoch (Ray's own lines are in demo.log)
