@@ -542,7 +542,7 @@ def _train(args) -> int:
 def _tune(args) -> int:
     from comical.distributed.config import TrainConfig
     from comical.pipelines.registry import model
-    from comical.tuning.sweep import new_request, resumed_request, tune
+    from comical.tuning.sweep import Interrupted, new_request, resumed_request, tune
 
     if args.resume:
         request, out = resumed_request(args.resume)
@@ -551,7 +551,12 @@ def _tune(args) -> int:
                                    max_epochs=args.max_epochs, workers_per_trial=args.workers_per_trial,
                                    gpus_per_worker=args.gpus_per_worker, config=args.config)
     table1 = model(TrainConfig.from_dict(request["base"], source="comical tune").task).table1
-    table, best = tune(request, out, resume=bool(args.resume), force=args.force, verbose=args.verbose, table1=table1)
+    try:
+        table, best = tune(request, out, resume=bool(args.resume), force=args.force, verbose=args.verbose,
+                           table1=table1)
+    except Interrupted as stopped:
+        print(f"tune: {stopped}")
+        return 130  # the shell's status for a Ctrl-C
     table1_file = f", {out / 'table1.md'}" if (out / "table1.md").exists() else ""
     print(f"tune: {table.height} trials ({int(table['stopped_by_asha'].sum())} stopped early by ASHA, "
           f"{int(table['errored'].sum())} failed); best validation loss {best['best_val_loss']:.4f} -> "

@@ -27,7 +27,7 @@ def _what_ran(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def mark_run(out: Path, run: dict[str, Any], state: str, error: BaseException | None = None) -> None:
-    """Record a long run's state in `out/run.json`: running, failed (with the error's first line) or done.
+    """Record a long run's state in `out/run.json`: running, failed (with the error's first line), interrupted or done.
 
     A folder whose run.json does not say `done` is not a finished run, whatever else it holds.
     """

@@ -143,6 +143,31 @@ class _Progress(ray.tune.Callback):
         self.say(f"tune: trial {trial.trial_id} failed: {why}; the sweep goes on")
 
 
+class Interrupted(Exception):
+    """The sweep stopped (Ctrl-C) before every trial ended; Tune saved its state, so `--resume` continues it."""
+
+
+def expected_trials(space: dict[str, dict], num_samples: int) -> int:
+    """Trials a finished sweep has: --num-samples times each combination of the grid values."""
+    total = num_samples
+    for spec in space.values():
+        total *= len(spec["values"]) if spec["type"] == "grid" else 1
+    return total
+
+
+def unfinished_trials(folder: Path, expected: int) -> int:
+    """Trials of the sweep saved in `folder` that have not ended (never started, or running when it stopped).
+
+    Read from the state Tune saved: after a Ctrl-C, Tune's cleanup marks the running trial TERMINATED in the
+    ResultGrid it returns, but the saved state still says RUNNING, and that is what a resume continues."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    trials = ExperimentAnalysis(str(folder)).trials
+    ended = sum(trial.status in (Trial.TERMINATED, Trial.ERROR) for trial in trials)
+    return expected - ended
+
+
 def _error_line(text: str) -> str:
     """One line for a failed trial: our own RunFailed/InputError message where the traceback holds one, else
     the traceback's last line."""
@@ -292,6 +317,11 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False,
     try:
         with logged_console(out / "tune.log", verbose=verbose) as say:
             grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume, say=say)
+            expected = expected_trials(space, request["num_samples"])
+            left = unfinished_trials(out / SWEEP_NAME, expected)
+            if left:  # no results yet: the interrupted trial's epochs would read as an ASHA stop
+                raise Interrupted(f"interrupted with {expected - left} of {expected} trials ended; the sweep's "
+                                  f"state is saved: comical tune --resume {out}")
             table = results_table(grid, space, base.epochs)
             manifest = json.loads((Path(base.data) / "manifest.json").read_text())
             best = write_sweep_outputs(table, base, space, out, manifest.get("config", {}).get("top_n_perc", "?"),
@@ -299,6 +329,9 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False,
             if started:  # stopped while its last log lines still go to tune.log
                 shutdown_ray()
                 started = False
+    except Interrupted:
+        mark_run(out, request, "interrupted")
+        raise
     except BaseException as err:
         mark_run(out, request, "failed", err)
         raise
