@@ -127,13 +127,14 @@ class ImageStore:
     def dataset(self, modalities: Iterable[str], eids: np.ndarray | None = None, *, num_cpus: float = 0.25):
         """A Ray Data dataset of `eid` and each modality's values and scale, for the subjects `eids` (all if
         None), read lazily shard by shard, row group by row group."""
-        import ray.data
         from ray.data.expressions import col
+
+        from comical.data_io.ray_parquet import read_parquet
 
         columns = ["eid"] + [c for m in self._check(modalities) for c in (m, f"{m}_scale")]
         # a column selection and an Arrow predicate (Ray Data's optimiser may push both into the Parquet read; not
         # measured here)
-        data = ray.data.read_parquet(self.files, num_cpus=num_cpus).select_columns(columns)
+        data = read_parquet(self.files, num_cpus=num_cpus).select_columns(columns)
         return data if eids is None else data.filter(expr=col("eid").is_in([int(e) for e in eids]))
 
     def read(self, modality: str, eids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

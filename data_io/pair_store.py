@@ -60,14 +60,12 @@ def read_manifest(store: str | Path) -> dict:
 
 def pair_dataset(store: str | Path, split: str):
     """The split as a Ray Data dataset (one row per pair, the PAIR_SCHEMA columns)."""
-    import ray.data
+    from comical.data_io.ray_parquet import read_parquet
 
     if split not in SPLITS:
         raise InputError(f"split {split!r}: expected one of {SPLITS}")
     read_manifest(store)
-    # Reading Parquet is light: a quarter CPU per read task, so on a small machine the reads still find room
-    # beside the Train workers (and a Tune trial's driver) that hold fractional CPUs.
-    return ray.data.read_parquet(str(Path(store) / split), schema=PAIR_SCHEMA, num_cpus=0.25)
+    return read_parquet(str(Path(store) / split), schema=PAIR_SCHEMA)
 
 
 def ple_vectors(idp_bin, idp_frac, n_bins: int):

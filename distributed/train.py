@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -316,7 +317,7 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
             failure_config=ray.train.FailureConfig(max_failures=config.engine.max_failures,
                                                    controller_failure_limit=config.engine.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),
-        datasets=task.datasets(config) if task.input_path != RESIDENT else None,  # resident tasks read their own
+        datasets=_datasets(task, config) if task.input_path != RESIDENT else None,  # resident tasks read their own
         # Deterministic block-to-worker assignment of streamed datasets.
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
@@ -330,6 +331,32 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
         if type(getattr(err, "controller_failure", None)).__name__ == "WorkerGroupStartupTimeoutError":
             raise RunFailed(_not_started(config)) from err
         raise
+
+
+def _datasets(task: Task, config: TrainConfig) -> dict:
+    """The task's Ray Data datasets, or the stall line when making them waits past `engine.stall_seconds`.
+
+    Making a Parquet dataset samples a few of its files in Ray tasks of 1 CPU each (data_io/ray_parquet.py), so on
+    a cluster whose CPUs another job holds it waits before Train starts, where neither the watchdog nor Train's
+    start timeout looks. The wait runs in a daemon thread, so a run that gives up can still exit."""
+    made: dict = {}
+
+    def make() -> None:
+        try:
+            made["datasets"] = task.datasets(config)
+        except BaseException as err:  # raised again in the driver's thread below
+            made["error"] = err
+
+    thread = threading.Thread(target=make, name="comical-datasets", daemon=True)
+    thread.start()
+    thread.join(config.engine.stall_seconds if config.engine.stall_seconds > 0 else None)
+    if thread.is_alive():
+        raise RunFailed(f"no progress for {config.engine.stall_seconds:g} s (engine.stall_seconds): reading the "
+                        f"{config.task} task's Parquet metadata waited for a CPU; {cluster_free()} (another job or a "
+                        f"stopped run holds the rest)")
+    if "error" in made:
+        raise made["error"]
+    return made["datasets"]
 
 
 @contextlib.contextmanager

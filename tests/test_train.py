@@ -268,10 +268,12 @@ def test_a_second_task_streams_through_the_same_engine(ray_session, toy_data, tm
 
 
 @pytest.mark.slow
-def test_a_run_whose_data_never_arrives_fails_with_one_line(ray_session, toy_data, hold_cpus, tmp_path, capsys):
+def test_a_run_whose_data_never_arrives_fails_with_one_line(ray_session, toy_data, tiny_pairs, hold_cpus, tmp_path,
+                                                           capsys):
     """The no-progress watchdog (issue 21). Another job holds the cluster's free CPUs: first the workers start but
-    Ray Data's reads get no CPU (the hang issue 21 saw), then not even the workers can start. Each run ends after
-    the stall limit with one line saying what waited for what, its folder marked failed, instead of hanging."""
+    Ray Data's reads get no CPU (the hang issue 21 saw), then nothing can start: neither the Parquet sampling that
+    making a streamed task's datasets runs, nor a resident task's workers. Each run ends after the stall limit with
+    one line saying what waited for what, its folder marked failed, instead of hanging."""
     args = ["train", "--task", "toy", "--data", str(toy_data), "--workers", "2", "--epochs", "1", "--batch-size",
             "256", "--stall-seconds", "15", "--max-failures", "0"]
     hold_cpus(3)  # of 4: the two workers take 0.5 CPU each, nothing is left for reads
@@ -283,7 +285,14 @@ def test_a_run_whose_data_never_arrives_fails_with_one_line(ray_session, toy_dat
     assert "of 4 CPUs free" in error[0]
     assert json.loads((tmp_path / "starved" / "run.json").read_text())["state"] == "failed"
     hold_cpus(1)  # now all 4; nothing can start, so a shorter limit needs no margin for a slow start
-    assert main([*args[:-4], "--stall-seconds", "6", "--max-failures", "0", "--out", str(tmp_path / "unstarted")]) == 1
+    assert main([*args[:-4], "--stall-seconds", "6", "--max-failures", "0", "--out", str(tmp_path / "unread")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "reading the toy task's Parquet metadata waited for a CPU; the cluster has 0 of 4 " \
+                               "CPUs free" in error[0]
+    assert json.loads((tmp_path / "unread" / "run.json").read_text())["state"] == "failed"
+    resident = ["train", "--pairs", str(tiny_pairs), "--workers", "2", "--epochs", "1", "--batch-size", "512",
+                "--stall-seconds", "6", "--max-failures", "0", "--out", str(tmp_path / "unstarted")]
+    assert main(resident) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "2 workers (0.5 CPU each) waited to start; the cluster has 0 of 4 CPUs" in error[0]
 

@@ -92,10 +92,10 @@ class ToyTask(Task):
         return {**{k: manifest[k] for k in ("latent_dim", "view_dim")}, "n_train": manifest["splits"]["train"]}
 
     def datasets(self, config) -> dict:
-        import ray.data
+        from comical.data_io.ray_parquet import read_parquet
 
-        return {split: ray.data.read_parquet(str(Path(config.data) / split), num_cpus=0.25)
-                .select_columns(list(self.columns)) for split in ("train", "val")}
+        return {split: read_parquet(str(Path(config.data) / split)).select_columns(list(self.columns))
+                for split in ("train", "val")}
 
     def build_model(self, model_config: ToyConfig, info: dict) -> nn.Module:
         return ToyModel(model_config, info["view_dim"])
