@@ -1,10 +1,12 @@
 """Parquet files as a Ray Data dataset, the one way every streamed input is read.
 
-Ray 2.60 reads Parquet through its new file source by default (a ListFiles task, then ReadFiles). Here that source
-spends 2-5 s of wall time before the first row at every execution of a dataset, however small its files (its
-ListFiles task: 2.6 s of wall time on 70 ms of CPU), where Ray Data's first Parquet source reads the same rows in
-about 0.5 s (`benchmarks/bench_ray_parquet.py`, BENCHMARKS.md). A streamed training executes its train and
-validation datasets every epoch, so that was seconds an epoch; the first source is asked for by name.
+Ray 2.60 reads Parquet through its new file source by default (a ListFiles task, then ReadFiles). That source
+starts footer-reader actors (new worker processes) at every execution of a dataset: here 2.2-3.2 s a pass however
+small the files (its ListFiles task: 2.6 s of wall time on 70 ms of CPU), where Ray Data's first Parquet source
+reads the same rows in 0.25-0.44 s (`benchmarks/bench_ray_parquet.py`, BENCHMARKS.md). A streamed training executes
+its train and validation datasets every epoch, so that was seconds an epoch; the first source is asked for by name.
+The first source samples a few files in Ray tasks when the dataset is made, and those wait for a free CPU
+(distributed/train.py bounds that wait).
 """
 
 from __future__ import annotations

@@ -336,8 +336,8 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
 def _datasets(task: Task, config: TrainConfig) -> dict:
     """The task's Ray Data datasets, or the stall line when making them waits past `engine.stall_seconds`.
 
-    Making a Parquet dataset samples a few of its files in Ray tasks of 1 CPU each (data_io/ray_parquet.py), so on
-    a cluster whose CPUs another job holds it waits before Train starts, where neither the watchdog nor Train's
+    Making a Parquet dataset samples a few of its files in Ray tasks that need a free CPU (data_io/ray_parquet.py),
+    so on a cluster whose CPUs another job holds it waits before Train starts, where neither the watchdog nor Train's
     start timeout looks. The wait runs in a daemon thread, so a run that gives up can still exit."""
     made: dict = {}
 
