@@ -11,6 +11,8 @@ The first source samples a few files in Ray tasks when the dataset is made, and 
 
 from __future__ import annotations
 
+import logging
+
 
 def read_parquet(paths, *, num_cpus: float = 0.25, schema=None):
     """`ray.data.read_parquet` of `paths` (a folder, a file or a list) through the first Parquet source.
@@ -20,9 +22,16 @@ def read_parquet(paths, *, num_cpus: float = 0.25, schema=None):
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    before = context.use_datasource_v2
+    before = context.use_datasource_v2, context.enable_progress_bars
     context.use_datasource_v2 = False  # read when the dataset is made: the flag is not needed after
+    # its sampling draws a progress bar and logs two INFO lines per dataset ("Estimated parquet encoding ratio
+    # ..."): not for a console
+    context.enable_progress_bars = False
+    sampling = logging.getLogger("ray.data._internal.datasource.parquet_datasource")
+    level = sampling.level
+    sampling.setLevel(logging.WARNING)
     try:
         return ray.data.read_parquet(paths, num_cpus=num_cpus, **({} if schema is None else {"schema": schema}))
     finally:
-        context.use_datasource_v2 = before
+        context.use_datasource_v2, context.enable_progress_bars = before
+        sampling.setLevel(level)
