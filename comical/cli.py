@@ -203,6 +203,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs per training (default 15; quick 1)")
     p.add_argument("--n-test", type=int, help="fixed test set size (default 10,000; the paper 100K)")
     p.add_argument("--n-train-values", help="comma-separated training sizes of the n_train sweep")
+    p.add_argument("--h-g-values", metavar="H,H,...", help="comma-separated heritabilities of the h_g sweep (0-1)")
+    p.add_argument("--projector-init", choices=["random", "gwas"], default="random",
+                   help="GEMCONT's genotype projector: random, or its first unit at the training split's GWAS "
+                        "effects of z, as paper 001 starts it (default random)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.md, results.png")
@@ -635,7 +639,14 @@ def _bench_gemcont_sim(args) -> int:
     if any(v < 1 for v in changes.get("n_train_values", ())) or any(
             changes.get(k, 1) < 1 for k in ("splits", "epochs", "n_test")):
         raise InputError("--splits, --epochs, --n-test and --n-train-values must be >= 1")
-    bench = dataclasses.replace(bench, **changes)
+    if args.h_g_values:
+        try:
+            changes["h_g_values"] = tuple(float(v) for v in args.h_g_values.split(","))
+        except ValueError:
+            raise InputError(f"--h-g-values {args.h_g_values}: expected comma-separated numbers") from None
+        if not all(0 <= v <= 1 for v in changes["h_g_values"]):
+            raise InputError(f"--h-g-values {args.h_g_values}: expected heritabilities between 0 and 1")
+    bench = dataclasses.replace(bench, **changes, projector_init=args.projector_init)
     table = run_benchmark(args.sweep, args.out, bench=bench, methods=tuple(args.methods.split(",")),
                           workers=args.workers, use_gpu=args.use_gpu, force=args.force,
                           reuse=args.reuse)

@@ -194,3 +194,37 @@ def test_evaluation_is_deterministic_and_training_augments(method):
         if method != "supervised":  # the supervised model has no augmentation (batch norm aside)
             third, fourth = model(batch), model(batch)
             assert not all(torch.equal(a, b) for a, b in zip(third, fourth))
+
+
+def test_gwas_projector_init_starts_at_each_variants_effect_on_z(tmp_path):
+    """`--projector-init gwas`: GEMCONT's genotype projector's first unit starts at each variant's least-squares
+    effect on z in the training split (scipy's linregress, variant by variant), centred, so its output is the
+    subjects' GWAS score; the other units and the other methods are as before."""
+    from comical.data_io.errors import InputError
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.task import get_task
+    from comical.distributed.tasks.rotation import RotationConfig
+
+    people = population(1500, 20, seed=0, n_null=5)
+    write_split(tmp_path / "data", people, h_g=1.0, alpha_max=45.0, n_test=300, pool=1200, n_train=1000, n_val=200,
+                split=0)
+    config = TrainConfig.from_dict({"task": "sim-gemcont", "data": str(tmp_path / "data"), "batch_size": 64,
+                                    "model": {"projector_init": "gwas"}})
+    task = get_task("sim-gemcont")
+    info = task.check_inputs(config)
+    train = task.read_split(config.data, "train")
+    expected = [stats.linregress(train["genotypes"][:, j].astype(float), train["z"].astype(float)).slope
+                for j in range(train["genotypes"].shape[1])]
+    np.testing.assert_allclose(info["gwas"]["effects"], expected, rtol=1e-6, atol=1e-9)
+    torch.manual_seed(0)
+    model = task.bind(info).build_model(config.model, info)
+    g = torch.from_numpy(train["genotypes"].astype(np.float32))
+    score = model.genotype_projector(g)[:, 0].detach().numpy()
+    centred = (train["genotypes"] - train["genotypes"].mean(0)) @ np.asarray(expected)
+    np.testing.assert_allclose(score, centred, rtol=1e-4, atol=1e-4)
+    assert np.corrcoef(score, train["z"])[0, 1] > 0.9  # h_g 1: the score is z, up to the effects' noise
+    torch.manual_seed(0)
+    plain = task.bind(task.check_inputs(TrainConfig.from_dict({**config.to_dict(), "model": {}})))
+    assert "gwas" not in plain.info and "gwas" not in get_task("sim-supervised").check_inputs(config)
+    with pytest.raises(InputError, match="expected random or gwas"):
+        RotationConfig(projector_init="catalog")

@@ -6,6 +6,8 @@ image encoder (a 2-D CNN to D = 256 features, the embedding every method is eval
 - `sim-gemcont`: the image features through a linear projector to D/2, the genotypes through a linear projector to
   D/2 (SCARF corruption p = 0.1 while training), CLIP loss with a learnable temperature (0.07 at the start);
   images randomly erased while training (the paper's augmentation for this benchmark: it keeps the rotation).
+  With `model.projector_init: gwas`, the genotype projector's first unit starts at each variant's GWAS effect on z
+  in the training split (paper 001 starts its genotype projector at GWAS effect sizes); by default it is random.
 - `sim-simclr`: two randomly erased views of each image (both always erased), an MLP projector to D/2, the CLIP loss
   between the views with the same learnable temperature (the symmetric cross-view InfoNCE; SimCLR's NT-Xent also
   counts same-view negatives and fixes the temperature).
@@ -53,6 +55,11 @@ class RotationConfig(Config):
     scarf_p: float = 0.1  # SCARF: each genotype replaced by another subject's with this probability (paper 001)
     erase_p: float = 0.5  # GEMCONT: each training image gets one randomly erased rectangle with this probability
     vae_beta: float = 1.0  # weight of the VAE's KL term
+    projector_init: str = "random"  # gwas: GEMCONT's genotype projector's first unit at the training GWAS effects
+
+    def __post_init__(self):
+        if self.projector_init not in ("random", "gwas"):
+            raise InputError(f"model projector_init {self.projector_init!r}: expected random or gwas")
 
 
 class ImageEncoder2d(nn.Module):
@@ -109,7 +116,7 @@ def scarf(x: torch.Tensor, p: float) -> torch.Tensor:
 class RotationModel(nn.Module):
     """One module for the four methods: the shared image encoder and the method's heads."""
 
-    def __init__(self, config: RotationConfig, method: str, n_variants: int):
+    def __init__(self, config: RotationConfig, method: str, n_variants: int, gwas: dict | None = None):
         super().__init__()
         self.config, self.method = config, method
         d = config.embed_dim
@@ -117,6 +124,12 @@ class RotationModel(nn.Module):
         if method == "gemcont":
             self.image_projector = nn.Linear(d, d // 2)
             self.genotype_projector = nn.Linear(n_variants, d // 2)
+            if gwas is not None:  # its first unit's output is then each subject's GWAS score of z, centred
+                with torch.no_grad():
+                    effects = torch.tensor(gwas["effects"], dtype=torch.float32)
+                    mean = torch.tensor(gwas["mean_dosage"], dtype=torch.float32)
+                    self.genotype_projector.weight[0] = effects
+                    self.genotype_projector.bias[0] = -effects @ mean
         elif method == "simclr":
             self.projector = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d // 2))
         elif method == "vae":
@@ -181,7 +194,10 @@ class RotationTask(Task):
         if config.worker_batch_size > share:
             raise InputError(f"--batch-size {config.batch_size}: each of {config.engine.workers} workers would need "
                              f"{config.worker_batch_size} training rows a step but holds about {share}")
-        return {"n_variants": manifest["n_variants"], "n_train": manifest["splits"]["train"]}
+        info = {"n_variants": manifest["n_variants"], "n_train": manifest["splits"]["train"]}
+        if self.method == "gemcont" and config.model.projector_init == "gwas":
+            info["gwas"] = gwas_effects(self.read_split(config.data, "train"))
+        return info
 
     def read_split(self, data: str, split: str) -> dict:
         table = pq.read_table(f"{data}/{split}", columns=list(self.columns))
@@ -190,7 +206,7 @@ class RotationTask(Task):
                 "genotypes": from_fixed_list(table.column("genotypes"), np.int8)}
 
     def build_model(self, model_config: RotationConfig, info: dict) -> nn.Module:
-        return RotationModel(model_config, self.method, info["n_variants"])
+        return RotationModel(model_config, self.method, info["n_variants"], info.get("gwas"))
 
     def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
         return {"image": batch["image"].to(dtype) / 255.0, "genotypes": batch["genotypes"].to(dtype),
@@ -246,6 +262,18 @@ class RotationTask(Task):
         return (f"latent R^2 from the test embeddings {m['latent_r2']:.3f} (untrained encoder "
                 f"{m['latent_r2_untrained_encoder']:.3f}, raw pixels {m['latent_r2_raw_pixels']:.3f}), "
                 f"{m['n_test']} test images")
+
+
+def gwas_effects(train: dict) -> dict:
+    """Each variant's marginal GWAS effect on z (least-squares slope per allele) in the training rows, and its mean
+    dosage; a variant with no variation gets 0."""
+    g = train["genotypes"].astype(np.float64)
+    z = train["z"].astype(np.float64)
+    mean = g.mean(0)
+    centred = g - mean
+    var = (centred ** 2).sum(0)
+    effects = np.divide(centred.T @ (z - z.mean()), var, out=np.zeros(g.shape[1]), where=var > 0)
+    return {"effects": effects.tolist(), "mean_dosage": mean.tolist()}
 
 
 def embed_images(model: RotationModel, images: np.ndarray, device, batch_size: int) -> np.ndarray:

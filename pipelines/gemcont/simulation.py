@@ -64,6 +64,7 @@ class SimBench:
     epochs: int = 15
     batch_size: int = 256
     seed: int = 0
+    projector_init: str = "random"  # GEMCONT's genotype projector: random, or gwas (tasks/rotation.py)
 
     def values(self, sweep: str) -> tuple:
         return getattr(self, f"{sweep}_values")
@@ -177,7 +178,8 @@ def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, reused, s
                 config = TrainConfig.from_dict({
                     "task": f"sim-{method}", "data": str(data), "epochs": bench.epochs,
                     "batch_size": bench.batch_size, "eval_batch_size": 1024, "seed": bench.seed + split,
-                    "engine": {"workers": workers, "use_gpu": use_gpu}})
+                    "engine": {"workers": workers, "use_gpu": use_gpu},
+                    **({"model": {"projector_init": bench.projector_init}} if method == "gemcont" else {})})
                 folder = out / "runs" / f"{sweep}-{value}" / f"{method}-split{split}"
                 metrics = train_and_evaluate(config, folder, force=True)
                 (p, dims), (p_untrained, _) = (multi_trait_p(*_embeddings(folder / f"{name}.parquet", genotypes))
