@@ -204,6 +204,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, help="fixed test set size (default 10,000; the paper 100K)")
     p.add_argument("--n-train-values", help="comma-separated training sizes of the n_train sweep")
     p.add_argument("--h-g-values", metavar="H,H,...", help="comma-separated heritabilities of the h_g sweep (0-1)")
+    p.add_argument("--n-train", type=int, metavar="N",
+                   help="training subjects while another parameter is swept (default 5,000; quick 400)")
     p.add_argument("--projector-init", choices=["random", "gwas"], default="random",
                    help="GEMCONT's genotype projector: random, or its first unit at the training split's GWAS "
                         "effects of z, as paper 001 starts it (default random)")
@@ -630,15 +632,16 @@ def _bench_gemcont_sim(args) -> int:
     from comical.pipelines.gemcont.simulation import QUICK, SimBench, run_benchmark
 
     bench = QUICK if args.quick else SimBench()
-    changes = {k: v for k, v in (("splits", args.splits), ("epochs", args.epochs), ("n_test", args.n_test)) if v}
+    changes = {k: v for k, v in (("splits", args.splits), ("epochs", args.epochs), ("n_test", args.n_test),
+                                 ("n_train", args.n_train)) if v is not None}
     if args.n_train_values:
         try:
             changes["n_train_values"] = tuple(int(v) for v in args.n_train_values.split(","))
         except ValueError:
             raise InputError(f"--n-train-values {args.n_train_values}: expected comma-separated counts") from None
     if any(v < 1 for v in changes.get("n_train_values", ())) or any(
-            changes.get(k, 1) < 1 for k in ("splits", "epochs", "n_test")):
-        raise InputError("--splits, --epochs, --n-test and --n-train-values must be >= 1")
+            changes.get(k, 1) < 1 for k in ("splits", "epochs", "n_test", "n_train")):
+        raise InputError("--splits, --epochs, --n-test, --n-train and --n-train-values must be >= 1")
     if args.h_g_values:
         try:
             changes["h_g_values"] = tuple(float(v) for v in args.h_g_values.split(","))

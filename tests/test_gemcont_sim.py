@@ -228,3 +228,12 @@ def test_gwas_projector_init_starts_at_each_variants_effect_on_z(tmp_path):
     assert "gwas" not in plain.info and "gwas" not in get_task("sim-supervised").check_inputs(config)
     with pytest.raises(InputError, match="expected random or gwas"):
         RotationConfig(projector_init="catalog")
+
+
+def test_bad_sweep_settings_are_refused_in_one_line_before_anything_runs(tmp_path, capsys):
+    for flags, needle in ((["--h-g-values", "1.5"], "--h-g-values 1.5: expected heritabilities between 0 and 1"),
+                          (["--h-g-values", "a"], "--h-g-values a: expected comma-separated numbers"),
+                          (["--n-train", "0"], "--n-train and --n-train-values must be >= 1")):
+        assert main(["bench", "gemcont-sim", "--sweep", "h_g", *flags, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
