@@ -179,7 +179,7 @@ def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, reused, s
                     "task": f"sim-{method}", "data": str(data), "epochs": bench.epochs,
                     "batch_size": bench.batch_size, "eval_batch_size": 1024, "seed": bench.seed + split,
                     "engine": {"workers": workers, "use_gpu": use_gpu},
-                    **({"model": {"projector_init": bench.projector_init}} if method == "gemcont" else {})})
+                    "model": {"projector_init": bench.projector_init}})  # only GEMCONT's task reads it
                 folder = out / "runs" / f"{sweep}-{value}" / f"{method}-split{split}"
                 metrics = train_and_evaluate(config, folder, force=True)
                 (p, dims), (p_untrained, _) = (multi_trait_p(*_embeddings(folder / f"{name}.parquet", genotypes))
