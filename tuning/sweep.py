@@ -155,17 +155,15 @@ def expected_trials(space: dict[str, dict], num_samples: int) -> int:
     return total
 
 
-def unfinished_trials(folder: Path, expected: int) -> int:
-    """Trials of the sweep saved in `folder` that have not ended (never started, or running when it stopped).
+def ended_trials(folder: Path) -> int:
+    """Trials of the sweep saved in `folder` that ended (finished, stopped by ASHA or failed).
 
     Read from the state Tune saved: after a Ctrl-C, Tune's cleanup marks the running trial TERMINATED in the
     ResultGrid it returns, but the saved state still says RUNNING, and that is what a resume continues."""
     from ray.tune import ExperimentAnalysis
     from ray.tune.experiment import Trial
 
-    trials = ExperimentAnalysis(str(folder)).trials
-    ended = sum(trial.status in (Trial.TERMINATED, Trial.ERROR) for trial in trials)
-    return expected - ended
+    return sum(trial.status in (Trial.TERMINATED, Trial.ERROR) for trial in ExperimentAnalysis(str(folder)).trials)
 
 
 def _error_line(text: str) -> str:
@@ -317,11 +315,10 @@ def tune(request: dict, out: Path, *, resume: bool = False, force: bool = False,
     try:
         with logged_console(out / "tune.log", verbose=verbose) as say:
             grid = run_sweep(base, space, num_samples=request["num_samples"], out=out, resume=resume, say=say)
-            expected = expected_trials(space, request["num_samples"])
-            left = unfinished_trials(out / SWEEP_NAME, expected)
-            if left:  # no results yet: the interrupted trial's epochs would read as an ASHA stop
-                raise Interrupted(f"interrupted with {expected - left} of {expected} trials ended; the sweep's "
-                                  f"state is saved: comical tune --resume {out}")
+            expected, ended = expected_trials(space, request["num_samples"]), ended_trials(out / SWEEP_NAME)
+            if ended < expected:  # no results yet: the interrupted trial's epochs would read as an ASHA stop
+                raise Interrupted(f"interrupted with {ended} of {expected} trials ended; the sweep's state is saved: "
+                                  f"comical tune --resume {out}")
             table = results_table(grid, space, base.epochs)
             manifest = json.loads((Path(base.data) / "manifest.json").read_text())
             best = write_sweep_outputs(table, base, space, out, manifest.get("config", {}).get("top_n_perc", "?"),
