@@ -216,19 +216,25 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                               "setting (the defaults) are copied, not trained again")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_bench_gemcont_sim)
-    p = bench.add_parser("positive-control", help="does a method find planted associations as the planted signal "
-                                                  "grows (simulate --signal)?")
-    p.add_argument("--method", choices=["comical"], default="comical",
-                   help="the method (only comical so far)")
+    p = bench.add_parser("positive-control", help="does a method find what is planted as the planted signal grows "
+                                                  "(simulate --signal)? shares of each ceiling's lift")
+    p.add_argument("--method", choices=["comical", "gemcont", "rotation", "cgni", "momentum"], default="comical",
+                   help="COMICAL (pair stores), GEMCONT (brain volumes), rotation (paper 001's benchmark), CGNI, "
+                        "T1/T2 momentum (default comical)")
     p.add_argument("--signal", default="1,3,10,30", metavar="K,K,...",
-                   help="comma-separated signal dials (default 1,3,10,30)")
+                   help="comma-separated signal dials (default 1,3,10,30; rotation: h_g values in (0, 1])")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="cohorts per signal, seeds 0..N-1 (default 3)")
-    p.add_argument("--epochs", type=int, default=10, metavar="N", help="COMICAL's epochs per training (default 10)")
-    p.add_argument("--top-n-perc", type=float, default=5.0, metavar="X", help="the pair stores' --top-n-perc (default 5)")
-    p.add_argument("--max-subjects", type=int, metavar="N", help="the pair stores' --max-subjects (default all)")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="epochs per training (default: the method's; docs/positive-controls.md)")
+    p.add_argument("--top-n-perc", type=float, default=5.0, metavar="X",
+                   help="comical: the pair stores' --top-n-perc (default 5)")
+    p.add_argument("--max-subjects", type=int, metavar="N",
+                   help="comical: the pair stores' --max-subjects (default all)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="Ray Train workers per training (default 1)")
     p.add_argument("--layout", choices=["paper", "separate"], default="paper",
-                   help="COMICAL's token layout, as `train --layout` (default paper)")
+                   help="comical: the token layout, as `train --layout` (default paper)")
+    p.add_argument("--voxel-mm", type=float, default=8.0, metavar="X",
+                   help="gemcont, cgni, momentum: the simulated volumes' voxel size (default 8)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for results.csv, results.md, results.png (resumes the cells already there)")
     p.set_defaults(handler=_bench_positive_control)
@@ -702,17 +708,19 @@ def _cohort_build(args) -> int:
 
 
 def _bench_positive_control(args) -> int:
-    from comical.pipelines.comical.positive_control import ControlSettings, run_positive_control
+    from comical.pipelines.positive_control import ControlSettings, run_positive_control
 
     try:
         signals = tuple(float(k) for k in args.signal.split(","))
     except ValueError:
         raise InputError(f"--signal {args.signal}: expected comma-separated numbers like 1,3,10,30") from None
-    if min(signals) < 0 or min(args.seeds, args.epochs, args.workers) < 1 or args.top_n_perc <= 0:
-        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc > 0")
+    if min(signals) < 0 or min(args.seeds, args.workers) < 1 or (args.epochs or 1) < 1 or args.top_n_perc <= 0 \
+            or args.voxel_mm <= 0:
+        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc and --voxel-mm > 0")
     settings = ControlSettings(signals=signals, seeds=args.seeds, epochs=args.epochs, top_n_perc=args.top_n_perc,
-                               workers=args.workers, max_subjects=args.max_subjects, layout=args.layout)
-    run_positive_control(args.out, settings)
+                               workers=args.workers, max_subjects=args.max_subjects, layout=args.layout,
+                               voxel_mm=args.voxel_mm)
+    run_positive_control(args.out, args.method, settings)
     print((args.out / "results.md").read_text(), end="")
     return 0
 

@@ -150,22 +150,25 @@ def test_the_ceiling_lifts_above_its_null_the_floor_does_not_and_reversed_effect
 def test_positive_control_bench_resumes_its_cells_and_summarises_over_seeds(tmp_path, monkeypatch, capsys):
     """The bench's bookkeeping with a stand-in cell: cells already done are not run again, the summary is the
     mean over seeds with a bootstrap interval around it, and cells of other training settings are refused."""
+    import dataclasses
+
     from comical.cli import main
-    from comical.pipelines.comical import positive_control
+    from comical.pipelines import positive_control
+    from comical.pipelines.comical import positive_control as comical_control
 
     ran = []
 
-    def cell(work, signal, seed, settings):
+    def cell(work, signal, seed, settings, epochs):
         ran.append((signal, seed))
         share = 0.1 * signal + 0.05 * seed
-        return {"signal": signal, "seed": seed, "n_candidates": 100, "n_planted": 10 + seed, "n_test_pairs": 1000,
+        return {"n_candidates": 100, "n_planted": 10 + seed, "n_test_pairs": 1000,
                 "within_bucket_share": share, "loss_share": share, "auprc_share": share,
                 "within_bucket_lift": 0.001, "within_bucket_lift_ceiling": 0.002, "loss_floor": 6.2,
                 "loss_ceiling": 6.1, "auprc": 0.5, "auprc_chance": 0.1, "auprc_gwas_test_subjects": 0.9,
                 "recall_fdr05": 0.5, "recall_fdr05_ceiling": 0.6, "recall_fdr05_gwas_test_subjects": 0.6,
                 "null_store_calls_fdr05": 0, "null_store_pairs": 100}
 
-    monkeypatch.setattr(positive_control, "_cell", cell)
+    monkeypatch.setattr(comical_control, "CONTROL", dataclasses.replace(comical_control.CONTROL, cell=cell))
     monkeypatch.setattr("comical.distributed.ray_session.init_ray", lambda **_: False)
     out = tmp_path / "control"
     args = ["bench", "positive-control", "--signal", "1,3", "--seeds", "2", "--out", str(out)]
@@ -175,7 +178,7 @@ def test_positive_control_bench_resumes_its_cells_and_summarises_over_seeds(tmp_
     assert ran[2:] == [(1.0, 1), (3.0, 1)]  # seed 0's cells were kept
     table = pl.read_csv(out / "results.csv")
     assert table.height == 4 and (out / "results.png").stat().st_size > 0
-    summary = positive_control._summary(table)
+    summary = positive_control.summarise(table, comical_control.SHARES)
     row = summary.filter(pl.col("signal") == 3.0).row(0, named=True)
     assert row["within_bucket_share"] == pytest.approx(0.325)  # (0.3 + 0.35) / 2
     half = stats.t.ppf(0.975, 1) * np.std([0.3, 0.35], ddof=1) / np.sqrt(2)  # a t interval over the 2 seeds
@@ -185,3 +188,21 @@ def test_positive_control_bench_resumes_its_cells_and_summarises_over_seeds(tmp_
     assert "0.33 (" in (out / "results.md").read_text() and "[2/2]" in capsys.readouterr().out
     assert main(args + ["--epochs", "2"]) == 2  # other training settings: refused, the cells untouched
     assert "cells were made with" in capsys.readouterr().err and len(list((out / "cells").iterdir())) == 4
+
+
+def test_positive_control_methods_share_the_bench_and_refuse_what_does_not_fit(tmp_path, capsys):
+    """Every --method resolves to its paper's control; the rotation benchmark's signal is an h_g, so a K above 1 is
+    refused in one line before anything runs; an --out holding another method's cells is refused."""
+    from comical.cli import main
+    from comical.pipelines.positive_control import CONTROLS, control
+
+    assert {control(m).name for m in CONTROLS} == {"COMICAL", "GEMCONT (brain volumes)",
+                                                   "GEMCONT (rotation benchmark)", "CGNI", "T1/T2 momentum"}
+    out = tmp_path / "rotation"
+    assert main(["bench", "positive-control", "--method", "rotation", "--signal", "0.5,3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "h_g" in err[0] and "(0, 1]" in err[0] and not out.exists()
+    out.mkdir()
+    (out / "settings.json").write_text('{"method": "cgni", "epochs": 8, "workers": 1, "voxel_mm": 8.0}\n')
+    assert main(["bench", "positive-control", "--method", "momentum", "--out", str(out)]) == 2
+    assert "cells were made with" in capsys.readouterr().err

@@ -232,7 +232,8 @@ def test_cgni_end_to_end(image_cohort, tmp_path, in_process, monkeypatch):
     table = pl.read_csv(out / "table1.csv")
     assert table["model"].to_list() == ["Imaging CNN", "Sparse genetic NN", "Imaging-genetic SVM (linear)",
                                         "Imaging-genetic NN", "CGNI", "Covariates only (age, sex)",
-                                        "True features (age, sex, planted regions)"]
+                                        "True features (age, sex, planted regions)",
+                                        "True features + planted SNP score"]
     assert table.select(pl.col("train", "validation", "holdout").is_between(0, 1).all()).row(0) == (True,) * 3
     rows = dict(zip(table["model"], table.iter_rows(named=True)))
     # age drives the planted trait: the trivial reference is well above chance, and every pooled interval holds
@@ -253,6 +254,15 @@ def test_cgni_end_to_end(image_cohort, tmp_path, in_process, monkeypatch):
     expected = np.mean([balanced_accuracy_score(label[held], outputs.column(f"logit:cgni_f{k}").to_numpy()[held] > 0)
                         for k in range(3)])
     assert table.filter(pl.col("model") == "CGNI")["holdout"][0] == pytest.approx(expected)
+    # the second ceiling's planted SNP score is the trait's genetic part (15% of its variance): higher in the high
+    # group; betas read against the wrong panel columns would leave no difference
+    from scipy import stats
+
+    from comical.data_io.arrow_lists import from_fixed_list
+    from comical.pipelines.cgni.run import _planted_score
+
+    score = _planted_score(image_cohort, out / "inputs" / "panel.tsv", from_fixed_list(inputs.column("g"), np.float32))
+    assert stats.ttest_ind(score[label == 1], score[label == 0], alternative="greater").pvalue < 1e-3
     # the post-analysis tables, and no per-epoch checkpoints left behind
     cca = pl.read_csv(out / "cca.csv")
     assert 1 <= cca.height <= 2 and cca["train"].abs().max() <= 1

@@ -44,6 +44,8 @@ PAPER_TABLE1 = {"Imaging CNN": (81.34, 75.32, 87.02), "Sparse genetic NN": (59.8
                 "Imaging-genetic NN": (87.47, 87.08, 87.02), "CGNI": (91.37, 90.39, 88.91)}
 COVARIATES = "Covariates only (age, sex)"
 TRUE_FEATURES = "True features (age, sex, planted regions)"  # the ceiling, on a simulated cohort only
+# ... with the planted SNP effects too: the ceiling of a model that also reads the panel (the liability's every part)
+TRUE_ALL = "True features + planted SNP score"
 PAPER_TABLE2 = {"L(v,g) + L(g,v) + L(g,g)": (91.37, 90.39, 88.91), "L(v,g)": (None, None, 88.31),
                 "L(g,g)": (None, None, 88.10)}
 
@@ -191,6 +193,8 @@ def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbos
     planted = _planted_regions(cohort_dir, rows["eid"])
     if planted is not None:
         logits[TRUE_FEATURES] = _logistic(np.column_stack([rows["age"], rows["sex"], planted]), rows, settings)
+        score = _planted_score(cohort_dir, inputs / "panel.tsv", rows["g"])
+        logits[TRUE_ALL] = _logistic(np.column_stack([rows["age"], rows["sex"], planted, score]), rows, settings)
     table1 = accuracy_table(logits, rows["label"], rows["fold"], [m for m in logits if not m.startswith("cgni_")],
                             seed=settings.seed)
     table1 = table1.with_columns(pl.col("model").replace({"cgni": "CGNI"}))
@@ -285,6 +289,15 @@ def _planted_regions(cohort_dir: Path, eids: np.ndarray) -> np.ndarray | None:
     relative = relative_volumes(table.select(IDPS).to_numpy())
     at = {str(e): i for i, e in enumerate(table["eid"])}
     return relative[[at[str(e)] for e in eids]][:, [IDPS.index(r) for r in regions]]
+
+
+def _planted_score(cohort_dir: Path, panel: Path, g: np.ndarray) -> np.ndarray:
+    """The planted genetic part of the trait from the panel's standardised dosages `g` (columns in panel.tsv's
+    order) and truth/wm_snp_effects.parquet's betas (a causal variant the panel QC dropped counts 0)."""
+    effects = pl.read_parquet(Path(cohort_dir) / "truth" / "wm_snp_effects.parquet").filter(pl.col("causal"))
+    beta = dict(zip(effects["variant_id"].to_list(), effects["beta"].to_list()))
+    ids = pl.read_csv(panel, separator="\t", columns=["variant_id"])["variant_id"].to_list()
+    return g @ np.array([beta.get(v, 0.0) for v in ids])
 
 
 def accuracy_table(logits: dict[str, np.ndarray], label: np.ndarray, fold: np.ndarray, models: list[str], *,
