@@ -115,6 +115,7 @@ PRESETS = {
 }
 IDP_POLYGENIC_VARIANTS = 1000  # causal variants of the polygenic IDP part (--idp-h2), or every clean one if fewer
 IMAGE_DISEASE = "AD"  # the image latent is this disease's planted liability from its causal catalog variants
+T2_DISEASE = "MS"  # with --signal K > 1, a second latent (this disease's) brightens white matter in T2 only
 _COMPONENTS = ["samples", "variants", "genotypes", "missing", "diseases", "idps", "catalog", "pcs"]
 
 
@@ -150,6 +151,12 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
         latent_genotypes = genotypes[:, columns["column"].to_numpy()].copy()
         latent_spec = {"variant_ids": columns["variant_id"].to_list(), "weights": columns["beta"].to_numpy(),
                        "freq": columns["ancestral_freq"].to_numpy()}
+        if signal > 1 and "t2" in images:  # paper 003's T2-only latent (data_io/simulate_images.py); none at K <= 1
+            ms = disease_effects.filter((pl.col("disease") == T2_DISEASE) & pl.col("causal") & pl.col("in_catalog"))
+            t2 = variants.with_row_index("column").join(ms, on="variant_id", how="inner", maintain_order="right")
+            latent_spec["t2_latent"] = {"genotypes": genotypes[:, t2["column"].to_numpy()].copy(),
+                                        "variant_ids": t2["variant_id"].to_list(), "weights": t2["beta"].to_numpy(),
+                                        "freq": t2["ancestral_freq"].to_numpy(), "disease": T2_DISEASE}
     wm_rng = np.random.default_rng(np.random.SeedSequence([seed, 20240]))  # its own stream: nothing else changes
     write_working_memory(out, wm_rng, eid=samples["eid"].to_numpy(), age=samples["age"].to_numpy().astype(float),
                          genotypes=genotypes, variants=variants, disease_effects=disease_effects, idps=idps,
@@ -185,7 +192,8 @@ def write_cohort(out: str | Path, *, preset: str = "mini", seed: int = 0, images
     dials = {"signal": signal, "idp_h2": idp_h2}
     (truth / "signal.json").write_text(json.dumps({**dials, "meaning": {
         "signal": "K: SNP->IDP effects x sqrt(K), pleiotropic leads per disease x sqrt(K), image latent effect x "
-                  "sqrt(K), working memory's genetic and regional shares x K (then rescaled); 1 = the default, 0 = none",
+                  "sqrt(K), working memory's genetic and regional shares x K (then rescaled); with images and K > 1 "
+                  "a T2-only latent of effect x sqrt(K - 1); 1 = the default, 0 = none",
         "idp_h2": "H: share of each IDP's log-volume variance from IDP_POLYGENIC_VARIANTS small effects (0: none)"},
         "idp_polygenic_variants": polygenic["n_variants"] if polygenic else 0}, indent=2) + "\n")
     if images:

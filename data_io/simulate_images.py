@@ -20,7 +20,12 @@ A subject's volume (`_subject_maps`, `_contrast`):
 - head size: the whole volume scaled about the centre by the cube root of the subject's total IDP volume relative
   to the cohort's, after regressing out age (atrophy shrinks the brain, not the head);
 - contrast: T1 (white matter bright, CSF dark) and T2 (CSF bright) from the same tissue maps, each with its own
-  smooth multiplicative bias field and Gaussian noise; stored as uint8 with a per-volume scale (data_io.images).
+  smooth multiplicative bias field and Gaussian noise; stored as uint8 with a per-volume scale (data_io.images);
+- only with `--signal K > 1`, a second genetic latent seen in T2 alone (paper 003 needs content the two contrasts do
+  not share): MS's planted liability from its causal catalog variants (truth/image_latent_t2.parquet, its variants
+  in truth/image_latent_t2_variants.parquet) brightens white matter in T2, x (1 + T2_LATENT_EFFECT x sqrt(K - 1) x
+  latent) under a Gaussian blob (sd 10 mm) beside the ventricles, as MS lesions do. None at K <= 1: the default
+  cohort's volumes are as before.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ MODALITIES = ("t1", "t2")
 _INTENSITY = {"t1": {"gm": 0.55, "wm": 0.85, "csf": 0.12}, "t2": {"gm": 0.55, "wm": 0.35, "csf": 1.0}}
 _NOISE_SD = {"t1": 0.02, "t2": 0.03}
 LATENT_EFFECT = 0.15  # grey matter x (1 + this x latent) at the blob's centre
+T2_LATENT_EFFECT = 0.1  # T2 white matter x (1 + this x sqrt(K - 1) x the T2-only latent) at its blob's centre
+T2_LATENT_OFFSET_MM = (20.0, 0.0, 10.0)  # its blob's centre from the ventricles' (right, periventricular)
 _LATENT_REGION = "Volume_of_grey_matter_in_Left_Precuneous_Cortex"
 
 
@@ -127,21 +134,26 @@ def _parcellate(gm: np.ndarray, xyz: np.ndarray, centre: np.ndarray, seed: int) 
 
 def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarray, latent_genotypes: np.ndarray,
                  variant_ids: list[str], weights: np.ndarray, freq: np.ndarray, disease: str,
-                 modalities=MODALITIES, voxel_mm: float = 4.0, seed: int = 0, signal: float = 1.0) -> dict:
+                 modalities=MODALITIES, voxel_mm: float = 4.0, seed: int = 0, signal: float = 1.0,
+                 t2_latent: dict | None = None) -> dict:
     """`out/images/` (shards + manifest, data_io.images, and the parcels) and the latent's truth in `out/truth/`;
     returns the image manifest. `idps`: subjects x IDPS volumes; the latent is the weighted sum (`weights`) of the
     standardised true genotypes `latent_genotypes` (subjects x variants `variant_ids`, allele frequencies `freq`):
     the planted genetic liability of `disease` they carry, so a model guided by that disease's variant panel has an
-    image pattern to find. `signal` (the cohort's --signal K) scales the latent's effect by sqrt(K)."""
+    image pattern to find. `signal` (the cohort's --signal K) scales the latent's effect by sqrt(K). `t2_latent`
+    (genotypes, variant_ids, weights, freq, disease; the caller gives it only when K > 1): the T2-only latent."""
     from comical.data_io.images import write_image_store
 
     effect = LATENT_EFFECT * np.sqrt(signal)  # exactly LATENT_EFFECT at K = 1
     rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
     template = load_template(voxel_mm, seed)
-    g = (latent_genotypes - 2 * freq) / np.sqrt(2 * freq * (1 - freq))
-    latent = g @ weights
-    latent = (latent - latent.mean()) / latent.std()
+    latent = _liability(latent_genotypes, weights, freq)
     blob = _blob(template, IDPS.index(_LATENT_REGION))
+    t2_shift = np.zeros(len(eid))
+    if t2_latent is not None:
+        t2_shift = _liability(t2_latent["genotypes"], t2_latent["weights"], t2_latent["freq"])
+        t2_blob = _blob_at(template, _ventricles_centre(template) + np.array(T2_LATENT_OFFSET_MM), sd_mm=10.0)
+        t2_effect = T2_LATENT_EFFECT * np.sqrt(max(signal - 1, 0.0))
     ratio = idps / idps.mean(0)
     age_z = (age - age.mean()) / age.std()
     total = np.log(idps.sum(1))
@@ -150,6 +162,8 @@ def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarra
     def volumes():
         for i in range(len(eid)):
             tissue = _subject_maps(template, ratio[i], age_z[i], latent[i] * effect, blob)
+            if t2_latent is not None:  # white matter brighter (or darker) in T2 alone; never below a tenth
+                tissue["t2_wm_gain"] = np.maximum(1 + t2_effect * t2_shift[i] * t2_blob, 0.1)
             yield eid[i], {m: _contrast(tissue, m, head[i], rng) for m in modalities}
 
     manifest = write_image_store(out / "images", volumes(), len(eid), shape=template.shape,
@@ -167,14 +181,39 @@ def write_images(out: Path, *, eid: np.ndarray, idps: np.ndarray, age: np.ndarra
         "region": _LATENT_REGION, "effect": f"grey matter x (1 + {effect:g} x latent) under a Gaussian blob "
         "of sd 8 mm at the region's centre", "latent": "standardised weighted sum of the standardised genotypes of "
         "image_latent_variants.parquet: the planted liability of the disease its causal catalog variants carry",
-        "disease": disease, "n_variants": len(variant_ids)}, indent=2) + "\n")
+        "disease": disease, "n_variants": len(variant_ids),
+        **({"t2_only": {"disease": t2_latent["disease"], "n_variants": len(t2_latent["variant_ids"]),
+                        "effect": f"T2 white matter x (1 + {t2_effect:g} x latent) under a Gaussian blob of sd 10 mm "
+                                  f"centred {T2_LATENT_OFFSET_MM} mm from the ventricles' centre; T1 unchanged",
+                        "latent": "image_latent_t2.parquet (eid, latent), variants and weights in "
+                                  "image_latent_t2_variants.parquet"}} if t2_latent is not None else {})},
+        indent=2) + "\n")
+    if t2_latent is not None:
+        pl.DataFrame({"eid": eid, "latent": t2_shift}).write_parquet(truth / "image_latent_t2.parquet")
+        pl.DataFrame({"variant_id": t2_latent["variant_ids"], "weight": t2_latent["weights"]}).write_parquet(
+            truth / "image_latent_t2_variants.parquet")
     return manifest
 
 
+def _liability(genotypes: np.ndarray, weights: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    """The standardised weighted sum of standardised true allele counts: a disease's planted liability."""
+    g = (genotypes - 2 * freq) / np.sqrt(2 * freq * (1 - freq))
+    latent = g @ weights
+    return (latent - latent.mean()) / latent.std()
+
+
+def _ventricles_centre(template: Template) -> np.ndarray:
+    """The ventricles' centre of mass in MNI mm."""
+    voxel = np.array(ndimage.center_of_mass(template.ventricles))
+    return template.affine[:3, :3] @ voxel + template.affine[:3, 3]
+
+
 def _blob(template: Template, label: int) -> np.ndarray:
-    xyz = template.mm()
-    centre = xyz[template.labels == label].mean(0)
-    return np.exp(-((xyz - centre) ** 2).sum(-1) / (2 * 8.0 ** 2)).astype(np.float32)
+    return _blob_at(template, template.mm()[template.labels == label].mean(0), sd_mm=8.0)
+
+
+def _blob_at(template: Template, centre: np.ndarray, sd_mm: float) -> np.ndarray:
+    return np.exp(-((template.mm() - centre) ** 2).sum(-1) / (2 * sd_mm ** 2)).astype(np.float32)
 
 
 def _subject_maps(t: Template, ratio: np.ndarray, age_z: float, shift: float, blob: np.ndarray) -> dict:
@@ -197,7 +236,8 @@ def _zoom(volume: np.ndarray, factor: float, centre=None) -> np.ndarray:
 
 def _contrast(tissue: dict, modality: str, head: float, rng: np.random.Generator) -> np.ndarray:
     """One modality's volume: tissue intensities, head-size scaling, a smooth bias field and noise."""
-    values = sum(_INTENSITY[modality][k] * tissue[k] for k in ("gm", "wm", "csf"))
+    gain = {"wm": tissue["t2_wm_gain"]} if modality == "t2" and "t2_wm_gain" in tissue else {}
+    values = sum(_INTENSITY[modality][k] * tissue[k] * gain.get(k, 1) for k in ("gm", "wm", "csf"))
     values = _zoom(values.astype(np.float32), head)
     axes = [np.linspace(-1, 1, s) for s in values.shape]
     grid = np.meshgrid(*axes, indexing="ij")

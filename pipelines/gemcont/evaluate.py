@@ -252,8 +252,9 @@ def _covariates(cohort, eids: np.ndarray, names: list[str]) -> np.ndarray:
     return pl.DataFrame({"eid": eids.astype(np.int64)}).join(table, on="eid", how="left").drop("eid").to_numpy()
 
 
-def _latent(truth_dir: Path, eids: np.ndarray) -> np.ndarray | None:
-    path = truth_dir / "image_latent.parquet"
+def _latent(truth_dir: Path, eids: np.ndarray, name: str = "image_latent") -> np.ndarray | None:
+    """A planted latent (truth/NAME.parquet: eid, latent) for `eids`; None on a cohort without it."""
+    path = truth_dir / f"{name}.parquet"
     if not path.is_file():
         return None
     latent = pl.read_parquet(path).sort("eid")

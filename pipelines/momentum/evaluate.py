@@ -9,7 +9,8 @@ references made here (the joint run's architecture at its initial weights; the t
 - disease: AUC for AD (the disease whose genetic liability the simulated images carry) of an L2 logistic regression,
   5-fold out-of-fold on the test subjects, with a 95% bootstrap interval, beside age + sex alone;
 - the planted genetic image latent (AD's liability, truth/image_latent.parquet): 5-fold ridge R^2 on the test
-  subjects;
+  subjects; on a cohort simulated with --signal K > 1 also the T2-only latent's (MS's liability, seen in T2 alone:
+  truth/image_latent_t2.parquet);
 - genetics: a multi-trait GWAS of the embedding (its top PCs, rank-normalised, age, sex, PC1-20; every subject, the
   GWAS uses no label) per side (T1 side, T2 side): loci at 5e-8 and the planted image-latent variants found; the
   agreement of the T1 and T2 sides (variants at 5e-8 on both / on either; for the single-modality models, the T1
@@ -80,6 +81,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     age = _covariates(cohort, first, ["age"])[:, 0].astype(float)
     ad = _labels(cohort, "AD", first[test])
     latent = _latent(Path(cohort_dir) / "truth", first)
+    t2_latent = _latent(Path(cohort_dir) / "truth", first, "image_latent_t2")  # --signal K > 1 only
     covariates_auc = _auc(ad, _oof_scores(_covariates(cohort, first[test], ["age", "sex"]).astype(float), ad, seed),
                           seed)
     folds = KFold(5, shuffle=True, random_state=seed)
@@ -114,6 +116,8 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
         row |= {f"ad_covariates_{k}": v for k, v in covariates_auc.items()}
         if latent is not None:  # the planted genetic image latent, 5-fold ridge on the test subjects
             row["latent_r2"] = ridge_r2(x[test], latent[test])
+        if t2_latent is not None:  # the T2-only latent: what the T2 contrast carries and T1 does not
+            row["t2_latent_r2"] = ridge_r2(x[test], t2_latent[test])
         for side in sides:
             pcs = _pcs(_sides(frame, side))
             first_pcs[(name, side)] = pcs[in_grm, :1]
@@ -234,7 +238,8 @@ def _markdown(table: pl.DataFrame) -> str:
         cells = [r["model"]]
         if r.get("age_mae") is not None:
             cells += [f"{_fmt(r['age_mae'], 2)} ({_fmt(r['age_mae_mean_predictor'], 2)})",
-                      f"{_fmt(r.get('ad_auc'))} ({_fmt(r.get('ad_covariates_auc'))})", _fmt(r.get("latent_r2"))]
+                      f"{_fmt(r.get('ad_auc'))} ({_fmt(r.get('ad_covariates_auc'))})", _fmt(r.get("latent_r2"))
+                      + (f" (T2-only latent {_fmt(r['t2_latent_r2'])})" if r.get("t2_latent_r2") is not None else "")]
         else:
             cells += ["", "", ""]
         cells += [" / ".join(str(r[f"{s}_loci"]) for s in sides),

@@ -46,7 +46,7 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
     for model, suffix in REFERENCES.items():
         r = rows[model]
         sides = [s for s in ("t1", "t2", "raw") if r.get(f"{s}_pcs_h2_above_2se") is not None]
-        row |= {f"latent_r2{suffix}": r["latent_r2"],
+        row |= {f"latent_r2{suffix}": r["latent_r2"], f"t2_latent_r2{suffix}": r.get("t2_latent_r2"),
                 f"pcs_h2_above_2se{suffix}": sum(r[f"{s}_pcs_h2_above_2se"] for s in sides),
                 f"mean_h2{suffix}": sum(r[f"{s}_mean_h2"] for s in sides) / len(sides),
                 f"latent_variants_at_5e-8{suffix}": sum(r[f"{s}_latent_variants_at_5e-8"] for s in sides)}
@@ -67,13 +67,14 @@ def _markdown(summary, settings, epochs: int) -> str:
              "raw voxels: one), HE regression on all subjects. Floor: the joint architecture untrained. Bar (issue "
              "32): an embedding PC with h2 above 2 se.", "",
              "| signal K | latent R^2: joint, untrained, raw voxels | share of the lift to 1 | share of the raw "
-             "voxels' lift | PCs with h2 > 2 se: joint, untrained, raw voxels | mean PC h2: joint, untrained, raw "
-             "voxels | planted latent's own h2 (se) | latent variants at 5e-8: joint, untrained, raw voxels |",
-             "|---|---|---|---|---|---|---|---|"]
+             "voxels' lift | T2-only latent R^2 (K > 1): joint, untrained, raw voxels | PCs with h2 > 2 se: joint, "
+             "untrained, raw voxels | mean PC h2: joint, untrained, raw voxels | planted latent's own h2 (se) | "
+             "latent variants at 5e-8: joint, untrained, raw voxels |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
         triple = lambda key, d=3: ", ".join(fmt(r[f"{key}{s}"], d) for s in REFERENCES.values())  # noqa: E731
         lines.append(f"| {r['signal']:g} | {triple('latent_r2')} | {share_cell(r, 'latent_r2_share')} | "
-                     f"{share_cell(r, 'latent_r2_share_of_raw_voxels')} | {triple('pcs_h2_above_2se', 1)} | "
+                     f"{share_cell(r, 'latent_r2_share_of_raw_voxels')} | {triple('t2_latent_r2')} | "
+                     f"{triple('pcs_h2_above_2se', 1)} | "
                      f"{triple('mean_h2')} | {fmt(r['latent_h2_ceiling'], 2)} ({fmt(r['latent_h2_ceiling_se'], 2)}) | "
                      f"{triple('latent_variants_at_5e-8', 1)} |")
     return "\n".join(lines)
