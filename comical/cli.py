@@ -300,9 +300,22 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cohort", type=Path, required=True, help="the cohort whose genotypes the GRM is built from")
     p.add_argument("--out", type=Path, required=True, help="folder for h2.csv (and rg.csv)")
     p.add_argument("--rg", help="PREFIX1,PREFIX2: genetic correlation of each PREFIX1X column with PREFIX2X")
-    p.add_argument("--seed", type=int, default=0, help="the jackknife's block assignment")
+    p.add_argument("--qc", type=Path, metavar="DIR", help="a `comical qc` folder of this cohort to reuse "
+                                                         "(default: QC is run)")
+    p.add_argument("--method", choices=["auto", "exact", "randomized"], default="auto",
+                   help="exact HE on the n x n GRM, or randomized HE (RHE-reg: no GRM, memory O(n)); auto: exact up "
+                        "to 5,000 subjects (default)")
+    p.add_argument("--seed", type=int, default=0, help="the jackknife's blocks and the randomized method's vectors")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_heritability)
+
+    p = sub.add_parser("grm", help="the genetic relationship matrix in GCTA's .grm.bin layout (as plink2 "
+                                   "--make-grm-bin), over the QC-passed subjects and pruned variants")
+    p.add_argument("--cohort", type=Path, required=True, help="the cohort whose genotypes the GRM is built from")
+    p.add_argument("--out", type=Path, required=True, metavar="PREFIX",
+                   help="writes PREFIX.grm.bin, PREFIX.grm.N.bin, PREFIX.grm.id (never over existing files)")
+    p.add_argument("--qc", type=Path, metavar="DIR", help="a `comical qc` folder of this cohort to reuse")
+    p.set_defaults(handler=_grm)
 
     p = sub.add_parser("evaluate", help="a trained run's evaluation on its held-out subjects, beside baselines")
     from comical.pipelines.registry import EVALUATIONS
@@ -781,13 +794,25 @@ def _heritability(args) -> int:
     if prefixes is not None and len(prefixes) != 2:
         raise InputError(f"--rg {args.rg}: expected two column prefixes, e.g. t1_,t2_")
     run = {"command": "heritability", "embeddings": str(args.embeddings.resolve()),
-           "cohort": str(args.cohort.resolve()), "rg": args.rg, "seed": args.seed}
-    out = check_output_dir(args.out, run, force=args.force, inputs=(args.embeddings, args.cohort))
+           "cohort": str(args.cohort.resolve()), "rg": args.rg, "seed": args.seed, "method": args.method,
+           "qc": str(args.qc.resolve()) if args.qc else None}
+    inputs = (args.embeddings, args.cohort) + ((args.qc,) if args.qc else ())
+    out = check_output_dir(args.out, run, force=args.force, inputs=inputs)
     with staged_output_dir(out, run) as stage:
-        summary = heritability(args.embeddings, args.cohort, stage, rg_prefixes=prefixes, seed=args.seed)
+        summary = heritability(args.embeddings, args.cohort, stage, rg_prefixes=prefixes, seed=args.seed,
+                               qc_dir=args.qc, method=args.method)
     rg = f", mean rg {summary['mean_rg']:.3f}" if "mean_rg" in summary else ""
     print(f"heritability: mean h2 {summary['mean_h2']:.3f} over {summary['n_subjects']} subjects and "
-          f"{summary['n_variants']} pruned variants (HE regression, jackknife se){rg} -> {out}")
+          f"{summary['n_variants']} pruned variants ({summary['method']}){rg} -> {out}")
+    return 0
+
+
+def _grm(args) -> int:
+    from comical.pipelines.statgen.grm import grm
+
+    summary = grm(args.cohort, args.out, qc_dir=args.qc)
+    print(f"grm: {summary['n_subjects']} subjects x {summary['n_variants']} pruned variants -> "
+          f"{', '.join(summary['files'])}")
     return 0
 
 

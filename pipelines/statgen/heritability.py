@@ -27,6 +27,7 @@ import polars as pl
 from comical.data_io.errors import InputError
 
 JACKKNIFE_BLOCKS = 50
+EXACT_MAX_SUBJECTS = 5000  # above it, `auto` uses randomized HE (BENCHMARKS.md: heritability)
 COVARIATES = ["age", "sex"] + [f"PC{i}" for i in range(1, 11)]
 
 
@@ -88,6 +89,21 @@ def genetic_correlation(a: np.ndarray, y1: np.ndarray, y2: np.ndarray, covariate
     return estimate, se
 
 
+def _qc(cohort, qc_dir):
+    """The QC to build on: `comical qc`'s folder of this cohort, or run now."""
+    from comical.pipelines.statgen.qc import QCResult, run_qc
+
+    if qc_dir is None:
+        return run_qc(cohort)
+    qc = QCResult.read(qc_dir)
+    if qc.samples["eid"].to_list() != cohort.eids.cast(pl.String).to_list() or \
+            qc.variants.height != cohort.genotypes.n_variants:
+        raise InputError(f"--qc {qc_dir}: made from another cohort ({qc.samples.height} samples, "
+                         f"{qc.variants.height} variants; the cohort has {cohort.eids.len()} and "
+                         f"{cohort.genotypes.n_variants}); run `comical qc --cohort` on this one")
+    return qc
+
+
 def _embedding_columns(table: pl.DataFrame, path: Path) -> list[str]:
     columns = [c for c, t in table.schema.items() if c not in ("eid", "split") and t.is_numeric()]
     if "eid" not in table.columns or not columns:
@@ -96,17 +112,17 @@ def _embedding_columns(table: pl.DataFrame, path: Path) -> list[str]:
 
 
 def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path, *,
-                 rg_prefixes: tuple[str, str] | None = None, seed: int = 0) -> dict:
+                 rg_prefixes: tuple[str, str] | None = None, seed: int = 0, qc_dir: str | Path | None = None,
+                 method: str = "auto") -> dict:
     """`comical heritability`: writes OUT/h2.csv (dimension, h2, se, n_subjects, n_variants), with `rg_prefixes`
     OUT/rg.csv (dimension_1, dimension_2, rg, se: each column of the first prefix with the column of the second
     prefix that has the same suffix; NA with a note unless both columns' h2 exceed 2 se), and OUT/summary.json; returns
-    the summary."""
+    the summary. `qc_dir`: a `comical qc` folder of this cohort to reuse (default: QC is run). `method`: exact (the
+    n x n GRM), randomized (rhe.py: no GRM), or auto (exact up to EXACT_MAX_SUBJECTS subjects)."""
     import json
 
     from comical.data_io.cohort import load_cohort
     from comical.data_io.output_dir import write_atomic
-    from comical.pipelines.statgen.qc import run_qc
-
     path = Path(embeddings)
     if not path.is_file():
         raise InputError(f"--embeddings {path}: file not found")
@@ -119,28 +135,45 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
                  and second + c[len(first):] in columns]
         if not pairs:
             raise InputError(f"--rg {first},{second}: no column pair {first}X / {second}X in {path}")
+    if method not in ("auto", "exact", "randomized"):
+        raise InputError(f"--method {method}: expected auto, exact or randomized")
     cohort = load_cohort(cohort_dir)
-    qc = run_qc(cohort)
+    qc = _qc(cohort, qc_dir)
     kept = qc.samples["filter"].to_numpy() == "PASS"
     eids = cohort.eids.cast(pl.Int64).to_numpy()
     have = np.isin(eids, table["eid"].cast(pl.Int64).to_numpy()) & kept
     if have.sum() < 50:
         raise InputError(f"--embeddings {path}: {int(have.sum())} of its subjects pass the cohort's QC; expected >= 50")
+    if method == "auto":
+        method = "exact" if have.sum() <= EXACT_MAX_SUBJECTS else "randomized"
+    if pairs and method == "randomized":
+        raise InputError(f"--rg: genetic correlation needs the exact GRM ({int(have.sum())} subjects; --method exact "
+                         "builds it: 8 n^2 bytes)")
     variants = np.flatnonzero(qc.variants["pruned_in"].to_numpy())
-    a = relationship_matrix(cohort.genotypes.read(cohort.sample_index[have], variants, dtype=np.int8))
     order = pl.DataFrame({"eid": eids[have]}).join(table.with_columns(pl.col("eid").cast(pl.Int64)), on="eid",
                                                    how="left", maintain_order="left")
     covariates = cohort.covariates.filter(pl.Series(have))
     pcs = qc.pcs.join(pl.DataFrame({"eid": cohort.eids.filter(pl.Series(have))}), on="eid", how="right")
     x = np.column_stack([covariates.select("age", "sex").to_numpy().astype(float),
                          pcs.select([f"PC{i}" for i in range(1, 11)]).to_numpy()])
-    h2, se = he_regression(a, order.select(columns).to_numpy(), x, seed=seed)
+    if method == "exact":
+        a = relationship_matrix(cohort.genotypes.read(cohort.sample_index[have], variants, dtype=np.int8))
+        h2, se = he_regression(a, order.select(columns).to_numpy(), x, seed=seed)
+    else:
+        from comical.pipelines.statgen.rhe import randomized_he
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return cohort.genotypes.read(cohort.sample_index[have], variants[start:stop], dtype=np.int8)
+
+        h2, se = randomized_he(read, len(variants), order.select(columns).to_numpy(), x, seed=seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame({"dimension": columns, "h2": h2, "se": se, "n_subjects": int(have.sum()),
                           "n_variants": int(variants.size)})
     write_atomic(out / "h2.csv", frame.write_csv())
-    summary = {"n_subjects": int(have.sum()), "n_variants": int(variants.size), "method": "HE-CP, jackknife se",
+    summary = {"n_subjects": int(have.sum()), "n_variants": int(variants.size),
+               "method": "HE-CP, jackknife se over subjects" if method == "exact" else
+               "randomized HE (RHE-reg), jackknife se over variant blocks",
                "mean_h2": float(np.mean(h2))}
     if pairs:
         rg, rg_se = genetic_correlation(a, order.select([p[0] for p in pairs]).to_numpy(),
