@@ -363,7 +363,7 @@ def _train_config_class():
 _TRAIN_KEYS = {"task": str, "epochs": int, "batch_size": int, "seed": int, "storage_path": str,
                "engine.workers": int, "engine.use_gpu": bool, "engine.engine": str, "engine.zero_stage": int,
                "engine.precision": str, "engine.cpus_per_worker": float, "engine.max_failures": int,
-               "engine.stall_seconds": float, "engine.compile": str, "optim.learning_rate": float, "model.layout": str, "model.targets": str}
+               "engine.stall_seconds": float, "engine.compile": str, "engine.placement": str, "optim.learning_rate": float, "model.layout": str, "model.targets": str}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_class, keys: dict | None = None) -> None:

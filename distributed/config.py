@@ -38,6 +38,9 @@ class EngineConfig(Config):
     cpus_per_worker: float = 0.5  # fractional, so Ray Data's read tasks still get a CPU on a small machine
     gather_negatives: bool = True  # negatives from all workers (the loss of the concatenated batch)
     max_failures: int = 2  # Ray Train FailureConfig: restarts from the last checkpoint
+    # Ray Train's worker placement: pack (fill a node first, Ray's default) or spread (one worker a node where the
+    # cluster has room: a lost node then costs one worker, and each worker has its node's memory bandwidth)
+    placement: str = "pack"
     # A worker (or worker group) that makes no progress this long fails its run with a line saying what it waited
     # for (distributed/watchdog.py); 0 turns the watchdog off. Minutes: a step, a validation batch or a checkpoint
     # upload that legitimately takes longer needs a larger value.
@@ -60,6 +63,8 @@ class EngineConfig(Config):
             raise InputError(f"--compile {self.compile}: expected one of {', '.join(COMPILE_MODES)}")
         if self.max_failures < 0:
             raise InputError(f"--max-failures {self.max_failures}: expected 0 or more")
+        if self.placement not in ("pack", "spread"):
+            raise InputError(f"--placement {self.placement}: expected pack or spread")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,8 @@ from comical.data_io.output_dir import RUN_FILE, check_output_dir, mark_run, wri
 from comical.distributed.config import TrainConfig
 from comical.distributed.export import load_model, save_model
 from comical.distributed.task import get_task
-from comical.distributed.train import RUN_NAME, WEIGHTS, EpochLog, check_cluster_fits, check_train_inputs, run_training
+from comical.distributed.train import (EVENTS, RUN_NAME, WEIGHTS, EpochLog, check_cluster_fits, check_train_inputs,
+                                      run_training)
 
 
 def train_and_evaluate(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
@@ -95,7 +96,9 @@ def _train_and_evaluate(config: TrainConfig, out: Path, storage: Path, info: dic
 def _fit_and_test(config: TrainConfig, out: Path, storage: Path, info: dict, say) -> dict:
     check_cluster_fits(config, driver_cpus=0.0)
     task = get_task(config.task).bind(info)
-    with _EpochLines(out / "metrics.jsonl", lambda m: say(task.epoch_line(m))):
+    restarts = f"Ray Train restarts from the last checkpoint if --max-failures ({config.engine.max_failures}) allows"
+    with _EpochLines(out / "metrics.jsonl", lambda m: say(task.epoch_line(m))), \
+            _EpochLines(out / EVENTS, lambda e: say(f"train: worker {e['rank']} failed ({e['error']}); {restarts}")):
         result = run_training(config, storage, info, callbacks=(EpochLog(out),))
     if result.error is not None:
         raise result.error

@@ -310,7 +310,8 @@ def run_training(config: TrainConfig, storage: Path, info: dict, *, name: str = 
         train_loop_config={"config": config.to_dict(), "info": info,
                            "stall_file": str(folder / STALL_FILE) if local else None},
         scaling_config=ray.train.ScalingConfig(num_workers=config.engine.workers, use_gpu=config.engine.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=config.engine.placement.upper()),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(storage), callbacks=list(callbacks),
             # a worker group that cannot start is retried as often as a failed worker, not forever (Ray's default)
@@ -381,13 +382,31 @@ def _not_started(config: TrainConfig) -> str:
             f"stopped run holds the rest)")
 
 
+EVENTS = "events.jsonl"  # worker failures, one JSON line each (EpochLog)
+
+
+def failure_line(error: BaseException) -> str:
+    """One line for a worker's failure: its exception's type and the first line that says what happened (Ray
+    wraps a lost actor's cause in several lines; the one naming the node or the exit is kept)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = next((line for line in lines if "node" in line.lower() or "died" in line.lower() or "exit" in
+                    line.lower()), lines[0] if lines else "")
+    return f"{type(error).__name__}: {telling}"[:300]
+
+
 class EpochLog(UserCallback):
     """A Ray Train callback (it runs in the Train controller, on the driver's node): each epoch's metrics are
-    appended to `metrics.jsonl` and TensorBoard in the run folder as soon as every worker has reported."""
+    appended to `metrics.jsonl` and TensorBoard in the run folder as soon as every worker has reported; a worker's
+    failure (a crash, a lost node) is appended to `events.jsonl`, which the driver turns into one console line."""
 
     def __init__(self, out: str | Path):
         self.out = str(out)
         self.writer = None
+
+    def after_exception(self, run_context, worker_exceptions):
+        with open(Path(self.out) / EVENTS, "a") as f:
+            for rank, error in sorted(worker_exceptions.items()):
+                f.write(json.dumps({"event": "worker_failed", "rank": rank, "error": failure_line(error)}) + "\n")
 
     def after_report(self, run_context, metrics, checkpoint):
         m = metrics[0]  # rank 0's: every rank reports the same epoch metrics

@@ -1,5 +1,6 @@
 """Runs across several Ray nodes, on one machine: Ray's own multi-node test cluster (`ray.cluster_utils.Cluster`),
-each node with its own CPUs, in a subprocess (the suite's other tests share one local Ray in this process)."""
+each node with its own CPUs. One cluster serves both tests: it runs in a subprocess (the suite's other tests share
+one local Ray in this process), first a training that loses a node, then a GWAS on the nodes left."""
 
 from __future__ import annotations
 
@@ -10,55 +11,114 @@ import textwrap
 
 import numpy as np
 import polars as pl
+import pytest
+
+from comical.data_io.ukb_fields import IDPS
+
+GWAS_PHENOTYPES = ",".join(IDPS[:3])
+pytestmark = pytest.mark.slow  # a cluster of three Ray nodes and a training: outside `make test-fast`
 
 
-def test_gwas_tasks_run_on_two_nodes_and_write_what_one_worker_writes(mini_cohort, tmp_path):
-    """`comical gwas --workers 2` on a two-node cluster (RAY_ADDRESS, as `ray job submit` sets it; one CPU a node):
-    its blocks ran on both nodes (each task records its node), and the tables equal an in-process one-worker run."""
+@pytest.fixture(scope="module")
+def cluster_run(small_pairs, mini_cohort, tmp_path_factory):
+    """The cluster's script: two one-CPU nodes and a head with no CPU, `comical train` with two workers placed one a
+    node (`--placement spread`; half a CPU each, so packing would put both on one node), DeepSpeed ZeRO-2, resident
+    shards, checkpoints in the run folder every node reads; mid epoch 1 a third node joins and the second is removed without warning (its raylet and
+    worker killed). Then `comical gwas --workers 2` on the two nodes left, each task recording its node."""
+    from conftest import TRAIN_ARGS
+
+    work = tmp_path_factory.mktemp("cluster")
     script = textwrap.dedent(f"""
-        import json, os, sys
+        import json, os, threading, time
         from pathlib import Path
 
         import ray
         from ray.cluster_utils import Cluster
 
-        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
+        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 0, "include_dashboard": False}})
         cluster.add_node(num_cpus=1)
+        second = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
+        from comical.cli import main
         from comical.pipelines.statgen import gwas
 
+        work = Path({str(work)!r})
+        out = work / "run"
+        status = {{}}
+        thread = threading.Thread(target=lambda: status.setdefault("rc", main(
+            ["train", "--pairs", {str(small_pairs)!r}, "--out", str(out), *{TRAIN_ARGS!r}, "--placement", "spread"])))
+        thread.start()
+        removed = False
+        deadline = time.time() + 300
+        while not removed and time.time() < deadline and thread.is_alive():
+            if (out / "metrics.jsonl").is_file():  # epoch 0 is checkpointed
+                time.sleep(1.0)  # into epoch 1
+                cluster.add_node(num_cpus=1)
+                cluster.remove_node(second, allow_graceful=False)
+                removed = True
+            time.sleep(0.2)
+        thread.join(timeout=600)
+
         original = gwas._block
-        nodes = Path({str(tmp_path / "nodes")!r})
 
         def recorded(*args, **kwargs):  # a Ray task on some node: say which
             import ray as worker_ray
-            with open(nodes, "a") as out:
-                out.write(worker_ray.get_runtime_context().get_node_id() + "\\n")
+            with open(work / "gwas_nodes", "a") as f:
+                f.write(worker_ray.get_runtime_context().get_node_id() + "\\n")
             return original(*args, **kwargs)
 
         gwas._block = recorded
-        from comical.cli import main
-
-        code = main(["gwas", "--cohort", {str(mini_cohort)!r}, "--out", {str(tmp_path / "cluster" / "g")!r},
-                     "--workers", "2", "--no-plots"])
+        gwas_rc = main(["gwas", "--cohort", {str(mini_cohort)!r}, "--pheno-name", {GWAS_PHENOTYPES!r}, "--out",
+                        str(work / "cluster" / "g"), "--workers", "2", "--no-plots"])
         ray.shutdown()
         cluster.shutdown()
-        print(json.dumps({{"code": code}}))
+        print(json.dumps({{"train_rc": status.get("rc"), "removed": removed, "gwas_rc": gwas_rc}}))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["code"] == 0
-    ran_on = (tmp_path / "nodes").read_text().split()
-    assert len(ran_on) >= 4 and len(set(ran_on)) == 2, ran_on  # every block recorded, on both nodes
+    return work, json.loads(result.stdout.strip().splitlines()[-1]), result.stdout
 
+
+def test_a_node_lost_mid_training_resumes_on_the_rest_with_the_same_result(cluster_run):
+    """The console says what happened in one line, Ray Train restarts from epoch 0's checkpoint on the nodes left,
+    and the run ends as the uninterrupted run did (test_train.py's pinned metrics: the seed fixes the run)."""
+    from test_train import PINNED_LAST_VAL_LOSS, PINNED_TEST
+
+    work, outcome, console = cluster_run
+    assert outcome["train_rc"] == 0 and outcome["removed"], console[-3000:]
+    failed = [line for line in console.splitlines() if line.startswith("train: worker ")]
+    assert failed and "restarts from the last checkpoint" in failed[0], console
+    out = work / "run"
+    test = json.loads((out / "test_metrics.json").read_text())
+    for key, value in PINNED_TEST.items():
+        assert test[key] == pytest.approx(value, rel=1e-6), key
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in epochs] == [0, 1, 2]
+    assert epochs[-1]["val_loss"] == pytest.approx(PINNED_LAST_VAL_LOSS, rel=1e-6)
+    assert json.loads((out / "run.json").read_text())["state"] == "done"
+    from comical.distributed.config import TrainConfig
+
+    config = TrainConfig.from_yaml(out / "config.yaml")
+    assert config.engine.zero_stage == 2 and config.engine.workers == 2 and config.engine.placement == "spread"
+
+
+def test_gwas_tasks_run_on_two_nodes_and_write_what_one_worker_writes(cluster_run, mini_cohort):
+    """`comical gwas --workers 2` on the cluster (RAY_ADDRESS, as `ray job submit` sets it): its blocks ran on both
+    nodes, and the tables equal an in-process one-worker run's."""
     from comical.cli import main
 
-    assert main(["gwas", "--cohort", str(mini_cohort), "--out", str(tmp_path / "local" / "g"), "--no-plots"]) == 0
-    names = sorted(p.name for p in (tmp_path / "local").glob("g.*.tsv"))
-    assert names and names == sorted(p.name for p in (tmp_path / "cluster").glob("g.*.tsv"))
-    for name in names[:5]:
-        ours, theirs = (pl.read_csv(tmp_path / run / name, separator="\t", null_values="NA")
+    work, outcome, _ = cluster_run
+    assert outcome["gwas_rc"] == 0
+    ran_on = (work / "gwas_nodes").read_text().split()
+    assert len(ran_on) >= 4 and len(set(ran_on)) == 2, ran_on  # every block recorded, on both nodes
+    assert main(["gwas", "--cohort", str(mini_cohort), "--pheno-name", GWAS_PHENOTYPES, "--out",
+                 str(work / "local" / "g"), "--no-plots"]) == 0
+    names = sorted(p.name for p in (work / "local").glob("g.*.tsv") if not p.name.endswith(".clumps.tsv"))
+    assert len(names) == 3 and names == sorted(p.name for p in (work / "cluster").glob("g.*.tsv")
+                                               if not p.name.endswith(".clumps.tsv"))
+    for name in names:
+        ours, theirs = (pl.read_csv(work / run / name, separator="\t", null_values="NA")
                         for run in ("cluster", "local"))
         assert ours.columns == theirs.columns and ours.height == theirs.height
         for column in ours.columns:
