@@ -106,7 +106,10 @@ def test_score_ranking_equals_sklearn_brute_force_and_hand_bh():
     result = score_ranking(labels, score, p, k=4)
     assert result["auroc"] == pytest.approx(roc_auc_score(labels, score), rel=1e-12)
     assert result["auprc"] == pytest.approx(average_precision_score(labels, score), rel=1e-12)
-    assert result["auprc_chance"] == pytest.approx(3 / 8)
+    # chance: a random order's expected average precision, over all C(8, 3) equally likely placements of the 3
+    every = [average_precision_score(np.isin(np.arange(8), list(c)), -np.arange(8.0))
+             for c in itertools.combinations(range(8), 3)]
+    assert result["auprc_chance"] == pytest.approx(np.mean(every), rel=1e-12) and result["auprc_chance"] > 3 / 8
     assert result["precision_at_k"] == pytest.approx(_brute_precision_at_k(labels, score, 4))
     assert result["precision_at_k"] == pytest.approx((2 + 1 / 3) / 4)  # 5, 4, 3, then one of the three 2s
     # BH by hand: sorted p 0.001 0.002 0.004 0.02 0.05 0.3 0.5 0.9; p_(i) * 8 / i = 0.008 0.008 0.0107 0.04 0.08 ...

@@ -129,7 +129,8 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
             row |= {f"{side}_loci": int(gwas["loci"][0]), f"{side}_variants_at_5e-8": len(significant),
                     f"{side}_lambda_gc": float(gwas["lambda_gc"][0]),
                     f"{side}_latent_variants_at_5e-8": len(significant & latent_variants),
-                    f"{side}_mean_h2": float(h2.mean()), f"{side}_pcs_h2_above_2se": int((h2 > 2 * se).sum())}
+                    f"{side}_mean_h2": float(h2.mean()), f"{side}_pcs_h2_above_2se": int((h2 > 2 * se).sum()),
+                    f"{side}_max_h2_z": float(np.max(h2 / np.where(se > 0, se, np.inf)))}
         if len(sides) == 2:
             row |= _sides_compared(hits[(name, "t1")], hits[(name, "t2")], first_pcs[(name, "t1")],
                                    first_pcs[(name, "t2")], grm, h2_covariates, seed, genetic_correlation)

@@ -2,13 +2,16 @@
 
     comical grm --cohort COHORT --out PREFIX [--qc DIR]
 
-Over the QC-passed subjects and the LD-pruned variants (the GRM `comical heritability` uses): each variant
+Over the QC-passed subjects and the LD-pruned variants (those `comical heritability` uses): each variant
 standardised with the subjects' allele frequency, a missing call counted as 0 (the mean), and each pair's sum
-divided by the variants called in both (plink2's and GCTA's default). Files:
+divided by the variants called in both: plink2's values (heritability.py's own GRM divides by every polymorphic
+variant instead, so the two differ where calls are missing; GCTA's `--make-grm` also estimates the diagonal
+differently). A pair with no variant called in both is written as 0. Files:
 - PREFIX.grm.bin: the lower triangle with the diagonal, row by row (A_00, A_10, A_11, A_20, ...), float32;
 - PREFIX.grm.N.bin: the variants called in both of each pair, same order, float32;
 - PREFIX.grm.id: FID and IID per subject, tab-separated, no header (both the cohort's eid).
-Built in row blocks, so besides the standardised genotypes (n x m float32) memory is a block of rows.
+Written in row blocks; memory is about four times the genotype matrix (the standardised values, the call mask,
+a float64 copy per block), not n^2.
 """
 
 from __future__ import annotations
