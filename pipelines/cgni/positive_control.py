@@ -9,7 +9,8 @@ each model's pooled cross-validated balanced accuracy beside:
 - the ceilings: a logistic on age, sex and the planted regions as the simulator scores them (issue 32's bar: CGNI
   within 5 points of it), and the same with the planted SNP score (the trait's every planted part; CGNI reads the
   panel, so it may pass the first ceiling but not this one).
-Shares are of the ceiling's lift over the floor; NA where that lift is under 2 points (no room to measure).
+Shares are of the ceiling's lift over the floor; NA where that lift's paired 95% bootstrap interval (Table 1's
+`cv_minus_reference`) reaches 0: no room to measure.
 The cell's cohort and runs are deleted once scored.
 """
 
@@ -25,7 +26,6 @@ SHARES = {"cgni_share": "CGNI (of the true-feature model's lift over age + sex)"
           "cgni_share_all": "CGNI (of the lift with the planted SNP score too)",
           "cnn_share": "Imaging CNN (of the true-feature model's lift)"}
 MODELS = {"cgni": "CGNI", "cnn": "Imaging CNN", "genetic": "Sparse genetic NN", "concat": "Imaging-genetic NN"}
-ROOM = 0.02  # a ceiling less than 2 points above the floor leaves no lift to share
 
 
 def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
@@ -45,7 +45,8 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
     shares = json.loads((work / "cohort" / "truth" / "wm.json").read_text())["variance_shares"]
 
     def share(value, top):
-        return (value - floor) / (top - floor) if top - floor >= ROOM else None
+        room = cv[TRUE_FEATURES if top == ceiling else TRUE_ALL]["cv_minus_reference_low"] > 0
+        return (value - floor) / (top - floor) if room else None
 
     row = {"regions_share_of_variance": shares["regions"], "genetic_share_of_variance": shares["genetic"],
            "n_subjects": summary["subjects"]["cross_validation"], "floor_cv": floor, "ceiling_cv": ceiling,
