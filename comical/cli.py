@@ -304,7 +304,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                                          "(default: QC is run)")
     p.add_argument("--method", choices=["auto", "exact", "randomized"], default="auto",
                    help="exact HE on the n x n GRM, or randomized HE (RHE-reg: no GRM, memory O(n)); auto: exact up "
-                        "to 5,000 subjects (default)")
+                        "to 10,000 subjects (default)")
     p.add_argument("--seed", type=int, default=0, help="the jackknife's blocks and the randomized method's vectors")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_heritability)

@@ -27,7 +27,7 @@ import polars as pl
 from comical.data_io.errors import InputError
 
 JACKKNIFE_BLOCKS = 50
-EXACT_MAX_SUBJECTS = 5000  # above it, `auto` uses randomized HE (BENCHMARKS.md: heritability)
+EXACT_MAX_SUBJECTS = 10000  # above it, `auto` uses randomized HE (exact: 73 s, 2.5 GiB here; BENCHMARKS.md)
 COVARIATES = ["age", "sex"] + [f"PC{i}" for i in range(1, 11)]
 
 
