@@ -218,7 +218,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(handler=_bench_gemcont_sim)
     p = bench.add_parser("positive-control", help="does a method find what is planted as the planted signal grows "
                                                   "(simulate --signal)? shares of each ceiling's lift")
-    p.add_argument("--method", choices=["comical", "gemcont", "rotation", "cgni", "momentum"], default="comical",
+    from comical.pipelines.registry import CONTROLS
+
+    p.add_argument("--method", choices=list(CONTROLS), default="comical",
                    help="COMICAL (pair stores), GEMCONT (brain volumes), rotation (paper 001's benchmark), CGNI, "
                         "T1/T2 momentum (default comical)")
     p.add_argument("--signal", default="1,3,10,30", metavar="K,K,...",

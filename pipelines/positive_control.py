@@ -5,15 +5,15 @@
 One cell per (signal, seed): a cohort simulated at that signal and seed, the method trained and scored on it, each
 metric beside its floor (a model without the signal) and its ceiling (a model that knew the planted truth), and the
 share of the ceiling's lift over the floor the method reaches. The cells are the papers' own (`CONTROL` of
-pipelines/<paper>/positive_control.py, named in `CONTROLS`); this module runs them, keeps each finished cell in
-`cells/<K>_<seed>.json` so a stopped bench resumes, and writes results.csv (a row per cell), results.md (the mean
-over seeds with a 95% t interval over seeds) and results.png (the shares against the signal).
+pipelines/<paper>/positive_control.py, named in pipelines/registry.py `CONTROLS`); this module runs them, keeps
+each finished cell in `cells/<K>_<seed>.json` so a stopped bench resumes, and writes results.csv (a row per cell),
+results.md (the mean over seeds with a 95% t interval over seeds) and results.png (the shares against the
+signal).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import io
 import json
 from pathlib import Path
@@ -24,14 +24,6 @@ import polars as pl
 
 from comical.data_io.errors import InputError
 
-# --method -> its paper's control (module:attribute); imported only when run
-CONTROLS = {
-    "comical": "comical.pipelines.comical.positive_control:CONTROL",
-    "gemcont": "comical.pipelines.gemcont.positive_control:GEMCONT",
-    "rotation": "comical.pipelines.gemcont.positive_control:ROTATION",
-    "cgni": "comical.pipelines.cgni.positive_control:CONTROL",
-    "momentum": "comical.pipelines.momentum.positive_control:CONTROL",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +53,12 @@ class Control:
 
 
 def control(method: str) -> Control:
+    """The paper's control that `--method` names (pipelines/registry.py CONTROLS)."""
+    from comical.pipelines.registry import CONTROLS, load
+
     if method not in CONTROLS:
         raise InputError(f"--method {method}: expected one of {', '.join(CONTROLS)}")
-    module, _, name = CONTROLS[method].partition(":")
-    return getattr(importlib.import_module(module), name)
+    return load(CONTROLS[method])
 
 
 def run_positive_control(out: Path, method: str = "comical", settings: ControlSettings = ControlSettings(), *,

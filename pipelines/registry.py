@@ -1,5 +1,6 @@
 """The registry of models: one row per trained task, saying how its inputs are made from a cohort, how it embeds
-subjects, how it is evaluated, which heads read it, and which command trains it.
+subjects, how it is evaluated, which heads read it, and which command trains it; and each paper's positive control
+(`bench positive-control --method`).
 
 The CLI, `comical embed`, `predict`/`riskscore`, the demo and `tune` read these rows; outside this module and the
 task modules (`distributed/tasks/`), no code compares a task's name (tests/test_layers.py). Adding a paper is a task
@@ -50,6 +51,15 @@ MODELS = {m.task: m for m in (
 EVALUATIONS = {  # `comical evaluate NAME`: the function, and whether it reads one run or named runs
     "gemcont": (f"{_P}.gemcont.evaluate:evaluate_gemcont", "run"),
     "momentum": (f"{_P}.momentum.evaluate:evaluate_momentum", "runs"),
+}
+
+# `comical bench positive-control --method NAME`: its paper's control (pipelines/positive_control.py)
+CONTROLS = {
+    "comical": f"{_P}.comical.positive_control:CONTROL",
+    "gemcont": f"{_P}.gemcont.positive_control:GEMCONT",
+    "rotation": f"{_P}.gemcont.positive_control:ROTATION",
+    "cgni": f"{_P}.cgni.positive_control:CONTROL",
+    "momentum": f"{_P}.momentum.positive_control:CONTROL",
 }
 
 

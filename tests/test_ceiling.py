@@ -194,7 +194,8 @@ def test_positive_control_methods_share_the_bench_and_refuse_what_does_not_fit(t
     """Every --method resolves to its paper's control; the rotation benchmark's signal is an h_g, so a K above 1 is
     refused in one line before anything runs; an --out holding another method's cells is refused."""
     from comical.cli import main
-    from comical.pipelines.positive_control import CONTROLS, control
+    from comical.pipelines.positive_control import control
+    from comical.pipelines.registry import CONTROLS
 
     assert {control(m).name for m in CONTROLS} == {"COMICAL", "GEMCONT (brain volumes)",
                                                    "GEMCONT (rotation benchmark)", "CGNI", "T1/T2 momentum"}

@@ -50,18 +50,9 @@ def test_learns_the_pairs_far_above_chance(trained_run):
     assert config.engine.zero_stage == 2 and config.engine.workers == 1 and config.batch_size == 1024
 
 
-# `comical train` with TRAIN_ARGS (two Ray Train workers) on the small store. The task-agnostic engine reproduced
-# commit 34e825d's numbers to ~1e-9 (test loss 4.926598424658858; checked at 6a6779d). Two deliberate changes since
-# then moved them: workers read their resident shards themselves (issue 21; strided rows in canonical order instead
-# of Ray Data's blocks), and validation and test batches hold `eval_batch_size` (4096) rows whatever the training
-# batch (so Tune compares losses at one batch size). These are the new engine's values, pinned so later changes show
-# up; the fault drill's run must end with them.
-PINNED_TEST = {"loss": 6.216826933098676, "within_bucket_accuracy": 0.11192109777015437,
-               "within_bucket_accuracy_null": 0.11165268906916304, "bucket_accuracy_chance": 0.15356055627397203,
-               "top1_accuracy": 0.11192109777015437, "n_test_pairs": 10494}
-PINNED_LAST_VAL_LOSS = 6.219449009591961
-# The same settings on one worker in this process (IN_PROCESS_ARGS: `trained_run`), pinned when the suite moved
-# its trainings in process (issue 31).
+# `comical train` with IN_PROCESS_ARGS (one worker in this process: `trained_run`) on the small store, pinned when
+# the suite moved its trainings in process (issue 31), so later changes show up. (The two-worker run's pins live with
+# the fault drill in tests/test_multinode.py.)
 PINNED_ONE_WORKER = {"loss": 6.216912997161999, "within_bucket_accuracy": 0.12145035258242805,
                      "within_bucket_accuracy_null": 0.12162172387662742, "top1_accuracy": 0.12145035258242805,
                      "n_test_pairs": 10494}
@@ -129,8 +120,8 @@ def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
     assert (paper["test"] == "paper").all() and paper.height == assoc.height
 
 
-# The fault drill (a worker lost mid-epoch: the run restarts from its last checkpoint and ends with the pinned
-# metrics) runs across nodes, a node removed: tests/test_multinode.py.
+# The fault drill (a worker lost mid-epoch: the run restarts from its last checkpoint and ends with pinned
+# metrics) runs across nodes, a node removed, on the tiny store: tests/test_multinode.py.
 
 
 def test_ddp_engine_trains_and_resume_continues_a_run(tiny_pairs, tmp_path, capsys, in_process):
