@@ -237,6 +237,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="comical: the token layout, as `train --layout` (default paper)")
     p.add_argument("--voxel-mm", type=float, default=8.0, metavar="X",
                    help="gemcont, cgni, momentum: the simulated volumes' voxel size (default 8)")
+    p.add_argument("--n-train", type=int, default=5000, metavar="N",
+                   help="rotation: training subjects per seed (default 5,000)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for results.csv, results.md, results.png (resumes the cells already there)")
     p.set_defaults(handler=_bench_positive_control)
@@ -730,11 +732,12 @@ def _bench_positive_control(args) -> int:
     except ValueError:
         raise InputError(f"--signal {args.signal}: expected comma-separated numbers like 1,3,10,30") from None
     if min(signals) < 0 or min(args.seeds, args.workers) < 1 or (args.epochs or 1) < 1 or args.top_n_perc <= 0 \
-            or args.voxel_mm <= 0:
-        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc and --voxel-mm > 0")
+            or args.voxel_mm <= 0 or args.n_train < 100:
+        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc and --voxel-mm > 0;"
+                         " --n-train >= 100")
     settings = ControlSettings(signals=signals, seeds=args.seeds, epochs=args.epochs, top_n_perc=args.top_n_perc,
                                workers=args.workers, max_subjects=args.max_subjects, layout=args.layout,
-                               voxel_mm=args.voxel_mm)
+                               voxel_mm=args.voxel_mm, n_train=args.n_train)
     run_positive_control(args.out, args.method, settings)
     print((args.out / "results.md").read_text(), end="")
     return 0

@@ -75,7 +75,8 @@ def _rotation_cell(work: Path, signal: float, seed: int, settings, epochs: int) 
     from comical.pipelines.gemcont.simulation import SimBench, run_benchmark
 
     shutil.rmtree(work, ignore_errors=True)
-    bench = SimBench(h_g_values=(signal,), splits=1, seed=seed, epochs=epochs, projector_init="gwas")
+    bench = SimBench(h_g_values=(signal,), splits=1, seed=seed, epochs=epochs, projector_init="gwas",
+                     n_train=settings.n_train)
     table = run_benchmark("h_g", work, bench=bench, methods=("gemcont", "supervised"), workers=settings.workers,
                           say=lambda _: None)
     r2 = dict(zip(table["method"], table["r2"]))
@@ -97,8 +98,9 @@ def _rotation_check(settings) -> None:
 
 
 def _rotation_markdown(summary, settings, epochs: int) -> str:
-    lines = [f"Rotation benchmark positive control (paper 001's simulation): 5,000 training and 10,000 test subjects "
-             f"per seed, S = 20, alpha_max 45, {epochs} epochs, GEMCONT's projector initialised at the GWAS effects. "
+    lines = [f"Rotation benchmark positive control (paper 001's simulation): {settings.n_train:,} training and 10,000 "
+             f"test subjects per seed, S = 20, alpha_max 45, {epochs} epochs, GEMCONT's projector initialised at the "
+             "GWAS effects. "
              "Ridge R^2 of z from the test embeddings, mean over seeds (each a new population); shares with a 95% t "
              "interval over seeds. Floor: the untrained encoder; ceiling: the supervised model on z (a reference). "
              "Bar (issue 32, h_g 1): GEMCONT / supervised >= 0.9.", "",
@@ -117,5 +119,5 @@ GEMCONT = Control("GEMCONT (brain volumes)", _gemcont_cell,
 ROTATION = Control("GEMCONT (rotation benchmark)", _rotation_cell,
                    {"r2_share": "R^2 of z (of the supervised model's lift)",
                     "ratio_to_ceiling": "R^2 of z / the supervised model's"},
-                   _rotation_markdown, epochs=15, signal_label="h_g (paper 001's genetic share of z)",
-                   check=_rotation_check)
+                   _rotation_markdown, epochs=15, reads=("n_train",),
+                   signal_label="h_g (paper 001's genetic share of z)", check=_rotation_check)
