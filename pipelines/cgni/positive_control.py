@@ -44,9 +44,10 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
     floor, ceiling, ceiling_all = (cv[m]["cv"] for m in (COVARIATES, TRUE_FEATURES, TRUE_ALL))
     shares = json.loads((work / "cohort" / "truth" / "wm.json").read_text())["variance_shares"]
 
-    def share(value, top):
-        room = cv[TRUE_FEATURES if top == ceiling else TRUE_ALL]["cv_minus_reference_low"] > 0
-        return (value - floor) / (top - floor) if room else None
+    def share(model: str, reference: str) -> float | None:
+        """`model`'s share of `reference`'s lift over the floor; None unless that lift's interval clears 0."""
+        top = cv[reference]
+        return (cv[model]["cv"] - floor) / (top["cv"] - floor) if top["cv_minus_reference_low"] > 0 else None
 
     row = {"regions_share_of_variance": shares["regions"], "genetic_share_of_variance": shares["genetic"],
            "n_subjects": summary["subjects"]["cross_validation"], "floor_cv": floor, "ceiling_cv": ceiling,
@@ -54,8 +55,8 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
            **{f"{k}_cv": cv[m]["cv"] for k, m in MODELS.items()}, "raw_voxels_cv": voxels,
            "cgni_minus_floor_low": cv["CGNI"]["cv_minus_reference_low"],
            "cgni_minus_floor_high": cv["CGNI"]["cv_minus_reference_high"],
-           "cgni_share": share(cv["CGNI"]["cv"], ceiling), "cgni_share_all": share(cv["CGNI"]["cv"], ceiling_all),
-           "cnn_share": share(cv["Imaging CNN"]["cv"], ceiling),
+           "cgni_share": share("CGNI", TRUE_FEATURES), "cgni_share_all": share("CGNI", TRUE_ALL),
+           "cnn_share": share("Imaging CNN", TRUE_FEATURES),
            "cgni_points_below_ceiling": 100 * (ceiling - cv["CGNI"]["cv"])}
     shutil.rmtree(work)
     return row

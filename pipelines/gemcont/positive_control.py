@@ -98,8 +98,12 @@ def _rotation_check(settings) -> None:
 
 
 def _rotation_markdown(summary, settings, epochs: int) -> str:
-    lines = [f"Rotation benchmark positive control (paper 001's simulation): {settings.n_train:,} training and 10,000 "
-             f"test subjects per seed, S = 20, alpha_max 45, {epochs} epochs, GEMCONT's projector initialised at the "
+    from comical.pipelines.gemcont.simulation import SimBench
+
+    bench = SimBench()
+    lines = [f"Rotation benchmark positive control (paper 001's simulation): {settings.n_train:,} training and "
+             f"{bench.n_test:,} test subjects per seed, S = {bench.n_variants}, alpha_max {bench.alpha_max:g}, "
+             f"{epochs} epochs, GEMCONT's projector initialised at the "
              "GWAS effects. "
              "Ridge R^2 of z from the test embeddings, mean over seeds (each a new population); shares with a 95% t "
              "interval over seeds. Floor: the untrained encoder; ceiling: the supervised model on z (a reference). "
