@@ -239,6 +239,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="gemcont, cgni, momentum: the simulated volumes' voxel size (default 8)")
     p.add_argument("--n-train", type=int, default=5000, metavar="N",
                    help="rotation: training subjects per seed (default 5,000)")
+    p.add_argument("--preset", choices=["mini", "paper"], default="mini",
+                   help="cgni: the simulated cohort (default mini; its 246 subjects in the two groups are too few "
+                        "for the CNN: docs/positive-controls.md)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for results.csv, results.md, results.png (resumes the cells already there)")
     p.set_defaults(handler=_bench_positive_control)
@@ -291,6 +294,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (paper: 5)")
     p.add_argument("--epochs", default="8,8,30,30",
                    help="epochs of brain age, transfer CNN, contrastive and classifier stages")
+    p.add_argument("--age-subjects", type=int, metavar="N",
+                   help="pre-train brain age on a random N of the subjects with images outside the two groups "
+                        "(default: all of them)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per stage")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--seed", type=int, default=0, help="groups, folds and initial weights")
@@ -737,7 +743,7 @@ def _bench_positive_control(args) -> int:
                          " --n-train >= 100")
     settings = ControlSettings(signals=signals, seeds=args.seeds, epochs=args.epochs, top_n_perc=args.top_n_perc,
                                workers=args.workers, max_subjects=args.max_subjects, layout=args.layout,
-                               voxel_mm=args.voxel_mm, n_train=args.n_train)
+                               voxel_mm=args.voxel_mm, n_train=args.n_train, preset=args.preset)
     run_positive_control(args.out, args.method, settings)
     print((args.out / "results.md").read_text(), end="")
     return 0
@@ -783,7 +789,7 @@ def _cgni(args) -> int:
     settings = CgniSettings(weights=_numbers(args.loss_weights, "--loss-weights", 4), grid=args.loss_terms,
                             folds=args.folds, age_epochs=epochs[0], cnn_epochs=epochs[1],
                             contrastive_epochs=epochs[2], classify_epochs=epochs[3], workers=args.workers,
-                            use_gpu=args.use_gpu, seed=args.seed)
+                            use_gpu=args.use_gpu, seed=args.seed, age_subjects=args.age_subjects)
     summary = run_cgni(args.cohort, args.out, settings=settings, panel=args.panel, force=args.force,
                        verbose=args.verbose)
     print((args.out / "cgni.md").read_text(), end="")

@@ -94,6 +94,10 @@ class Task:
     def after_step(self, module: nn.Module) -> None:
         """Called after every optimizer step with the unwrapped model."""
 
+    def before_validation(self, module: nn.Module) -> None:
+        """Called on every rank after each epoch's training with the unwrapped model, before its validation (a
+        task may set statistics, such as batch norm's, that validation and the checkpoint then use)."""
+
     def after_validation(self, module: nn.Module, metrics: dict) -> dict:
         """Called on every rank after each epoch's validation with the unwrapped model and the (all-reduced)
         validation metrics, before the checkpoint; returns metrics to add (the heads keep each head's best weights)."""

@@ -80,6 +80,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     for epoch in range(start_epoch, config.epochs):
         train_loss, samples, seconds = _train_epoch(engine, task, train, epoch, rank, world, config, watchdog)
+        task.before_validation(engine.module)
         # the same validation batches every epoch, so epochs differ only by the model
         val_metrics = evaluate(engine, task, val, config, world=world, seed=config.seed, watchdog=watchdog)
         val_metrics |= task.after_validation(engine.module, val_metrics)

@@ -38,6 +38,7 @@ class ControlSettings:
     max_subjects: int | None = None  # COMICAL: the pair stores' --max-subjects (a quicker, weaker control)
     layout: str = "paper"  # COMICAL's token layout (`comical train --layout`)
     voxel_mm: float = 8.0  # the image methods' volumes (12 mm hides CGNI's regions: SCIENCE.md)
+    preset: str = "mini"  # CGNI's cohort (`comical simulate --preset`): its CNN needs the paper's thousands
     n_train: int = 5000  # the rotation benchmark's training subjects (its supervised reference grows with them)
 
 

@@ -141,6 +141,64 @@ def test_fold_masks_keep_each_members_rows_apart():
     assert not (train & val).any()
 
 
+def test_a_folds_batch_norm_is_nn_batch_norm_on_its_own_training_rows():
+    """Training: its rows' statistics normalise the batch, as nn.BatchNorm3d on those rows alone; the rows it does not
+    train on change neither its output on its rows nor its running statistics."""
+    from comical.distributed.tasks.cgni import FoldBatchNorm3d
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, 3, 3, 2) * 2 + 1
+    rows = torch.tensor([True, False] * 6)
+    ours, reference = FoldBatchNorm3d(4), torch.nn.BatchNorm3d(4)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2), ours.bias.uniform_(-1, 1)
+    reference.load_state_dict(ours.state_dict())
+    ours.rows = rows
+    out = ours(x)
+    torch.testing.assert_close(out[rows], reference(x[rows]))
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    ours.eval(), reference.eval()
+    torch.testing.assert_close(ours(x), reference(x))  # evaluation: the running statistics
+    again = FoldBatchNorm3d(4)
+    again.load_state_dict(reference.state_dict() | {"running_mean": torch.zeros(4), "running_var": torch.ones(4),
+                                                     "num_batches_tracked": torch.tensor(0)})
+    again.rows = rows
+    other = x.clone()
+    other[~rows] = 100.0
+    torch.testing.assert_close(again(other)[rows], out[rows])
+    torch.testing.assert_close(again.running_mean, ours.running_mean)
+
+
+def test_each_fold_networks_statistics_come_from_its_training_rows_only():
+    """set_statistics: fold k's running statistics are those of its training rows (fold != k) with today's weights;
+    changing the images of its held-out rows leaves them as they were, and changes another fold's."""
+    from comical.distributed.tasks.cgni import CgniCnnConfig, FoldBatchNorm3d, FoldCNN
+
+    torch.manual_seed(0)
+    config = CgniCnnConfig(channels=(4, 6, 8), frozen_blocks=1)
+    model = FoldCNN(config, (8, 8, 8), folds=3, pretrained=None)
+    image, fold = torch.randn(30, 1, 8, 8, 8), torch.arange(30) % 3
+
+    def statistics(images):
+        model.set_statistics([(images[:16], fold[:16]), (images[16:], fold[16:])])
+        return [[m.running_mean.clone() for m in tail.modules() if isinstance(m, FoldBatchNorm3d)]
+                for tail in model.tails]
+
+    before = statistics(image)
+    shared = model.trunk(image[fold != 0])
+    first = next(m for m in model.tails[0].modules() if isinstance(m, FoldBatchNorm3d))
+    conv = model.tails[0].blocks[0][0]
+    torch.testing.assert_close(before[0][0], conv(shared).mean((0, 2, 3, 4)).detach())
+    assert first.momentum == 0.1  # restored after the pass
+    changed = image.clone()
+    changed[fold == 0] += 5
+    after = statistics(changed)
+    for a, b in zip(before[0], after[0]):
+        torch.testing.assert_close(a, b)  # fold 0 validates on those rows: they do not shape it
+    assert not torch.allclose(before[1][0], after[1][0])  # fold 1 trains on them
+
+
 @pytest.fixture(scope="module")
 def cgni_inputs(image_cohort, tmp_path_factory):
     from comical.pipelines.cgni.inputs import prepare_cgni_inputs

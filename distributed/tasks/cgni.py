@@ -9,9 +9,12 @@
   flattened size is 256 x what the five pools leave (256 at 8-12 mm; the paper's h_v has 512).
 - `cgni-cnn` (images streamed): the transfer to the low/high classification, one CNN per cross-validation fold in
   one module. Every fold's CNN starts from the brain-age weights; the first `frozen_blocks` blocks (paper: the first
-  two) stay frozen and are shared, computed once per batch; the later blocks are fine-tuned with their batch-norm
-  statistics frozen at the pre-trained ones (a per-row computation: each fold's network sees every row of a batch,
-  and only its own training rows count in its loss, so no row it validates on shapes its weights or statistics); the
+  two) stay frozen, with their pre-trained batch-norm statistics, and are shared, computed once per batch; the later
+  blocks are fine-tuned. Each fold's network sees every row of a batch, and only its own training rows count in its
+  loss and in its batch-norm statistics (`FoldBatchNorm3d`), so no row it validates on shapes it. Before each
+  validation its running statistics are computed afresh over all its training rows with the weights as they are.
+  (Batch-norm statistics frozen at the pre-trained ones stalled the fine-tuning, and running averages of 16-row
+  batches misplaced the decision threshold while the weights moved: SCIENCE.md, the CGNI positive control.) The
   output layer is new (one logit, high vs low). Its flattened last block is the image representation h_v.
 - `cgni-bank` (resident): small networks on fixed features, one per (model, fold), side by side in one module, each
   trained on its fold's training rows and validated on the fold's held-out rows: `contrastive` members are stage 2
@@ -79,10 +82,34 @@ class CgniCnnConfig(Config):
     pretrained: str = ""  # cgni-cnn: the brain-age run's model folder
 
 
+class FoldBatchNorm3d(nn.BatchNorm3d):
+    """Batch norm whose training statistics come from the batch's `rows` (a bool per row, set before each forward:
+    one fold's training rows), weighted so that no row's selection needs a host sync; without `rows`, and in
+    evaluation, it is nn.BatchNorm3d."""
+
+    rows: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rows is None:
+            return super().forward(x)
+        w = self.rows.to(x.dtype).view(-1, 1, 1, 1, 1)
+        count = (w.sum() * x[0, 0].numel()).clamp(min=2)
+        mean = (x * w).sum((0, 2, 3, 4)) / count
+        var = ((x - mean.view(1, -1, 1, 1, 1)).square() * w).sum((0, 2, 3, 4)) / count
+        with torch.no_grad():  # as nn.BatchNorm3d: momentum None is a cumulative average
+            self.num_batches_tracked += 1
+            step = 1 / self.num_batches_tracked if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), step)
+            self.running_var.lerp_((var * count / (count - 1)).to(self.running_var.dtype), step)
+        shape = (1, -1, 1, 1, 1)
+        return ((x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape)
+                + self.bias.view(shape))
+
+
 def conv_blocks(channels) -> nn.Sequential:
     blocks, previous = [], 1
     for width in channels:
-        blocks.append(nn.Sequential(nn.Conv3d(previous, width, 3, padding=1), nn.BatchNorm3d(width),
+        blocks.append(nn.Sequential(nn.Conv3d(previous, width, 3, padding=1), FoldBatchNorm3d(width),
                                     nn.MaxPool3d(2, ceil_mode=True), nn.ReLU()))
         previous = width
     return nn.Sequential(*blocks)
@@ -130,20 +157,42 @@ class FoldCNN(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.modules():  # pre-trained statistics, frozen (see the module docstring)
-            if isinstance(m, nn.BatchNorm3d):
-                m.eval()
+        self.trunk.eval()  # frozen, with its pre-trained statistics
         return self
 
-    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """h_v of every fold's CNN: its flattened last block."""
+    def features(self, image: torch.Tensor, fold: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """h_v of every fold's CNN: its flattened last block. In training, `fold` (per row) gives each network's
+        batch-norm rows: its own training rows."""
         with torch.no_grad():
             shared = self.trunk(image)
+        rows = fold_masks(fold, len(self.tails), True) if fold is not None else None
+        for k, tail in enumerate(self.tails):
+            for m in tail.blocks.modules():
+                if isinstance(m, FoldBatchNorm3d):
+                    m.rows = rows[:, k] if rows is not None else None
         return [tail.blocks(shared).flatten(1) for tail in self.tails]
 
     def forward(self, batch: dict) -> dict:
-        logits = [tail.out(tail.dropout(h)) for tail, h in zip(self.tails, self.features(batch["image"]))]
+        h = self.features(batch["image"], batch["fold"] if self.training else None)
+        logits = [tail.out(tail.dropout(v)) for tail, v in zip(self.tails, h)]
         return {"logits": torch.cat(logits, 1), "training": self.training}
+
+    @torch.no_grad()
+    def set_statistics(self, batches) -> None:
+        """Every fold network's batch-norm running statistics, computed afresh over its training rows: `batches`
+        yields (image, fold) over the cross-validation rows (torch.optim.swa_utils.update_bn, per fold)."""
+        norms = [m for m in self.tails.modules() if isinstance(m, FoldBatchNorm3d)]
+        momentum = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        was = self.training
+        self.train()
+        for image, fold in batches:
+            self.features(image, fold)
+        self.train(was)
+        for m, value in zip(norms, momentum):
+            m.momentum = value
 
 
 def fold_masks(fold: torch.Tensor, folds: int, training: bool) -> torch.Tensor:
@@ -311,7 +360,20 @@ class CgniCnnTask(_ImageTask):
         return FoldCNN(model_config, info["image_shape"], info["folds"], weights)
 
     def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
-        return {"image": self._image(batch, dtype)}
+        fold, = self._columns(batch, "fold")
+        return {"image": self._image(batch, dtype), "fold": fold}
+
+    def before_validation(self, module: nn.Module) -> None:
+        """Each fold network's batch-norm statistics over all its training rows, with this epoch's weights."""
+        from comical.data_io.images import open_image_store
+
+        s = self._subjects()
+        device, dtype = next(module.parameters()).device, next(module.parameters()).dtype
+        batches = ((torch.from_numpy(volumes[:, None]).to(device, dtype),
+                    torch.from_numpy(s["fold"][_lookup(s["eid"], stored)]).to(device))
+                   for volumes, stored in open_image_store(self.info["images"]).batches(
+                       self.info["modality"], s["eid"][s["fold"] >= 0], 32))
+        module.set_statistics(batches)
 
     def loss(self, outputs, batch: dict, config, *, rank: int, world_size: int) -> torch.Tensor:
         label, fold = self._columns(batch, "label", "fold")

@@ -65,8 +65,9 @@ def read_digit_span(path: Path, eids: pl.Series) -> np.ndarray:
 
 
 def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str | Path | None = None,
-                        modality: str = "t1", folds: int = 5, seed: int = 0) -> dict:
-    """Write the inputs folder `out` (staged, renamed into place when whole); returns its manifest."""
+                        modality: str = "t1", folds: int = 5, seed: int = 0, age_subjects: int | None = None) -> dict:
+    """Write the inputs folder `out` (staged, renamed into place when whole); returns its manifest.
+    `age_subjects`: brain-age pre-training on a random N of the subjects outside the two groups (None: all)."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     cohort_dir = Path(cohort_dir)
@@ -100,6 +101,8 @@ def prepare_cgni_inputs(cohort_dir: str | Path, out: str | Path, *, panel: str |
     if others.size < 20:
         raise InputError(f"{cohort_dir}: {others.size} subjects with images outside the two working-memory groups; "
                          "the brain-age pre-training needs at least 20")
+    if age_subjects is not None:
+        others = np.sort(np.random.default_rng([seed, 1]).permutation(others)[:max(20, age_subjects)])
     val = np.random.default_rng(seed).permutation(others)[:max(1, len(others) // 10)]
     age_split[others], age_split[val], age_split[groups] = "train", "val", "test"
 

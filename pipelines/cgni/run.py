@@ -59,6 +59,7 @@ class CgniSettings:
     cnn_epochs: int = 8
     contrastive_epochs: int = 30
     classify_epochs: int = 30
+    age_subjects: int | None = None  # brain-age pre-training on at most this many (None: every subject it may use)
     image_batch: int = 16  # volumes a step (paper: 25)
     bank_batch: int = 64
     workers: int = 1
@@ -72,6 +73,8 @@ class CgniSettings:
             raise InputError(f"--loss-weights {self.weights}: expected four weights >= 0, not all 0")
         if self.folds < 2:
             raise InputError(f"--folds {self.folds}: expected at least 2")
+        if self.age_subjects is not None and self.age_subjects < 20:
+            raise InputError(f"--age-subjects {self.age_subjects}: expected at least 20")
 
 
 def combos(settings: CgniSettings) -> dict[str, tuple[float, ...]]:
@@ -133,7 +136,8 @@ def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbos
     from comical.pipelines.cgni.post import post_analysis
 
     inputs = stage / "inputs"
-    manifest = prepare_cgni_inputs(cohort_dir, inputs, panel=panel, folds=settings.folds, seed=settings.seed)
+    manifest = prepare_cgni_inputs(cohort_dir, inputs, panel=panel, folds=settings.folds, seed=settings.seed,
+                                   age_subjects=settings.age_subjects)
     n = manifest["subjects"]
     say(f"cgni: {n['low']} low (2-5) and {n['high']} high (9-12) working-memory subjects with images: "
         f"{n['cross_validation']} in {settings.folds} folds, {n['holdout']} held out; "
