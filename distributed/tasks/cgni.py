@@ -252,14 +252,19 @@ class _ImageTask(Task):
         return {split: store.dataset([self.info["modality"]], self._eids(self._keep(split)))
                 for split in ("train", "val")}
 
-    def scores(self, model: nn.Module, eids: np.ndarray, fn, batch_size: int = 32):
-        """(eids in store order, fn(model, image batch) concatenated) over the subjects `eids`."""
+    def _volumes(self, model: nn.Module, eids: np.ndarray, batch_size: int = 32):
+        """(image batch on the model's device and dtype, its eids) over the subjects `eids`, streamed."""
         from comical.data_io.images import open_image_store
 
-        device = next(model.parameters()).device
-        done, parts = [], []
+        parameter = next(model.parameters())
         for volumes, stored in open_image_store(self.info["images"]).batches(self.info["modality"], eids, batch_size):
-            parts.append(fn(model, torch.from_numpy(volumes[:, None]).to(device)))
+            yield torch.from_numpy(volumes[:, None]).to(parameter.device, parameter.dtype), stored
+
+    def scores(self, model: nn.Module, eids: np.ndarray, fn, batch_size: int = 32):
+        """(eids in store order, fn(model, image batch) concatenated) over the subjects `eids`."""
+        done, parts = [], []
+        for image, stored in self._volumes(model, eids, batch_size):
+            parts.append(fn(model, image))
             done.append(stored)
         return np.concatenate(done), parts
 
@@ -289,6 +294,15 @@ class CgniAgeTask(_ImageTask):
 
     def prepare(self, batch: dict, dtype: torch.dtype) -> dict:
         return {"image": self._image(batch, dtype)}
+
+    def before_validation(self, module: nn.Module) -> None:
+        """Batch-norm statistics over all the pre-training subjects with this epoch's weights (running averages of
+        16-volume batches swung the validation MAE from 2.3 to 12.8 years between epochs)."""
+        from torch.optim.swa_utils import update_bn
+
+        s = self._subjects()
+        update_bn(({"image": image} for image, _ in self._volumes(module, s["eid"][s["age_split"] == "train"])),
+                  module)
 
     def loss(self, outputs, batch: dict, config, *, rank: int, world_size: int) -> torch.Tensor:
         age, = self._columns(batch, "age")
@@ -365,15 +379,9 @@ class CgniCnnTask(_ImageTask):
 
     def before_validation(self, module: nn.Module) -> None:
         """Each fold network's batch-norm statistics over all its training rows, with this epoch's weights."""
-        from comical.data_io.images import open_image_store
-
         s = self._subjects()
-        device, dtype = next(module.parameters()).device, next(module.parameters()).dtype
-        batches = ((torch.from_numpy(volumes[:, None]).to(device, dtype),
-                    torch.from_numpy(s["fold"][_lookup(s["eid"], stored)]).to(device))
-                   for volumes, stored in open_image_store(self.info["images"]).batches(
-                       self.info["modality"], s["eid"][s["fold"] >= 0], 32))
-        module.set_statistics(batches)
+        module.set_statistics((image, torch.from_numpy(s["fold"][_lookup(s["eid"], eids)]).to(image.device))
+                              for image, eids in self._volumes(module, s["eid"][s["fold"] >= 0]))
 
     def loss(self, outputs, batch: dict, config, *, rank: int, world_size: int) -> torch.Tensor:
         label, fold = self._columns(batch, "label", "fold")
