@@ -8,6 +8,9 @@ run on a cluster you started yourself, export RAY_ADDRESS=auto (or its address),
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from comical.data_io.errors import InputError
 
 
 def init_ray(*, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
@@ -41,3 +44,56 @@ def shutdown_ray() -> None:
         except psutil.Error:  # gone already, or not ours to read
             pass
     ray.shutdown()
+
+
+def check_nodes_see(inputs: dict[str, str | Path], outputs: dict[str, str | Path] | None = None) -> list[str]:
+    """On a cluster of several nodes, every alive node must see each of `inputs` (what it is -> path) as this
+    process does (the same files at the top of the folder) and each folder of `outputs`: a worker on a node that
+    does not would fail mid-run, so one line names the node and the path before compute starts. Returns the nodes
+    checked (none on one node). Bucket URLs (s3://...) are Ray's to reach, not checked here."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return []
+    inputs = {k: str(v) for k, v in inputs.items() if "://" not in str(v)}
+    outputs = {k: str(v) for k, v in (outputs or {}).items() if "://" not in str(v)}
+    here = _seen(inputs, outputs)
+    probe = ray.remote(num_cpus=0)(_seen)
+    reports = {f"{n['NodeManagerAddress']} (id {n['NodeID'][:8]})": probe.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(inputs, outputs)
+        for n in nodes}
+    checked = []
+    for node, report in reports.items():
+        try:
+            there = ray.get(report, timeout=120)
+        except ray.exceptions.TaskUnschedulableError:  # a node just lost, still listed: no worker will go there
+            continue
+        problem = unseen(here, there, {**inputs, **outputs})
+        if problem:
+            raise InputError(f"node {node} {problem}: every path a command is given must be at the same path on "
+                             "every node (docs/cluster.md)")
+        checked.append(node)
+    return checked
+
+
+def _seen(inputs: dict[str, str], outputs: dict[str, str]) -> dict:
+    """What this node sees: each input's top-level (name, size) listing (a file: its size), each output's existence
+    as a folder; None where the path is absent."""
+    def listing(path: Path):
+        if path.is_dir():
+            return sorted([e.name, e.stat().st_size] for e in os.scandir(path) if e.is_file())
+        return path.stat().st_size if path.is_file() else None
+
+    return {**{k: listing(Path(v)) for k, v in inputs.items()},
+            **{k: Path(v).is_dir() or None for k, v in outputs.items()}}
+
+
+def unseen(here: dict, there: dict, paths: dict[str, str]) -> str | None:
+    """The first path a node sees otherwise than this process, as words ("cannot see PATH (WHAT)"), or None."""
+    for name, mine in here.items():
+        if there.get(name) != mine:
+            verb = "cannot see" if there.get(name) is None else "sees other files in"
+            return f"{verb} {paths[name]} ({name})"
+    return None

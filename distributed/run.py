@@ -94,7 +94,15 @@ def _train_and_evaluate(config: TrainConfig, out: Path, storage: Path, info: dic
 
 
 def _fit_and_test(config: TrainConfig, out: Path, storage: Path, info: dict, say) -> dict:
+    from comical.distributed.ray_session import check_nodes_see
+
     check_cluster_fits(config, driver_cpus=0.0)
+    inputs = {"the training data": Path(config.data).resolve(),
+              **({"the image store": info["images"]} if "images" in info else {})}
+    outputs = {"the run folder": out}
+    if config.storage_path and "://" not in config.storage_path:  # a bucket is Ray's to reach
+        outputs["the folder above --storage-path"] = Path(config.storage_path).parent
+    check_nodes_see(inputs, outputs)
     task = get_task(config.task).bind(info)
     restarts = f"Ray Train restarts from the last checkpoint if --max-failures ({config.engine.max_failures}) allows"
     with _EpochLines(out / "metrics.jsonl", lambda m: say(task.epoch_line(m))), \

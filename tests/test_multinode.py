@@ -67,12 +67,18 @@ def cluster_run(tiny_pairs, mini_cohort, tmp_path_factory):
                 f.write(worker_ray.get_runtime_context().get_node_id() + "\\n")
             return original(*args, **kwargs)
 
+        from comical.distributed.ray_session import check_nodes_see, init_ray, shutdown_ray
+
+        init_ray()  # the training's Ray session ended with it
+        checked = check_nodes_see({{"the pair store": {str(tiny_pairs)!r}}}, {{"the work folder": str(work)}})
+        shutdown_ray()
         gwas._block = recorded
         gwas_rc = main(["gwas", "--cohort", {str(mini_cohort)!r}, "--pheno-name", {GWAS_PHENOTYPES!r}, "--out",
                         str(work / "cluster" / "g"), "--workers", "2", "--no-plots"])
         ray.shutdown()
         cluster.shutdown()
-        print(json.dumps({{"train_rc": status.get("rc"), "removed": removed, "gwas_rc": gwas_rc}}))
+        print(json.dumps({{"train_rc": status.get("rc"), "removed": removed, "gwas_rc": gwas_rc,
+                          "checked": len(checked)}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -132,3 +138,22 @@ def test_gwas_tasks_run_on_two_nodes_and_write_what_one_worker_writes(cluster_ru
                 np.testing.assert_allclose(ours[column].to_numpy(), theirs[column].to_numpy(), rtol=1e-10)
             else:
                 assert ours[column].equals(theirs[column])
+
+
+def test_every_node_is_asked_whether_it_sees_the_paths(cluster_run):
+    """`check_nodes_see` ran a probe on each of the three alive nodes (the head, the first node and the one that
+    joined); training runs the same check before its workers start, and passed it."""
+    _, outcome, _ = cluster_run
+    assert outcome["checked"] == 3
+
+
+def test_a_node_that_sees_a_path_otherwise_is_named_with_the_path():
+    from comical.distributed.ray_session import _seen, unseen
+
+    here = _seen({"the data": "/usr/bin", "a file": "/etc/hostname"}, {"the out folder": "/tmp"})
+    paths = {"the data": "/usr/bin", "a file": "/etc/hostname", "the out folder": "/tmp"}
+    assert here["the data"] and here["the out folder"] is True
+    assert unseen(here, dict(here), paths) is None
+    assert unseen(here, here | {"the data": None}, paths) == "cannot see /usr/bin (the data)"
+    assert unseen(here, here | {"the data": here["the data"][:-1]}, paths) == "sees other files in /usr/bin (the data)"
+    assert unseen(here, here | {"the out folder": None}, paths) == "cannot see /tmp (the out folder)"

@@ -34,7 +34,7 @@ from comical.data_io.dosages import open_bgen, open_pgen
 from comical.data_io.errors import InputError
 from comical.data_io.plink import Genotypes, open_genotypes, subset_variants, with_ext
 from comical.data_io.tables import read_table
-from comical.distributed.ray_session import init_ray, shutdown_ray
+from comical.distributed.ray_session import check_nodes_see, init_ray, shutdown_ray
 from comical.pipelines.statgen import gwas_stats
 
 GENOME_WIDE = 5e-8
@@ -289,6 +289,8 @@ def run_gwas(read_tables: Callable[[], GwasTables], out: str | Path, *, workers:
                 shutdown_ray()
             raise
     try:
+        # each task reads its block from the genotypes' files: on a cluster every node must see them
+        check_nodes_see({"the genotypes' folder": Path(inputs.genotypes.prefix).resolve().parent})
         bounds = _bounds(inputs.genotypes.n_variants, workers, block_size)
         blocks = _progress(_ray_blocks(inputs, bounds, out_format), len(bounds))
         return _write(inputs, out, blocks, plots=plots, clump=clump, out_format=out_format)
