@@ -14,7 +14,8 @@ after every epoch, three ways:
 Each line: balanced accuracy at logit 0 and the AUC (threshold-free) on fold 0. A linear read-out of the same voxels
 (standardised, L2 logistic, penalty by inner CV) is the reference. Paper cohort at K = 10, 8 mm, `--n-train 2000
 --epochs 4`, 2026-12-07, 2 cores: last epoch frozen 0.59/0.72, running 0.89/0.96, re-estimated 0.85/0.95; linear
-0.907/0.972 (SCIENCE.md).
+0.907/0.972. Mini cohort at K = 10, `--epochs 8` (176 training rows): re-estimated 0.64/0.70 at the last
+epoch, linear 0.777/0.891 (SCIENCE.md).
 """
 
 from __future__ import annotations

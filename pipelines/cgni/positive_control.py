@@ -4,9 +4,9 @@ working memory from what is planted, as the planted signal grows?
 Per signal K and seed, one cell: the `--preset` cohort with T1 volumes (`comical simulate --signal K --images t1`: K
 scales working memory's regional and genetic variance shares, data_io/simulate_wm.py), then `comical cgni` (no loss
 grid; brain age pre-trained on up to AGE_SUBJECTS; `--epochs` sets the two image stages, the contrastive and
-classifier stages keep their 30). The mini cohort's 221 cross-validation subjects are too few for the 3-D CNN (a
-CNN trained from scratch on the same volumes: 0.6 balanced accuracy where a linear read-out reaches 0.79); the
-paper cohort's 4,700 are what paper 002 had. From its Table 1,
+classifier stages keep their 30). The mini cohort's 221 cross-validation subjects are too few for the 3-D CNN
+(benchmarks/cgni_cnn_probe.py: the transferred CNN 0.60-0.67 balanced accuracy where a linear read-out of the voxels
+reaches 0.78); the paper cohort's 4,700 are what paper 002 had. From its Table 1,
 each model's pooled cross-validated balanced accuracy beside:
 - the floor: the covariates-only logistic (age, sex);
 - the ceilings: a logistic on age, sex and the planted regions as the simulator scores them (issue 32's bar: CGNI
