@@ -297,8 +297,8 @@ class CgniAgeTask(_ImageTask):
         return {"image": self._image(batch, dtype)}
 
     def before_validation(self, module: nn.Module) -> None:
-        """Batch-norm statistics over all the pre-training subjects with this epoch's weights (with running
-        averages of 16-volume batches the validation MAE went 2.3, 12.8, 4.8 years over three epochs, one run)."""
+        """Batch-norm statistics over all the pre-training subjects with this epoch's weights: running averages of
+        16-volume batches lag the moving weights (SCIENCE.md, the CGNI positive control)."""
         from torch.optim.swa_utils import update_bn
 
         s = self._subjects()
