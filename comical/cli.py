@@ -209,6 +209,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--projector-init", choices=["random", "gwas"], default="random",
                    help="GEMCONT's genotype projector: random, or its first unit at the training split's GWAS "
                         "effects of z, as paper 001 starts it (default random)")
+    p.add_argument("--learning-rate", type=float, metavar="X",
+                   help="every method's AdamW learning rate (default: paper 001's 3e-4)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.md, results.png")
@@ -239,6 +241,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="gemcont, cgni, momentum: the simulated volumes' voxel size (default 8)")
     p.add_argument("--n-train", type=int, default=5000, metavar="N",
                    help="rotation: training subjects per seed (default 5,000)")
+    p.add_argument("--learning-rate", type=float, metavar="X",
+                   help="rotation: both methods' AdamW learning rate (default: paper 001's 3e-4)")
     p.add_argument("--preset", choices=["mini", "paper"], default="mini",
                    help="cgni: the simulated cohort (default mini; its 246 subjects in the two groups are too few "
                         "for the CNN: docs/positive-controls.md)")
@@ -662,15 +666,17 @@ def _bench_gemcont_sim(args) -> int:
 
     bench = QUICK if args.quick else SimBench()
     changes = {k: v for k, v in (("splits", args.splits), ("epochs", args.epochs), ("n_test", args.n_test),
-                                 ("n_train", args.n_train)) if v is not None}
+                                 ("n_train", args.n_train), ("learning_rate", args.learning_rate)) if v is not None}
     if args.n_train_values:
         try:
             changes["n_train_values"] = tuple(int(v) for v in args.n_train_values.split(","))
         except ValueError:
             raise InputError(f"--n-train-values {args.n_train_values}: expected comma-separated counts") from None
     if any(v < 1 for v in changes.get("n_train_values", ())) or any(
-            changes.get(k, 1) < 1 for k in ("splits", "epochs", "n_test", "n_train")):
-        raise InputError("--splits, --epochs, --n-test, --n-train and --n-train-values must be >= 1")
+            changes.get(k, 1) < 1 for k in ("splits", "epochs", "n_test", "n_train")) or changes.get(
+            "learning_rate", 1) <= 0:
+        raise InputError("--splits, --epochs, --n-test, --n-train and --n-train-values must be >= 1, "
+                         "--learning-rate > 0")
     if args.h_g_values:
         try:
             changes["h_g_values"] = tuple(float(v) for v in args.h_g_values.split(","))
@@ -738,12 +744,13 @@ def _bench_positive_control(args) -> int:
     except ValueError:
         raise InputError(f"--signal {args.signal}: expected comma-separated numbers like 1,3,10,30") from None
     if min(signals) < 0 or min(args.seeds, args.workers) < 1 or (args.epochs or 1) < 1 or args.top_n_perc <= 0 \
-            or args.voxel_mm <= 0 or args.n_train < 100:
-        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc and --voxel-mm > 0;"
-                         " --n-train >= 100")
+            or args.voxel_mm <= 0 or args.n_train < 100 or (args.learning_rate or 1) <= 0:
+        raise InputError("--signal must be >= 0; --seeds, --epochs and --workers >= 1; --top-n-perc, --voxel-mm and "
+                         "--learning-rate > 0; --n-train >= 100")
     settings = ControlSettings(signals=signals, seeds=args.seeds, epochs=args.epochs, top_n_perc=args.top_n_perc,
                                workers=args.workers, max_subjects=args.max_subjects, layout=args.layout,
-                               voxel_mm=args.voxel_mm, n_train=args.n_train, preset=args.preset)
+                               voxel_mm=args.voxel_mm, n_train=args.n_train, preset=args.preset,
+                               learning_rate=args.learning_rate)
     run_positive_control(args.out, args.method, settings)
     print((args.out / "results.md").read_text(), end="")
     return 0

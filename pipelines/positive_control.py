@@ -40,6 +40,7 @@ class ControlSettings:
     voxel_mm: float = 8.0  # the image methods' volumes (12 mm hides CGNI's regions: SCIENCE.md)
     preset: str = "mini"  # CGNI's cohort (`comical simulate --preset`): its CNN needs the paper's thousands
     n_train: int = 5000  # the rotation benchmark's training subjects (its supervised reference grows with them)
+    learning_rate: float | None = None  # the rotation benchmark's, for both methods; None: the tasks' (3e-4)
 
 
 @dataclasses.dataclass(frozen=True)

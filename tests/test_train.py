@@ -13,6 +13,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+import statsmodels.api as sm
 import torch
 from conftest import destroy_process_group
 from safetensors.torch import load_file
@@ -107,9 +108,12 @@ def test_embed_and_associate(trained_run, mini_cohort, tmp_path, capsys):
     accuracy = ceiling["within_bucket_accuracy"]
     assert accuracy["model"] == json.loads((trained_run / "test_metrics.json").read_text())["within_bucket_accuracy"]
     assert ceiling["loss"]["ceiling"] < ceiling["loss"]["floor"]
-    per_row = rows["within_bucket_lift"].to_numpy()  # the run's per-row lifts: its standard error
+    per_row = rows["within_bucket_lift"].to_numpy()  # the run's per-row lifts: its standard error, by subject
     assert per_row.mean() == pytest.approx(accuracy["model"] - accuracy["model_null"], abs=1e-5)
-    assert accuracy["model_lift_se"] == pytest.approx(per_row.std() / np.sqrt(len(per_row)), rel=1e-3)
+    fit = sm.OLS(per_row, np.ones(len(per_row))).fit(cov_type="cluster", cov_kwds={"groups": rows["subject"].to_numpy()})
+    assert accuracy["model_lift_se"] == pytest.approx(fit.bse[0], rel=1e-6)
+    # a subject's rows are not independent: wider than the rows' own standard error (1.35 times here)
+    assert accuracy["model_lift_se"] > per_row.std() / np.sqrt(len(per_row))
     if accuracy["ceiling_lift"] > 3 * accuracy["ceiling_lift_se"]:
         assert accuracy["share_of_lift"] == pytest.approx(accuracy["model_lift"] / accuracy["ceiling_lift"])
     else:  # K = 1: the planted effects' lift is within noise here, so no share is claimed

@@ -206,6 +206,11 @@ def _stages(cohort_dir: Path, stage: Path, settings: CgniSettings, panel, verbos
     text = ["# CGNI on a simulated cohort (paper 002)", "", _table1_markdown(table1, settings), ""]
     summary = {"subjects": n, "panel": manifest["panel"], "brain_age": age,
                "table1": table1.to_dicts()}
+    if planted is not None:  # issue 32's bar is CGNI within 5 points of this model: the paired difference
+        versus = accuracy_table(logits, rows["label"], rows["fold"], ["cgni"], reference=TRUE_FEATURES,
+                                seed=settings.seed).row(0, named=True)
+        summary["cgni_minus_true_features"] = {k: versus[f"cv_minus_reference{s}"]
+                                               for k, s in (("cv", ""), ("low", "_low"), ("high", "_high"))}
     if settings.grid:
         table2 = accuracy_table(logits, rows["label"], rows["fold"], list(models), seed=settings.seed)
         table2 = table2.with_columns(pl.Series("terms", [terms_label(models[m]) for m in table2["model"]]),

@@ -144,7 +144,7 @@ def ceiling_metrics(run: Path, store: Path, cohort_dir: Path) -> tuple[dict, pl.
     ceiling model's per-row genotype log-probabilities (`test_retrievals.parquet`'s columns) for the association test.
 
     Within-bucket accuracy: each model's lift above its own null (`within_bucket_accuracy_null`: its picks scored as
-    if values were independent) with its standard error over test rows, and the share of the ceiling's lift the run
+    if values were independent) with its standard error over test rows clustered by subject, and the share of the ceiling's lift the run
     reaches, given only where the ceiling's lift is SHARE_MIN_SE standard errors above 0 (else None: the planted
     effects leave nothing measurable to this metric). Loss: the run's, the identity-only floor's and the ceiling's,
     and the share of the floor-to-ceiling gap the run closes (read it beside the gap in nats: a gap of a few
@@ -164,13 +164,13 @@ def ceiling_metrics(run: Path, store: Path, cohort_dir: Path) -> tuple[dict, pl.
     ceiling, ceiling_rows = evaluate(ceiling_model, task, test, config, seed=config.seed, row_outputs=True)
     floor = {"loss": identity_floor_loss(test, config)}
     key, null = "within_bucket_accuracy", "within_bucket_accuracy_null"
-    se = lambda x: float(np.std(x) / np.sqrt(len(x))) if len(x) > 1 else None  # noqa: E731
-    lift, lift_se = ceiling[key] - ceiling[null], se(ceiling_rows["within_bucket_lift"].numpy())
+    lift = ceiling[key] - ceiling[null]
+    lift_se = clustered_se(ceiling_rows["within_bucket_lift"].numpy(), test["subject"].numpy())
     model_lift = trained[key] - trained[null]
     accuracy = {"model": trained[key], "model_null": trained[null], "chance": trained[f"{key}_chance"],
                 "model_lift": model_lift,
-                "model_lift_se": se(rows["within_bucket_lift"].to_numpy()) if "within_bucket_lift" in rows.columns
-                else None,  # runs made before the per-row lift was kept
+                "model_lift_se": clustered_se(rows["within_bucket_lift"].to_numpy(), rows["subject"].to_numpy())
+                if "within_bucket_lift" in rows.columns else None,  # runs made before the per-row lift was kept
                 "ceiling": ceiling[key], "ceiling_null": ceiling[null], "ceiling_lift": lift, "ceiling_lift_se": lift_se,
                 "share_of_lift": model_lift / lift if lift_se and lift > SHARE_MIN_SE * lift_se else None}
     gap = floor["loss"] - ceiling["loss"]
@@ -180,6 +180,18 @@ def ceiling_metrics(run: Path, store: Path, cohort_dir: Path) -> tuple[dict, pl.
     predictions = pl.DataFrame({k: test[k].numpy() for k in ("subject", "snp", "idp", "disease")}).with_columns(
         pl.Series("dosage", dosage.numpy()), *[pl.Series(f"log_p{g}", log_p[:, g].numpy()) for g in range(3)])
     return {key: accuracy, "loss": loss, "n_test_pairs": int(ceiling["n_pairs"])}, predictions
+
+
+def clustered_se(values: np.ndarray, subjects: np.ndarray) -> float | None:
+    """The standard error of the mean of per-row values, clustered by subject (the CR1 sandwich, as statsmodels'
+    cluster-robust OLS on a constant): a test subject has a row per candidate pair, and its rows are not
+    independent. None with fewer than two subjects."""
+    groups, at = np.unique(subjects, return_inverse=True)
+    if len(groups) < 2:
+        return None
+    sums = np.bincount(at, weights=values - values.mean(), minlength=len(groups))
+    n, g = len(values), len(groups)
+    return float(np.sqrt((sums ** 2).sum() * g / (g - 1)) / n)
 
 
 def identity_floor_loss(test: dict[str, torch.Tensor], config) -> float:

@@ -76,7 +76,7 @@ def _rotation_cell(work: Path, signal: float, seed: int, settings, epochs: int) 
 
     shutil.rmtree(work, ignore_errors=True)
     bench = SimBench(h_g_values=(signal,), splits=1, seed=seed, epochs=epochs, projector_init="gwas",
-                     n_train=settings.n_train)
+                     n_train=settings.n_train, learning_rate=settings.learning_rate)
     table = run_benchmark("h_g", work, bench=bench, methods=("gemcont", "supervised"), workers=settings.workers,
                           say=lambda _: None)
     r2 = dict(zip(table["method"], table["r2"]))
@@ -98,13 +98,14 @@ def _rotation_check(settings) -> None:
 
 
 def _rotation_markdown(summary, settings, epochs: int) -> str:
+    from comical.distributed.tasks.rotation import RotationTask
     from comical.pipelines.gemcont.simulation import SimBench
 
-    bench = SimBench()
+    bench, rate = SimBench(), settings.learning_rate or RotationTask.optim_defaults["learning_rate"]
     lines = [f"Rotation benchmark positive control (paper 001's simulation): {settings.n_train:,} training and "
              f"{bench.n_test:,} test subjects per seed, S = {bench.n_variants}, alpha_max {bench.alpha_max:g}, "
-             f"{epochs} epochs, GEMCONT's projector initialised at the "
-             "GWAS effects. "
+             f"{epochs} epochs, learning rate {rate:g} (both methods), GEMCONT's projector "
+             "initialised at the GWAS effects. "
              "Ridge R^2 of z from the test embeddings, mean over seeds (each a new population); shares with a 95% t "
              "interval over seeds. Floor: the untrained encoder; ceiling: the supervised model on z (a reference). "
              "Bar (issue 32, h_g 1): GEMCONT / supervised >= 0.9.", "",
@@ -123,5 +124,5 @@ GEMCONT = Control("GEMCONT (brain volumes)", _gemcont_cell,
 ROTATION = Control("GEMCONT (rotation benchmark)", _rotation_cell,
                    {"r2_share": "R^2 of z (of the supervised model's lift)",
                     "ratio_to_ceiling": "R^2 of z / the supervised model's"},
-                   _rotation_markdown, epochs=15, reads=("n_train",),
+                   _rotation_markdown, epochs=15, reads=("n_train", "learning_rate"),
                    signal_label="h_g (paper 001's genetic share of z)", check=_rotation_check)

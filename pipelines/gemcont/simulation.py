@@ -65,6 +65,7 @@ class SimBench:
     batch_size: int = 256
     seed: int = 0
     projector_init: str = "random"  # GEMCONT's genotype projector: random, or gwas (tasks/rotation.py)
+    learning_rate: float | None = None  # every method's AdamW rate; None: the tasks' (paper 001's 3e-4)
 
     def values(self, sweep: str) -> tuple:
         return getattr(self, f"{sweep}_values")
@@ -179,7 +180,8 @@ def _sweep(sweep, out, bench, methods, workers, use_gpu, people, done, reused, s
                     "task": f"sim-{method}", "data": str(data), "epochs": bench.epochs,
                     "batch_size": bench.batch_size, "eval_batch_size": 1024, "seed": bench.seed + split,
                     "engine": {"workers": workers, "use_gpu": use_gpu},
-                    "model": {"projector_init": bench.projector_init}})  # only GEMCONT's task reads it
+                    "model": {"projector_init": bench.projector_init},  # only GEMCONT's task reads it
+                    "optim": {} if bench.learning_rate is None else {"learning_rate": bench.learning_rate}})
                 folder = out / "runs" / f"{sweep}-{value}" / f"{method}-split{split}"
                 metrics = train_and_evaluate(config, folder, force=True)
                 (p, dims), (p_untrained, _) = (multi_trait_p(*_embeddings(folder / f"{name}.parquet", genotypes))
