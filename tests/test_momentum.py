@@ -132,6 +132,21 @@ def test_queue_and_key_towers_survive_a_deepspeed_checkpoint_restore(tmp_path, m
     torch.testing.assert_close(second.module.queue_b, first.module.queue_b)
 
 
+def test_the_paired_r2_difference_and_its_interval_equal_a_loop_over_resamples_with_scikit_learn():
+    from sklearn.metrics import r2_score
+
+    from comical.pipelines.momentum.evaluate import paired_r2_difference
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=300)
+    a, b = y + rng.normal(size=300), y + 2 * rng.normal(size=300)
+    ours = paired_r2_difference(y, a, b, seed=3, resamples=500)
+    draws = np.random.default_rng(3).integers(0, 300, (500, 300))  # the same resamples
+    loop = [r2_score(y[d], a[d]) - r2_score(y[d], b[d]) for d in draws]
+    assert ours["difference"] == pytest.approx(r2_score(y, a) - r2_score(y, b))
+    assert (ours["low"], ours["high"]) == pytest.approx(tuple(np.percentile(loop, [2.5, 97.5])))
+
+
 def test_the_single_modality_and_autoencoder_models_keep_their_shapes():
     torch.manual_seed(0)
     x = torch.rand(3, 1, *SHAPE)
@@ -287,6 +302,12 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     assert joint["age_mae"] < 0.5 * joint["age_mae_mean_predictor"]  # age is a column of the embedding
     assert noise["age_mae"] > 0.9 * noise["age_mae_mean_predictor"]
     assert joint["latent_r2"] > 0.8 and abs(noise["latent_r2"]) < 0.1
+    # what training added over the same architecture untrained: the stand-in carries the latent, so its interval
+    # lies above 0, and it equals the two rows' R^2 difference
+    learned = json.loads((out / "summary.json").read_text())["joint_minus_untrained_r2"]["latent"]
+    assert learned["difference"] == pytest.approx(joint["latent_r2"] - table["untrained"]["latent_r2"])
+    assert 0 < learned["low"] < learned["difference"] < learned["high"] and "What training added" in (
+        out / "evaluation.md").read_text()
     assert joint["r_t1_t2"] > 0.5 and joint["rg_t1_t2"] > 0.5  # the sides share the latent
     # the references are there: the joint architecture untrained, and the raw voxels' PCs
     assert {"untrained", "raw voxels"} <= set(table) and table["untrained"]["dims"] == 256

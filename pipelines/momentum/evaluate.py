@@ -10,7 +10,8 @@ references made here (the joint run's architecture at its initial weights; the t
   5-fold out-of-fold on the test subjects, with a 95% bootstrap interval, beside age + sex alone;
 - the planted genetic image latent (AD's liability, truth/image_latent.parquet): 5-fold ridge R^2 on the test
   subjects; on a cohort simulated with --signal K > 1 also the T2-only latent's (MS's liability, seen in T2 alone:
-  truth/image_latent_t2.parquet);
+  truth/image_latent_t2.parquet); the joint model's R^2 minus the same architecture's untrained, with a paired 95%
+  bootstrap interval over the test subjects (both models' out-of-fold predictions resampled together);
 - genetics: a multi-trait GWAS of the embedding (its top PCs, rank-normalised, age, sex, PC1-20; every subject, the
   GWAS uses no label) per side (T1 side, T2 side): loci at 5e-8 and the planted image-latent variants found; the
   agreement of the T1 and T2 sides (variants at 5e-8 on both / on either; for the single-modality models, the T1
@@ -42,6 +43,31 @@ def _sides(frame: pl.DataFrame, prefix: str) -> np.ndarray:
     return frame.select(pl.col(f"^{prefix}_\\d+$")).to_numpy()
 
 
+def _oof_ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Out-of-fold predictions of y by ridge regression on x: the R^2 of these is `distributed.metrics.ridge_r2`."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_predict
+
+    return cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), x, y, cv=5)
+
+
+def paired_r2_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, seed: int = 0,
+                         resamples: int = 2000) -> dict:
+    """R^2 of predictions a minus that of b for the same y, with a 95% percentile bootstrap interval over subjects
+    (each resample draws subjects with replacement and scores both predictions on them)."""
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y), (resamples, len(y)))
+
+    def r2(p: np.ndarray) -> np.ndarray:  # vectorised over the resamples
+        yy, pp = y[draws], p[draws]
+        return 1 - ((yy - pp) ** 2).sum(1) / ((yy - yy.mean(1, keepdims=True)) ** 2).sum(1)
+
+    low, high = np.percentile(r2(a) - r2(b), [2.5, 97.5])
+    return {"difference": float(r2_score(y, a) - r2_score(y, b)), "low": float(low), "high": float(high)}
+
+
 def _pcs(x: np.ndarray, k: int = PCS) -> np.ndarray:
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
     u, s, _ = np.linalg.svd(x, full_matrices=False)
@@ -53,7 +79,8 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     from sklearn.model_selection import KFold, cross_val_predict
 
     from comical.data_io.cohort import load_cohort
-    from comical.distributed.metrics import ridge_r2
+    from sklearn.metrics import r2_score
+
     from comical.pipelines.gemcont.evaluate import _auc, _covariates, _embedding_gwas, _labels, _latent, _oof_scores
     from comical.pipelines.statgen.heritability import genetic_correlation, he_regression, relationship_matrix
     from comical.pipelines.statgen.qc import run_qc
@@ -102,7 +129,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
         h2, se = he_regression(grm, latent[in_grm].reshape(-1, 1), h2_covariates, seed=seed)
         ceiling = {"latent_h2": float(h2[0]), "latent_h2_se": float(se[0])}
 
-    rows, hits, first_pcs = [], {}, {}
+    rows, hits, first_pcs, predicted_latents = [], {}, {}, {}
     for name, frame in frames.items():
         sides = [p for p in ("t1", "t2", "z", "raw") if f"{p}_0" in frame.columns]
         x = np.column_stack([_sides(frame, s) for s in sides])
@@ -114,10 +141,10 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
         row |= {"age_mae": float(np.abs(predicted - age[test]).mean()), "age_mae_mean_predictor": mean_mae}
         row |= {f"ad_{k}": v for k, v in _auc(ad, _oof_scores(x[test], ad, seed), seed).items()}
         row |= {f"ad_covariates_{k}": v for k, v in covariates_auc.items()}
-        if latent is not None:  # the planted genetic image latent, 5-fold ridge on the test subjects
-            row["latent_r2"] = ridge_r2(x[test], latent[test])
-        if t2_latent is not None:  # the T2-only latent: what the T2 contrast carries and T1 does not
-            row["t2_latent_r2"] = ridge_r2(x[test], t2_latent[test])
+        for key, target in (("latent", latent), ("t2_latent", t2_latent)):  # 5-fold ridge on the test subjects
+            if target is not None:  # the T2-only latent (K > 1): what the T2 contrast carries and T1 does not
+                predicted_latents[(name, key)] = _oof_ridge(x[test], target[test])
+                row[f"{key}_r2"] = float(r2_score(target[test], predicted_latents[(name, key)]))
         for side in sides:
             pcs = _pcs(_sides(frame, side))
             first_pcs[(name, side)] = pcs[in_grm, :1]
@@ -141,12 +168,20 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
                                        first_pcs[("t2", "t2")], grm, h2_covariates, seed, genetic_correlation)})
     table = pl.DataFrame(rows, infer_schema_length=None)
     table.write_csv(stage / "evaluation.csv")
+    learned = {key: paired_r2_difference(target[test], predicted_latents[("joint", key)],
+                                         predicted_latents[("untrained", key)], seed=seed)
+               for key, target in (("latent", latent), ("t2_latent", t2_latent))
+               if ("joint", key) in predicted_latents}  # what training added to the architecture
     (stage / "evaluation.md").write_text(_markdown(table) + (
         f"\nThe ceiling of the heritabilities above: the planted latent itself (AD's genetic liability, "
         f"truth/image_latent.parquet) through the same HE regression, GRM and covariates: h2 "
-        f"{_fmt(ceiling['latent_h2'], 2)} (se {_fmt(ceiling['latent_h2_se'], 2)}).\n" if ceiling else ""))
+        f"{_fmt(ceiling['latent_h2'], 2)} (se {_fmt(ceiling['latent_h2_se'], 2)}).\n" if ceiling else "") + "".join(
+        f"\nWhat training added: the joint model's {key.replace('_', ' ')} R^2 minus its untrained architecture's, "
+        f"{_fmt(d['difference'])} (paired 95% bootstrap interval over the test subjects {_fmt(d['low'])} to "
+        f"{_fmt(d['high'])}).\n" for key, d in learned.items()))
     _figure(table, stage / "evaluation.png")
-    summary = {"rows": table.to_dicts(), "n_test": int(test.sum()), "n_gwas": int(len(first)), "ceiling": ceiling}
+    summary = {"rows": table.to_dicts(), "n_test": int(test.sum()), "n_gwas": int(len(first)), "ceiling": ceiling,
+               "joint_minus_untrained_r2": learned}
     (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 

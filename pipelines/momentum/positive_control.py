@@ -7,6 +7,9 @@ both and neither has heritable content of its own), the joint model (`comical tr
 --cohort`), then `comical evaluate momentum`. Metrics, each beside the joint architecture untrained (the floor) and
 the raw voxels' top PCs:
 - the planted latent's ridge R^2 from the test embeddings, and its share of the lift to the latent itself (R^2 1);
+  what training added (the joint model's R^2 minus its untrained architecture's, with a paired bootstrap interval
+  over the test subjects), for the shared latent and (K > 1) the T2-only one: the heritability bar below does not
+  tell the trained model from the untrained one;
 - issue 32's bar: embedding PCs with HE heritability above 2 se (per side), beside the ceiling, the planted
   latent's own HE h2 through the same regression.
 The cell's cohort and runs are deleted once scored.
@@ -56,6 +59,8 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
                 # a third of the time on null data, so the largest z must pass a one-sided Bonferroni threshold
                 f"max_h2_z{suffix}": max(r[f"{s}_max_h2_z"] for s in sides),
                 f"bonferroni_z{suffix}": float(norm.ppf(1 - 0.05 / (PCS * len(sides))))}
+    for key, d in summary["joint_minus_untrained_r2"].items():  # what training added, with its paired interval
+        row |= {f"{key}_r2_gain": d["difference"], f"{key}_r2_gain_low": d["low"], f"{key}_r2_gain_high": d["high"]}
     floor = row["latent_r2_floor"]
     row["latent_r2_share"] = (row["latent_r2"] - floor) / (1 - floor)
     row["latent_r2_share_of_raw_voxels"] = ((row["latent_r2"] - floor) / (row["latent_r2_raw_voxels"] - floor)
@@ -64,6 +69,14 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
         row[f"bar_met{suffix}"] = int(row[f"max_h2_z{suffix}"] > row[f"bonferroni_z{suffix}"])
     shutil.rmtree(work)
     return row
+
+
+def gain(r: dict, key: str) -> str:
+    """The joint model's R^2 above its untrained architecture's, with the interval; NA without it (K = 1 has no
+    T2-only latent)."""
+    if r.get(f"{key}_r2_gain") is None:
+        return "NA"
+    return f"{fmt(r[f'{key}_r2_gain'])} ({fmt(r[f'{key}_r2_gain_low'])} to {fmt(r[f'{key}_r2_gain_high'])})"
 
 
 def _markdown(summary, settings, epochs: int) -> str:
@@ -78,14 +91,16 @@ def _markdown(summary, settings, epochs: int) -> str:
              "voxels' lift | T2-only latent R^2 (K > 1): joint, untrained, raw voxels | PCs with h2 > 2 se: joint, "
              "untrained, raw voxels | mean PC h2: joint, untrained, raw voxels | planted latent's own h2 (se) | "
              "latent variants at 5e-8: joint, untrained, raw voxels | largest PC h2 / se: joint, untrained, raw "
-             "voxels | bar met: joint, untrained, raw voxels |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "voxels | bar met: joint, untrained, raw voxels | what training added: latent R^2, T2-only latent R^2 (paired "
+             "95% bootstrap interval, mean over seeds) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
         triple = lambda key, d=3: ", ".join(fmt(r[f"{key}{s}"], d) for s in REFERENCES.values())  # noqa: E731
         lines.append(f"| {r['signal']:g} | {triple('latent_r2')} | {share_cell(r, 'latent_r2_share')} | "
                      f"{share_cell(r, 'latent_r2_share_of_raw_voxels')} | {triple('t2_latent_r2')} | "
                      f"{triple('pcs_h2_above_2se', 1)} | "
                      f"{triple('mean_h2')} | {fmt(r['latent_h2_ceiling'], 2)} ({fmt(r['latent_h2_ceiling_se'], 2)}) | "
-                     f"{triple('latent_variants_at_5e-8', 1)} | {triple('max_h2_z', 2)} | {triple('bar_met', 2)} |")
+                     f"{triple('latent_variants_at_5e-8', 1)} | {triple('max_h2_z', 2)} | {triple('bar_met', 2)} | "
+                     f"{gain(r, 'latent')}, {gain(r, 't2_latent')} |")
     return "\n".join(lines)
 
 
