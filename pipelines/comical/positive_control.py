@@ -9,9 +9,10 @@ each with the same settings, then `comical associate` on each. A cell's row (res
 - the test loss's share of the gap from the identity-only floor to the ceiling;
 - AUPRC of the calibrated association test against the planted pairs, beside chance and a GWAS of the same
   candidate pairs on the same test subjects, and the share of the GWAS's lift over chance that COMICAL reaches (the
-  planted-truth model has no AUPRC: ceiling.py says why);
-- recall at FDR 5% of the run, of the planted effects themselves and of that GWAS; the run's discoveries at FDR 5%
-  on the null store.
+  planted-truth model has no AUPRC: ceiling.py says why); beside them a GWAS on the training subjects and SNP
+  identity alone (the catalog p), neither a bound;
+- recall at FDR 5% of the run, of the planted effects themselves and of that GWAS; on the null store, the run's
+  discoveries at FDR 5%, its share of p < 0.05 and a Kolmogorov-Smirnov test of its p-values against uniform.
 The cell's cohort and stores are deleted once scored.
 """
 
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+import polars as pl
+from scipy import stats
 
 from comical.pipelines.positive_control import Control, fmt, share_cell
 
@@ -56,6 +60,8 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
         train_and_evaluate(config, work / f"run_{name}", epoch_lines=False)
         results[name] = associate_run(work / f"run_{name}", cohort=work / "cohort")
     truth, null = results["real"]["truth"], results["null"]
+    # the null store's p-values themselves, not only its calls: BH at 5% calls nothing on most null sets anyway
+    null_p = pl.read_csv(work / "run_null" / "associations.tsv", separator="\t")["p"].drop_nulls().to_numpy()
     m, ceiling = truth["methods"], truth["ceiling"]
     a, loss, power = ceiling["within_bucket_accuracy"], ceiling["loss"], ceiling["association"]
     chance, gwas = m["comical"]["auprc_chance"], m["gwas_test_subjects"]["auprc"]
@@ -66,11 +72,16 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
            "within_bucket_share": a["share_of_lift"], "loss": loss["model"], "loss_floor": loss["floor"],
            "loss_ceiling": loss["ceiling"], "loss_share": loss["share_of_lift"],
            "auprc": m["comical"]["auprc"], "auprc_chance": chance, "auprc_gwas_test_subjects": gwas,
+           # beside it: the GWAS a user would run (training subjects, 7x the test's) and SNP identity alone (the
+           # catalog p: planted leads are the strongest SNPs, so it beats chance without any IDP information)
+           "auprc_gwas_training_subjects": m["gwas"]["auprc"], "auprc_snp_only": m["snp_only"]["auprc"],
            "auprc_share": ((m["comical"]["auprc"] - chance) / (gwas - chance)
                            if None not in (m["comical"]["auprc"], gwas, chance) and gwas - chance > 1e-9 else None),
            "recall_fdr05": m["comical"]["recall_at_fdr05"], "recall_fdr05_ceiling": power["recall_at_fdr05"],
            "recall_fdr05_gwas_test_subjects": m["gwas_test_subjects"]["recall_at_fdr05"],
-           "null_store_calls_fdr05": null["n_fdr05"], "null_store_pairs": null["n_pairs"]}
+           "null_store_calls_fdr05": null["n_fdr05"], "null_store_pairs": null["n_pairs"],
+           "null_store_p05_share": float((null_p < 0.05).mean()) if null_p.size else None,
+           "null_store_ks_p": float(stats.kstest(null_p, "uniform").pvalue) if null_p.size else None}
     shutil.rmtree(work)
     return row
 
@@ -86,7 +97,8 @@ def _markdown(summary, settings, epochs: int) -> str:
              "over chance on the same test subjects.", "",
              "| signal K | planted / candidates | within-bucket lift: run, planted truth | within-bucket share | "
              "loss share (gap, nats) | AUPRC: run, GWAS test subj., chance | AUPRC share | recall FDR 5%: run, "
-             "planted truth, GWAS | null-store calls |", "|---|---|---|---|---|---|---|---|---|"]
+             "planted truth, GWAS | null store: calls, share of p < 0.05, KS p against uniform |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
         lines.append(f"| {r['signal']:g} | {fmt(r['n_planted'], 1)} / {fmt(r['n_candidates'], 0)} | "
                      f"{fmt(r['within_bucket_lift'], 4)}, {fmt(r['within_bucket_lift_ceiling'], 4)} | "
@@ -94,7 +106,8 @@ def _markdown(summary, settings, epochs: int) -> str:
                      f"({fmt(r['loss_floor'] - r['loss_ceiling'], 4)}) | {fmt(r['auprc'])}, "
                      f"{fmt(r['auprc_gwas_test_subjects'])}, {fmt(r['auprc_chance'])} | {share(r, 'auprc_share')} | "
                      f"{fmt(r['recall_fdr05'], 2)}, {fmt(r['recall_fdr05_ceiling'], 2)}, "
-                     f"{fmt(r['recall_fdr05_gwas_test_subjects'], 2)} | {fmt(r['null_store_calls_fdr05'], 1)} |")
+                     f"{fmt(r['recall_fdr05_gwas_test_subjects'], 2)} | {fmt(r['null_store_calls_fdr05'], 1)}, "
+                     f"{fmt(r.get('null_store_p05_share'), 2)}, {fmt(r.get('null_store_ks_p'), 2)} |")
     return "\n".join(lines)
 
 
