@@ -342,6 +342,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cohort", type=Path, required=True, help="the cohort the run was trained on (with images)")
     p.add_argument("--out", type=Path, required=True, help="folder for the evaluation tables and figure")
     p.add_argument("--workers", type=int, default=1, help="Ray workers for the embedding GWAS")
+    p.add_argument("--qc", type=Path, metavar="DIR",
+                   help="momentum: a `comical qc` folder of this cohort to reuse (default: QC is run)")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_evaluate)
 
@@ -894,9 +896,11 @@ def _evaluate_momentum(args) -> int:
     runs = {name: Path(path) for name, path in pairs}
     run = {"command": "evaluate momentum", "runs": {k: str(v.resolve()) for k, v in runs.items()},
            "cohort": str(args.cohort.resolve())}
+    if args.qc:
+        run["qc"] = str(args.qc.resolve())
     out = check_output_dir(args.out, run, force=args.force, inputs=(*runs.values(), args.cohort))
     with staged_output_dir(out, run) as stage:
-        load(EVALUATIONS["momentum"][0])(runs, args.cohort, stage, workers=args.workers)
+        load(EVALUATIONS["momentum"][0])(runs, args.cohort, stage, workers=args.workers, qc_dir=args.qc)
     print((out / "evaluation.md").read_text(), end="")
     print(f"evaluate: T1/T2 momentum model and its baselines -> {out}")
     return 0

@@ -292,8 +292,14 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
         pl.DataFrame({"eid": latent["eid"], "split": split, **columns}).write_parquet(runs[name] / "embeddings.parquet")
     shutil.copytree(momentum_run / "model", runs["joint"] / "model")
     out = tmp_path / "eval"
+    from comical.data_io.cohort import load_cohort
+    from comical.pipelines.statgen.qc import run_qc
+
+    (tmp_path / "qc").mkdir()  # a QC folder to reuse (--qc), as `comical qc` writes it
+    run_qc(load_cohort(momentum_cohort)).write(tmp_path / "qc")
     assert main(["evaluate", "momentum", "--runs", f"joint={runs['joint']},autoencoder={runs['autoencoder']}",
-                 "--cohort", str(momentum_cohort), "--out", str(out)]) == 0
+                 "--cohort", str(momentum_cohort), "--out", str(out), "--qc", str(tmp_path / "qc")]) == 0
+    assert json.loads((out / "run.json").read_text())["qc"] == str((tmp_path / "qc").resolve())
     table = {r["model"]: r for r in pl.read_csv(out / "evaluation.csv").iter_rows(named=True)}
     joint, noise = table["joint"], table["autoencoder"]
     assert joint["t1_latent_variants_at_5e-8"] > 0 and joint["t2_latent_variants_at_5e-8"] > 0

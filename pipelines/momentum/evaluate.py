@@ -74,7 +74,8 @@ def _pcs(x: np.ndarray, k: int = PCS) -> np.ndarray:
     return u[:, :k] * s[:k]
 
 
-def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, workers: int = 1, seed: int = 0) -> dict:
+def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, workers: int = 1, seed: int = 0,
+                      qc_dir: Path | None = None) -> dict:
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold, cross_val_predict
 
@@ -82,8 +83,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     from sklearn.metrics import r2_score
 
     from comical.pipelines.gemcont.evaluate import _auc, _covariates, _embedding_gwas, _labels, _latent, _oof_scores
-    from comical.pipelines.statgen.heritability import genetic_correlation, he_regression, relationship_matrix
-    from comical.pipelines.statgen.qc import run_qc
+    from comical.pipelines.statgen.heritability import HeEstimator, cohort_qc
 
     unknown = [r for r in runs if r not in RUN_NAMES]
     if unknown:
@@ -99,6 +99,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     first = next(iter(frames.values()))["eid"].to_numpy()
     if any(not np.array_equal(f["eid"].to_numpy(), first) for f in frames.values()):
         raise InputError("--runs: the runs embed different subjects; train them on the same cohort and seed")
+    qc = cohort_qc(cohort, qc_dir)  # a `comical qc` folder of this cohort (checked before any compute), or run now
     split = next(iter(frames.values()))["split"].to_numpy()
     # the trivial references: the joint architecture untrained, and PCs of the raw voxels
     reference = runs.get("joint") or next(iter(runs.values()))
@@ -116,17 +117,17 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
                                                           cv=folds)).mean())
     latent_variants = _latent_variants(Path(cohort_dir))
 
-    qc = run_qc(cohort)
     kept = qc.samples["filter"].to_numpy() == "PASS"
     cohort_eids = cohort.eids.cast(pl.Int64).to_numpy()
     use = kept & np.isin(cohort_eids, first)
-    grm = relationship_matrix(cohort.genotypes.read(cohort.sample_index[use],
-                                                    np.flatnonzero(qc.variants["pruned_in"].to_numpy()), dtype=np.int8))
     in_grm = np.searchsorted(first, cohort_eids[use])
     h2_covariates = _covariates(cohort, cohort_eids[use], ["age", "sex"] + [f"PC{i}" for i in range(1, 11)])
+    # exact HE up to EXACT_MAX_SUBJECTS, randomized above (no n x n matrix: memory flat in the subjects)
+    he = HeEstimator(cohort.genotypes, cohort.sample_index[use], np.flatnonzero(qc.variants["pruned_in"].to_numpy()),
+                     h2_covariates, seed=seed)
     ceiling = None
     if latent is not None:  # the ceiling: the planted latent's own heritability through the same HE regression
-        h2, se = he_regression(grm, latent[in_grm].reshape(-1, 1), h2_covariates, seed=seed)
+        h2, se = he.h2(latent[in_grm].reshape(-1, 1))
         ceiling = {"latent_h2": float(h2[0]), "latent_h2_se": float(se[0])}
 
     rows, hits, first_pcs, predicted_latents = [], {}, {}, {}
@@ -152,7 +153,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
                                    Path(cohort_dir), stage / "gwas" / f"{name.replace(' ', '_')}_{side}", workers)
             significant = set(gwas.filter(pl.col("p_value") < GENOME_WIDE)["variant_id"].to_list())
             hits[(name, side)] = significant
-            h2, se = he_regression(grm, pcs[in_grm], h2_covariates, seed=seed)
+            h2, se = he.h2(pcs[in_grm])
             row |= {f"{side}_loci": int(gwas["loci"][0]), f"{side}_variants_at_5e-8": len(significant),
                     f"{side}_lambda_gc": float(gwas["lambda_gc"][0]),
                     f"{side}_latent_variants_at_5e-8": len(significant & latent_variants),
@@ -160,12 +161,12 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
                     f"{side}_max_h2_z": float(np.max(h2 / np.where(se > 0, se, np.inf)))}
         if len(sides) == 2:
             row |= _sides_compared(hits[(name, "t1")], hits[(name, "t2")], first_pcs[(name, "t1")],
-                                   first_pcs[(name, "t2")], grm, h2_covariates, seed, genetic_correlation)
+                                   first_pcs[(name, "t2")], he)
         rows.append(row)
     if ("t1", "t1") in hits and ("t2", "t2") in hits:  # the two single-modality models against each other
         rows.append({"model": "t1 + t2 (single-modality models)",
                      **_sides_compared(hits[("t1", "t1")], hits[("t2", "t2")], first_pcs[("t1", "t1")],
-                                       first_pcs[("t2", "t2")], grm, h2_covariates, seed, genetic_correlation)})
+                                       first_pcs[("t2", "t2")], he)})
     table = pl.DataFrame(rows, infer_schema_length=None)
     table.write_csv(stage / "evaluation.csv")
     learned = {key: paired_r2_difference(target[test], predicted_latents[("joint", key)],
@@ -186,13 +187,12 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     return summary
 
 
-def _sides_compared(hits_a: set, hits_b: set, pc_a: np.ndarray, pc_b: np.ndarray, grm, covariates, seed,
-                    genetic_correlation) -> dict:
+def _sides_compared(hits_a: set, hits_b: set, pc_a: np.ndarray, pc_b: np.ndarray, he) -> dict:
     """Hit agreement of two sides and the correlations of their first PCs: phenotypic, and genetic (bivariate HE,
     signed so that the phenotypic correlation is positive: a PC's sign is arbitrary)."""
     r = float(np.corrcoef(pc_a[:, 0], pc_b[:, 0])[0, 1])
     b = pc_b * (1 if r >= 0 else -1)
-    rg, se = genetic_correlation(grm, pc_a, b, covariates, seed=seed)
+    rg, se = he.rg(pc_a, b)
     return {**_agreement(hits_a, hits_b), "r_t1_t2": abs(r), "rg_t1_t2": float(rg[0]), "rg_t1_t2_se": float(se[0])}
 
 

@@ -60,7 +60,7 @@ def grm(cohort_dir: Path, out_prefix: Path, *, qc_dir: Path | None = None) -> di
     """`comical grm`: writes the files next to a staged name, then renames them into place; returns a summary."""
     from comical.data_io.cohort import load_cohort
     from comical.data_io.errors import InputError
-    from comical.pipelines.statgen.heritability import _qc
+    from comical.pipelines.statgen.heritability import cohort_qc
 
     out_prefix = Path(out_prefix)
     targets = [Path(f"{out_prefix}{s}") for s in (".grm.bin", ".grm.N.bin", ".grm.id")]
@@ -70,7 +70,7 @@ def grm(cohort_dir: Path, out_prefix: Path, *, qc_dir: Path | None = None) -> di
     if existing:
         raise InputError(f"--out {out_prefix}: {existing[0]} exists; choose another prefix (nothing is overwritten)")
     cohort = load_cohort(cohort_dir)
-    qc = _qc(cohort, qc_dir)
+    qc = cohort_qc(cohort, qc_dir)
     kept = qc.samples["filter"].to_numpy() == "PASS"
     variants = np.flatnonzero(qc.variants["pruned_in"].to_numpy())
     genotypes = cohort.genotypes.read(cohort.sample_index[kept], variants, dtype=np.int8)

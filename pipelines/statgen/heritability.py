@@ -89,7 +89,35 @@ def genetic_correlation(a: np.ndarray, y1: np.ndarray, y2: np.ndarray, covariate
     return estimate, se
 
 
-def _qc(cohort, qc_dir):
+class HeEstimator:
+    """h2 and rg of phenotypes of one set of subjects: exact HE on their n x n GRM (8 n^2 bytes), or randomized HE
+    (rhe.py: no GRM, memory O(n)); `auto` is exact up to EXACT_MAX_SUBJECTS. `rows`: the subjects' rows in the
+    cohort's genotypes; `variants`: the variant columns (QC'd, LD-pruned); phenotypes and `covariates` in `rows`'
+    order."""
+
+    def __init__(self, genotypes, rows: np.ndarray, variants: np.ndarray, covariates: np.ndarray, *,
+                 method: str = "auto", seed: int = 0):
+        self.method = method if method != "auto" else "exact" if len(rows) <= EXACT_MAX_SUBJECTS else "randomized"
+        self.covariates, self.seed, self.n_variants = covariates, seed, len(variants)
+        self.read = lambda start, stop: genotypes.read(rows, variants[start:stop], dtype=np.int8)  # noqa: E731
+        self.grm = relationship_matrix(self.read(0, len(variants))) if self.method == "exact" else None
+
+    def h2(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.grm is not None:
+            return he_regression(self.grm, y, self.covariates, seed=self.seed)
+        from comical.pipelines.statgen.rhe import randomized_he
+
+        return randomized_he(self.read, self.n_variants, y, self.covariates, seed=self.seed)
+
+    def rg(self, y1: np.ndarray, y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.grm is not None:
+            return genetic_correlation(self.grm, y1, y2, self.covariates, seed=self.seed)
+        from comical.pipelines.statgen.rhe import randomized_rg
+
+        return randomized_rg(self.read, self.n_variants, y1, y2, self.covariates, seed=self.seed)
+
+
+def cohort_qc(cohort, qc_dir):
     """The QC to build on: `comical qc`'s folder of this cohort, or run now."""
     from comical.pipelines.statgen.qc import QCResult, run_qc
 
@@ -138,17 +166,12 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
     if method not in ("auto", "exact", "randomized"):
         raise InputError(f"--method {method}: expected auto, exact or randomized")
     cohort = load_cohort(cohort_dir)
-    qc = _qc(cohort, qc_dir)
+    qc = cohort_qc(cohort, qc_dir)
     kept = qc.samples["filter"].to_numpy() == "PASS"
     eids = cohort.eids.cast(pl.Int64).to_numpy()
     have = np.isin(eids, table["eid"].cast(pl.Int64).to_numpy()) & kept
     if have.sum() < 50:
         raise InputError(f"--embeddings {path}: {int(have.sum())} of its subjects pass the cohort's QC; expected >= 50")
-    if method == "auto":
-        method = "exact" if have.sum() <= EXACT_MAX_SUBJECTS else "randomized"
-    if pairs and method == "randomized":
-        raise InputError(f"--rg: genetic correlation needs the exact GRM ({int(have.sum())} subjects; --method exact "
-                         "builds it: 8 n^2 bytes)")
     variants = np.flatnonzero(qc.variants["pruned_in"].to_numpy())
     order = pl.DataFrame({"eid": eids[have]}).join(table.with_columns(pl.col("eid").cast(pl.Int64)), on="eid",
                                                    how="left", maintain_order="left")
@@ -156,28 +179,20 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
     pcs = qc.pcs.join(pl.DataFrame({"eid": cohort.eids.filter(pl.Series(have))}), on="eid", how="right")
     x = np.column_stack([covariates.select("age", "sex").to_numpy().astype(float),
                          pcs.select([f"PC{i}" for i in range(1, 11)]).to_numpy()])
-    if method == "exact":
-        a = relationship_matrix(cohort.genotypes.read(cohort.sample_index[have], variants, dtype=np.int8))
-        h2, se = he_regression(a, order.select(columns).to_numpy(), x, seed=seed)
-    else:
-        from comical.pipelines.statgen.rhe import randomized_he
-
-        def read(start: int, stop: int) -> np.ndarray:
-            return cohort.genotypes.read(cohort.sample_index[have], variants[start:stop], dtype=np.int8)
-
-        h2, se = randomized_he(read, len(variants), order.select(columns).to_numpy(), x, seed=seed)
+    estimator = HeEstimator(cohort.genotypes, cohort.sample_index[have], variants, x, method=method, seed=seed)
+    h2, se = estimator.h2(order.select(columns).to_numpy())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame({"dimension": columns, "h2": h2, "se": se, "n_subjects": int(have.sum()),
                           "n_variants": int(variants.size)})
     write_atomic(out / "h2.csv", frame.write_csv())
     summary = {"n_subjects": int(have.sum()), "n_variants": int(variants.size),
-               "method": "HE-CP, jackknife se over subjects" if method == "exact" else
+               "method": "HE-CP, jackknife se over subjects" if estimator.method == "exact" else
                "randomized HE (RHE-reg), jackknife se over variant blocks",
                "mean_h2": float(np.mean(h2))}
     if pairs:
-        rg, rg_se = genetic_correlation(a, order.select([p[0] for p in pairs]).to_numpy(),
-                                        order.select([p[1] for p in pairs]).to_numpy(), x, seed=seed)
+        rg, rg_se = estimator.rg(order.select([p[0] for p in pairs]).to_numpy(),
+                                 order.select([p[1] for p in pairs]).to_numpy())
         z = dict(zip(columns, h2 / np.where(se > 0, se, np.nan)))
         # rg divides by sqrt(h2_1 h2_2): only reported where both heritabilities are clearly above 0
         weak = np.array([not (z[p[0]] > 2 and z[p[1]] > 2) for p in pairs])
