@@ -72,10 +72,12 @@ def _cell(work: Path, signal: float, seed: int, settings, epochs: int) -> dict:
 
 
 def gain(r: dict, key: str) -> str:
-    """The joint model's R^2 above its untrained architecture's, with the interval; NA without it (K = 1 has no
-    T2-only latent)."""
+    """The joint model's R^2 above its untrained architecture's, with a cell's paired interval (results.csv has each
+    seed's; a mean over seeds gets none here); NA without it (K = 1 has no T2-only latent)."""
     if r.get(f"{key}_r2_gain") is None:
         return "NA"
+    if r["seeds"] != 1:
+        return fmt(r[f"{key}_r2_gain"])
     return f"{fmt(r[f'{key}_r2_gain'])} ({fmt(r[f'{key}_r2_gain_low'])} to {fmt(r[f'{key}_r2_gain_high'])})"
 
 
@@ -91,8 +93,8 @@ def _markdown(summary, settings, epochs: int) -> str:
              "voxels' lift | T2-only latent R^2 (K > 1): joint, untrained, raw voxels | PCs with h2 > 2 se: joint, "
              "untrained, raw voxels | mean PC h2: joint, untrained, raw voxels | planted latent's own h2 (se) | "
              "latent variants at 5e-8: joint, untrained, raw voxels | largest PC h2 / se: joint, untrained, raw "
-             "voxels | bar met: joint, untrained, raw voxels | what training added: latent R^2, T2-only latent R^2 (paired "
-             "95% bootstrap interval, mean over seeds) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "voxels | bar met: joint, untrained, raw voxels | what training added: latent R^2, T2-only latent R^2 "
+             "(one seed: its paired 95% bootstrap interval) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
         triple = lambda key, d=3: ", ".join(fmt(r[f"{key}{s}"], d) for s in REFERENCES.values())  # noqa: E731
         lines.append(f"| {r['signal']:g} | {triple('latent_r2')} | {share_cell(r, 'latent_r2_share')} | "
