@@ -88,11 +88,16 @@ def paired_epoch_line(m: dict, unit: str = "samples") -> str:
             f"{m['samples_per_s']:,.0f} {unit}/s")
 
 
-def ridge_r2(x: np.ndarray, y: np.ndarray) -> float:
-    """5-fold cross-validated R^2 of a ridge regression of y on x (scikit-learn), averaged over y's columns."""
+def ridge_predictions(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """5-fold out-of-fold predictions of y by a ridge regression on x (scikit-learn; penalty chosen in each fold)."""
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import cross_val_predict
+
+    return cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), x, y, cv=5)
+
+
+def ridge_r2(x: np.ndarray, y: np.ndarray) -> float:
+    """5-fold cross-validated R^2 of a ridge regression of y on x, averaged over y's columns."""
     from sklearn.metrics import r2_score
 
-    predicted = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), x, y, cv=5)
-    return float(r2_score(y, predicted))
+    return float(r2_score(y, ridge_predictions(x, y)))

@@ -43,14 +43,6 @@ def _sides(frame: pl.DataFrame, prefix: str) -> np.ndarray:
     return frame.select(pl.col(f"^{prefix}_\\d+$")).to_numpy()
 
 
-def _oof_ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Out-of-fold predictions of y by ridge regression on x: the R^2 of these is `distributed.metrics.ridge_r2`."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.model_selection import cross_val_predict
-
-    return cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), x, y, cv=5)
-
-
 def paired_r2_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, seed: int = 0,
                          resamples: int = 2000) -> dict:
     """R^2 of predictions a minus that of b for the same y, with a 95% percentile bootstrap interval over subjects
@@ -82,6 +74,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
     from comical.data_io.cohort import load_cohort
     from sklearn.metrics import r2_score
 
+    from comical.distributed.metrics import ridge_predictions
     from comical.pipelines.gemcont.evaluate import _auc, _covariates, _embedding_gwas, _labels, _latent, _oof_scores
     from comical.pipelines.statgen.heritability import HeEstimator, cohort_qc
 
@@ -144,7 +137,7 @@ def evaluate_momentum(runs: dict[str, Path], cohort_dir: Path, stage: Path, *, w
         row |= {f"ad_covariates_{k}": v for k, v in covariates_auc.items()}
         for key, target in (("latent", latent), ("t2_latent", t2_latent)):  # 5-fold ridge on the test subjects
             if target is not None:  # the T2-only latent (K > 1): what the T2 contrast carries and T1 does not
-                predicted_latents[(name, key)] = _oof_ridge(x[test], target[test])
+                predicted_latents[(name, key)] = ridge_predictions(x[test], target[test])
                 row[f"{key}_r2"] = float(r2_score(target[test], predicted_latents[(name, key)]))
         for side in sides:
             pcs = _pcs(_sides(frame, side))
