@@ -326,6 +326,30 @@ def test_evaluate_momentum_finds_the_planted_latent_in_an_embedding_that_carries
     assert joint["t1_mean_h2"] < ceiling["latent_h2"] + 2 * ceiling["latent_h2_se"]
 
 
+def test_raw_voxel_pcs_streamed_in_batches_equal_an_in_memory_pca(momentum_run, monkeypatch):
+    """The raw-voxel reference of `evaluate momentum` reads volumes batch by batch: with every training subject in
+    its fit sample it equals scikit-learn's PCA of the whole array; with a 300-subject sample its first PCs follow."""
+    import polars as pl
+    from sklearn.decomposition import PCA
+
+    from comical.data_io.images import open_image_store
+    from comical.pipelines.momentum import evaluate
+
+    frame = pl.read_parquet(momentum_run / "embeddings.parquet").sort("eid")
+    eids, split = frame["eid"].to_numpy(), frame["split"].to_numpy()
+    store = open_image_store(json.loads((momentum_run / "model" / "model.json").read_text())["input"]["images"])
+    x = np.hstack([store.read(m, eids)[0].reshape(len(eids), -1) for m in ("t1", "t2")])
+    expected = PCA(8, random_state=0).fit(x[split == "train"]).transform(x)
+    streamed = evaluate._raw_voxels(momentum_run, eids, split, 0, components=8)
+    assert streamed["eid"].to_list() == eids.tolist()
+    np.testing.assert_allclose(streamed.select([f"raw_{k}" for k in range(8)]).to_numpy(), expected,
+                               rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    monkeypatch.setattr(evaluate, "RAW_PCA_SUBJECTS", 300)
+    sampled = evaluate._raw_voxels(momentum_run, eids, split, 0, components=8)
+    for k in range(2):
+        assert abs(np.corrcoef(sampled[f"raw_{k}"], expected[:, k])[0, 1]) > 0.9
+
+
 @pytest.mark.slow
 def test_embed_reads_a_momentum_run_and_refuses_a_model_without_embeddings(momentum_run, momentum_cohort, tmp_path,
                                                                            capsys):

@@ -37,6 +37,7 @@ from comical.pipelines.statgen.gwas import GENOME_WIDE
 
 PCS = 10  # embedding PCs per side for the GWAS and the heritabilities
 RUN_NAMES = ("joint", "t1", "t2", "autoencoder")
+RAW_PCA_SUBJECTS = 2000  # the raw-voxel PCA's fit sample: 2,000 x 145,920 voxels at 4 mm is 1.2 GB of float32
 
 
 def _sides(frame: pl.DataFrame, prefix: str) -> np.ndarray:
@@ -206,20 +207,30 @@ def _untrained(run: Path, eids: np.ndarray, split: np.ndarray, seed: int) -> pl.
 
 
 def _raw_voxels(run: Path, eids: np.ndarray, split: np.ndarray, seed: int, components: int = 64) -> pl.DataFrame:
-    """The top PCs of the raw T1 and T2 voxels (PCA fitted on the training split)."""
+    """The top PCs of the raw T1 and T2 voxels: PCA fitted on at most RAW_PCA_SUBJECTS training subjects, every
+    subject projected batch by batch (memory that of the fit sample, whatever the cohort's size)."""
     from sklearn.decomposition import PCA
 
     from comical.data_io.images import open_image_store
+    from comical.distributed.tasks.momentum import _paired_batches
 
     spec = json.loads((run / "model" / "model.json").read_text())
     store = open_image_store(spec["input"]["images"])
-    volumes = []
-    for m in ("t1", "t2"):
-        values, stored = store.read(m, eids)
-        volumes.append(values.reshape(len(values), -1)[_positions(stored, eids)])
-    x = np.hstack(volumes)
-    pca = PCA(components, random_state=seed).fit(x[split == "train"])
-    scores = pca.transform(x)
+    train = eids[split == "train"]
+    fit = np.sort(np.random.default_rng(seed).choice(train, min(len(train), RAW_PCA_SUBJECTS), replace=False))
+    sample, row = np.empty((len(fit), 2 * int(np.prod(store.shape))), np.float32), 0
+    for volumes, batch_eids in _paired_batches(store, ["t1", "t2"], fit):
+        sample[row:row + len(batch_eids)] = np.column_stack([volumes[m].reshape(len(batch_eids), -1)
+                                                             for m in ("t1", "t2")])
+        row += len(batch_eids)
+    pca = PCA(components, random_state=seed).fit(sample)
+    del sample
+    scores, stored = [], []
+    for volumes, batch_eids in _paired_batches(store, ["t1", "t2"], eids):
+        x = np.column_stack([volumes[m].reshape(len(batch_eids), -1) for m in ("t1", "t2")])
+        scores.append(pca.transform(x))
+        stored.append(batch_eids)
+    scores = np.concatenate(scores)[_positions(np.concatenate(stored), eids)]
     return pl.DataFrame({"eid": eids, "split": split, **{f"raw_{k}": scores[:, k] for k in range(components)}})
 
 
