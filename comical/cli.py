@@ -319,6 +319,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["auto", "exact", "randomized"], default="auto",
                    help="exact HE on the n x n GRM, or randomized HE (RHE-reg: no GRM, memory O(n)); auto: exact up "
                         "to 10,000 subjects (default)")
+    p.add_argument("--components", type=Path, metavar="FILE",
+                   help="variant_id and component per variant (e.g. MAF or LD bins): each component's h2 and their "
+                        "total by randomized multi-component HE (RHE-mc)")
     p.add_argument("--seed", type=int, default=0, help="the jackknife's blocks and the randomized method's vectors")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds a different run")
     p.set_defaults(handler=_heritability)
@@ -815,12 +818,16 @@ def _heritability(args) -> int:
         raise InputError(f"--rg {args.rg}: expected two column prefixes, e.g. t1_,t2_")
     run = {"command": "heritability", "embeddings": str(args.embeddings.resolve()),
            "cohort": str(args.cohort.resolve()), "rg": args.rg, "seed": args.seed, "method": args.method,
-           "qc": str(args.qc.resolve()) if args.qc else None}
-    inputs = (args.embeddings, args.cohort) + ((args.qc,) if args.qc else ())
+           "qc": str(args.qc.resolve()) if args.qc else None,
+           "components": str(args.components.resolve()) if args.components else None}
+    inputs = (args.embeddings, args.cohort) + ((args.qc,) if args.qc else ()) + (
+        (args.components,) if args.components else ())
     out = check_output_dir(args.out, run, force=args.force, inputs=inputs)
     with staged_output_dir(out, run) as stage:
         summary = heritability(args.embeddings, args.cohort, stage, rg_prefixes=prefixes, seed=args.seed,
-                               qc_dir=args.qc, method=args.method)
+                               qc_dir=args.qc, method=args.method, components=args.components)
+    for note in summary["notes"]:
+        print(f"heritability: {note}")
     rg = f", mean rg {summary['mean_rg']:.3f}" if "mean_rg" in summary else ""
     print(f"heritability: mean h2 {summary['mean_h2']:.3f} over {summary['n_subjects']} subjects and "
           f"{summary['n_variants']} pruned variants ({summary['method']}){rg} -> {out}")

@@ -14,6 +14,9 @@ on their relatedness, through the origin; Haseman & Elston 1972, the cross-produ
 computed from these sums (no pair list). Bivariate HE gives the genetic covariance of two phenotypes the same way
 (y1'Ay2 in the numerator) and rg = cov_g / sqrt(h2_1 h2_2) (NA where an h2 is not positive). Standard errors: a
 delete-one-block jackknife over subjects (50 blocks), since the pairs' residuals are not independent.
+
+With `--components FILE` (variant_id, component: MAF or LD bins, functional annotations) the variants fall into
+components and randomized multi-component HE (RHE-mc, rhe.py) gives each component's h2 and their total.
 """
 
 from __future__ import annotations
@@ -109,6 +112,13 @@ class HeEstimator:
 
         return randomized_he(self.read, self.n_variants, y, self.covariates, seed=self.seed)
 
+    def h2_components(self, y: np.ndarray, components: np.ndarray):
+        """RHE-mc (randomized whatever the size: no exact multi-component form here): (total h2, se, per-component
+        h2 (K x phenotypes), se). `components`: 0..K-1 per variant, in `variants`' order."""
+        from comical.pipelines.statgen.rhe import randomized_he_components
+
+        return randomized_he_components(self.read, components, y, self.covariates, seed=self.seed)
+
     def rg(self, y1: np.ndarray, y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.grm is not None:
             return genetic_correlation(self.grm, y1, y2, self.covariates, seed=self.seed)
@@ -132,6 +142,27 @@ def cohort_qc(cohort, qc_dir):
     return qc
 
 
+def read_components(path: Path) -> pl.DataFrame:
+    """`--components`: variant_id and component, tab- or comma-separated, one row per variant."""
+    if not path.is_file():
+        raise InputError(f"--components {path}: file not found")
+    with open(path) as f:
+        header = f.readline()
+    table = pl.read_csv(path, separator="\t" if "\t" in header else ",", infer_schema=False)
+    if not {"variant_id", "component"} <= set(table.columns):
+        raise InputError(f"--components {path}: expected columns variant_id and component; header is "
+                         f"{table.columns[:6]}")
+    table = table.select("variant_id", "component")
+    if table.null_count().sum_horizontal()[0]:
+        row = int((table["variant_id"].is_null() | table["component"].is_null()).arg_true()[0])
+        raise InputError(f"--components {path} line {row + 2}: empty variant_id or component")
+    duplicated = table["variant_id"].is_duplicated()
+    if duplicated.any():
+        raise InputError(f"--components {path}: variant {table['variant_id'][int(duplicated.arg_true()[0])]} "
+                         "appears more than once; give each variant one component")
+    return table
+
+
 def _embedding_columns(table: pl.DataFrame, path: Path) -> list[str]:
     columns = [c for c, t in table.schema.items() if c not in ("eid", "split") and t.is_numeric()]
     if "eid" not in table.columns or not columns:
@@ -141,12 +172,13 @@ def _embedding_columns(table: pl.DataFrame, path: Path) -> list[str]:
 
 def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path, *,
                  rg_prefixes: tuple[str, str] | None = None, seed: int = 0, qc_dir: str | Path | None = None,
-                 method: str = "auto") -> dict:
+                 method: str = "auto", components: str | Path | None = None) -> dict:
     """`comical heritability`: writes OUT/h2.csv (dimension, h2, se, n_subjects, n_variants), with `rg_prefixes`
     OUT/rg.csv (dimension_1, dimension_2, rg, se: each column of the first prefix with the column of the second
     prefix that has the same suffix; NA with a note unless both columns' h2 exceed 2 se), and OUT/summary.json; returns
     the summary. `qc_dir`: a `comical qc` folder of this cohort to reuse (default: QC is run). `method`: exact (the
-    n x n GRM), randomized (rhe.py: no GRM), or auto (exact up to EXACT_MAX_SUBJECTS subjects)."""
+    n x n GRM), randomized (rhe.py: no GRM), or auto (exact up to EXACT_MAX_SUBJECTS subjects). `components`: a
+    variant_id/component file; h2.csv then adds h2_<component> and se_<component> (RHE-mc), h2 being their total."""
     import json
 
     from comical.data_io.cohort import load_cohort
@@ -165,7 +197,14 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
             raise InputError(f"--rg {first},{second}: no column pair {first}X / {second}X in {path}")
     if method not in ("auto", "exact", "randomized"):
         raise InputError(f"--method {method}: expected auto, exact or randomized")
+    if components is not None and method == "exact":
+        raise InputError("--components with --method exact: multi-component HE is randomized (RHE-mc) only")
+    annotation = read_components(Path(components)) if components is not None else None
     cohort = load_cohort(cohort_dir)
+    known = cohort.genotypes.variants["variant_id"].implode()
+    if annotation is not None and not annotation["variant_id"].is_in(known).any():
+        raise InputError(f"--components {components}: names none of the cohort's variants (variant_id as in its "
+                         ".bim)")
     qc = cohort_qc(cohort, qc_dir)
     kept = qc.samples["filter"].to_numpy() == "PASS"
     eids = cohort.eids.cast(pl.Int64).to_numpy()
@@ -173,23 +212,48 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
     if have.sum() < 50:
         raise InputError(f"--embeddings {path}: {int(have.sum())} of its subjects pass the cohort's QC; expected >= 50")
     variants = np.flatnonzero(qc.variants["pruned_in"].to_numpy())
+    notes = []
+    if annotation is not None:  # the pruned variants the file names, each with its component's index
+        named = qc.variants.select("variant_id").with_row_index("column").join(annotation, on="variant_id")
+        named = named.filter(pl.col("column").is_in(variants)).sort("column")
+        if named.is_empty():
+            raise InputError(f"--components {components}: names none of the {variants.size} variants that pass QC "
+                             "and LD pruning")
+        if named.height < variants.size:
+            notes.append(f"{variants.size - named.height} of {variants.size} pruned variants are not in "
+                         "--components: left out")
+        names = sorted(named["component"].unique().to_list())
+        variants = named["column"].to_numpy()
+        component_index = named["component"].replace_strict(names, list(range(len(names)))).to_numpy()
     order = pl.DataFrame({"eid": eids[have]}).join(table.with_columns(pl.col("eid").cast(pl.Int64)), on="eid",
                                                    how="left", maintain_order="left")
     covariates = cohort.covariates.filter(pl.Series(have))
     pcs = qc.pcs.join(pl.DataFrame({"eid": cohort.eids.filter(pl.Series(have))}), on="eid", how="right")
     x = np.column_stack([covariates.select("age", "sex").to_numpy().astype(float),
                          pcs.select([f"PC{i}" for i in range(1, 11)]).to_numpy()])
-    estimator = HeEstimator(cohort.genotypes, cohort.sample_index[have], variants, x, method=method, seed=seed)
-    h2, se = estimator.h2(order.select(columns).to_numpy())
+    estimator = HeEstimator(cohort.genotypes, cohort.sample_index[have], variants, x,
+                            method="randomized" if annotation is not None else method, seed=seed)
+    y = order.select(columns).to_numpy()
+    per_component = {}
+    if annotation is None:
+        h2, se = estimator.h2(y)
+    else:
+        h2, se, parts, parts_se = estimator.h2_components(y, component_index)
+        for k, name in enumerate(names):
+            per_component |= {f"h2_{name}": parts[k], f"se_{name}": parts_se[k]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = pl.DataFrame({"dimension": columns, "h2": h2, "se": se, "n_subjects": int(have.sum()),
+    frame = pl.DataFrame({"dimension": columns, "h2": h2, "se": se, **per_component, "n_subjects": int(have.sum()),
                           "n_variants": int(variants.size)})
     write_atomic(out / "h2.csv", frame.write_csv())
     summary = {"n_subjects": int(have.sum()), "n_variants": int(variants.size),
                "method": "HE-CP, jackknife se over subjects" if estimator.method == "exact" else
-               "randomized HE (RHE-reg), jackknife se over variant blocks",
-               "mean_h2": float(np.mean(h2))}
+               "randomized HE (RHE-reg), jackknife se over variant blocks" if annotation is None else
+               f"randomized multi-component HE (RHE-mc, {len(names)} components), jackknife se over variant blocks",
+               "mean_h2": float(np.mean(h2)), "notes": notes}
+    if annotation is not None:
+        summary["components"] = {name: {"variants": int((component_index == k).sum()),
+                                        "mean_h2": float(np.nanmean(parts[k]))} for k, name in enumerate(names)}
     if pairs:
         rg, rg_se = estimator.rg(order.select([p[0] for p in pairs]).to_numpy(),
                                  order.select([p[1] for p in pairs]).to_numpy())

@@ -12,6 +12,16 @@ Pazokitoroudi et al. 2020), from per-block sums kept in the pass (memory O(n B J
 randomisation's own variance, which the jackknife cannot see (every leave-out reuses the same vectors): by the
 delta method, var(h2) from tr(A^2)'s Monte Carlo error is (h2 / (tr(A^2) - sum A_jj^2))^2 var(||A u||^2) / B.
 The bivariate form (`randomized_rg`) replaces y'Ay by y1'Ay2 = (Z'y1)'(Z'y2) / m in the same pass.
+
+Multi-component (RHE-mc, Pazokitoroudi et al. 2020; `randomized_he_components`): the variants fall into K
+components, A_k = Z_k Z_k' / m_k, and var(y) = sum_k s_k A_k + s_e I. The same moments on the pairs i != j give the
+K x K normal equations
+
+    sum_l (tr(A_k A_l) - sum_i A_k,ii A_l,ii) s_l = y'A_k y - sum_i A_k,ii y_i^2,
+
+with tr(A_k A_l) = E (A_k u)'(A_l u) from the same vectors; K = 1 is RHE-reg above. Total h2 = sum_k s_k. The
+randomisation's variance of s generalises by the delta method: vector b moves the matrix by dT_b, so s by
+-M^-1 dT_b s.
 """
 
 from __future__ import annotations
@@ -30,16 +40,30 @@ def randomized_he(read: Callable[[int, int], np.ndarray], n_variants: int, y: np
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(h2 estimates, jackknife standard errors), one per column of `y`. `read(start, stop)`: int8 allele counts
     (-127 missing) of the subjects (rows, in `y`'s order) for variants start..stop-1 of `n_variants`."""
+    h2, se, _, _ = randomized_he_components(read, np.zeros(n_variants, int), y, covariates, vectors=vectors,
+                                            blocks=blocks, seed=seed)
+    return h2, se
+
+
+def randomized_he_components(read: Callable[[int, int], np.ndarray], components: np.ndarray, y: np.ndarray,
+                             covariates: np.ndarray, *, vectors: int = VECTORS, blocks: int = JACKKNIFE_BLOCKS,
+                             seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """RHE-mc: (total h2, its se, per-component h2 (K x phenotypes), their se). `components[v]`: the component
+    (0..K-1) of variant v, for every variant `read` reaches; a component with no polymorphic variant gets NaN."""
     from comical.pipelines.statgen.heritability import _residualised
 
     y = _residualised(np.asarray(y, float).reshape(len(y), -1), covariates)
-    sums = _pass(read, n_variants, y, None, vectors=vectors, blocks=blocks, seed=seed)
-    every = np.ones(len(sums["m"]), bool)
-    h2, denominator, per_vector = sums["estimate"](every, "q11", y, y)
+    sums = _pass(read, components, y, None, vectors=vectors, blocks=blocks, seed=seed)
+    every = np.ones(sums["blocks"], bool)
+    parts, per_vector = sums["estimate"](every, "q11", y, y)
     leave_out = np.stack([sums["estimate"](every & (np.arange(len(every)) != j), "q11", y, y)[0]
-                          for j in range(len(every))])
-    monte_carlo = (h2 / denominator) ** 2 * per_vector.var(ddof=1) / vectors
-    return h2, np.sqrt(_jackknife_variance(leave_out) + monte_carlo)
+                          for j in range(len(every))])  # blocks x K x phenotypes
+    monte_carlo = (per_vector ** 2).mean(0) / vectors  # K x phenotypes, and the total's below
+    total_monte_carlo = (per_vector.sum(1) ** 2).mean(0) / vectors
+    se = np.sqrt(_jackknife_variance(leave_out) + monte_carlo)
+    # a component without polymorphic variants adds nothing to the total
+    total_se = np.sqrt(_jackknife_variance(np.nansum(leave_out, 1)) + total_monte_carlo)
+    return np.nansum(parts, 0), total_se, parts, se
 
 
 def randomized_rg(read: Callable[[int, int], np.ndarray], n_variants: int, y1: np.ndarray, y2: np.ndarray,
@@ -53,16 +77,16 @@ def randomized_rg(read: Callable[[int, int], np.ndarray], n_variants: int, y1: n
 
     first = _residualised(np.asarray(y1, float).reshape(len(y1), -1), covariates)
     second = _residualised(np.asarray(y2, float).reshape(len(y2), -1), covariates)
-    sums = _pass(read, n_variants, first, second, vectors=vectors, blocks=blocks, seed=seed)
+    sums = _pass(read, np.zeros(n_variants, int), first, second, vectors=vectors, blocks=blocks, seed=seed)
 
     def rg(keep: np.ndarray) -> np.ndarray:
-        h1 = sums["estimate"](keep, "q11", first, first)[0]
-        h2 = sums["estimate"](keep, "q22", second, second)[0]
-        covariance = sums["estimate"](keep, "q12", first, second)[0]
+        h1 = sums["estimate"](keep, "q11", first, first)[0][0]
+        h2 = sums["estimate"](keep, "q22", second, second)[0][0]
+        covariance = sums["estimate"](keep, "q12", first, second)[0][0]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where((h1 > 0) & (h2 > 0), covariance / np.sqrt(h1 * h2), np.nan)
 
-    every = np.ones(len(sums["m"]), bool)
+    every = np.ones(sums["blocks"], bool)
     estimate = rg(every)
     leave_out = np.stack([rg(every & (np.arange(len(every)) != j)) for j in range(len(every))])
     se = np.full(len(estimate), np.nan)
@@ -76,41 +100,55 @@ def _jackknife_variance(leave_out: np.ndarray) -> np.ndarray:
     return (count - 1) / count * ((leave_out - leave_out.mean(0)) ** 2).sum(0)
 
 
-def _pass(read, n_variants: int, y1: np.ndarray, y2: np.ndarray | None, *, vectors: int, blocks: int,
+def _pass(read, components: np.ndarray, y1: np.ndarray, y2: np.ndarray | None, *, vectors: int, blocks: int,
           seed: int) -> dict:
-    """One pass over the genotypes in variant blocks: per block, sum over its variants of (z'y1)^2 (q11), and with
-    y2 of (z'y2)^2 (q22) and (z'y1)(z'y2) (q12); Z_j (Z_j'U), the row sums of Z_j^2 and the polymorphic count. Its
-    `estimate(keep, q, ya, yb)` gives the HE estimates over the kept blocks, the denominator and ||A u_b||^2."""
+    """One pass over the genotypes in variant blocks: per block and component, sum over its variants of (z'y1)^2
+    (q11), and with y2 of (z'y2)^2 (q22) and (z'y1)(z'y2) (q12); Z_jk (Z_jk'U), the row sums of Z_jk^2 and the
+    polymorphic count. Its `estimate(keep, q, ya, yb)` gives the HE estimates over the kept blocks (K x phenotypes)
+    and each vector's delta-method deviation of them (vectors x K x phenotypes)."""
     from comical.data_io.pca import standardized_genotypes
 
-    n = len(y1)
+    n, n_variants, k_count = len(y1), len(components), int(components.max()) + 1
     u = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n, vectors))
     edges = np.linspace(0, n_variants, min(blocks, n_variants) + 1).astype(int)
     count = len(edges) - 1
-    q = {key: np.zeros((count, y1.shape[1])) for key in (("q11",) if y2 is None else ("q11", "q22", "q12"))}
-    w = np.zeros((count, n, vectors), np.float32)  # per block: Z_j (Z_j'U)
-    d = np.zeros((count, n))  # per block: row sums of Z_j^2
-    m = np.zeros(count)  # per block: polymorphic variants
+    q = {key: np.zeros((count, k_count, y1.shape[1]))
+         for key in (("q11",) if y2 is None else ("q11", "q22", "q12"))}
+    w = np.zeros((count, k_count, n, vectors), np.float32)  # per block and component: Z_jk (Z_jk'U)
+    d = np.zeros((count, k_count, n))  # row sums of Z_jk^2
+    m = np.zeros((count, k_count))  # polymorphic variants
     for j, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         for start in range(lo, hi, READ_VARIANTS):
-            z = standardized_genotypes(read(start, min(start + READ_VARIANTS, hi))).astype(np.float64)
-            zy1 = z.T @ y1
-            q["q11"][j] += (zy1 ** 2).sum(0)
-            if y2 is not None:
-                zy2 = z.T @ y2
-                q["q22"][j] += (zy2 ** 2).sum(0)
-                q["q12"][j] += (zy1 * zy2).sum(0)
-            w[j] += (z @ (z.T @ u)).astype(np.float32)
-            d[j] += (z * z).sum(1)
-            m[j] += int((z.std(0) > 0).sum())
+            stop = min(start + READ_VARIANTS, hi)
+            z_all = standardized_genotypes(read(start, stop)).astype(np.float64)
+            for k in np.unique(components[start:stop]):
+                z = z_all[:, components[start:stop] == k]
+                zy1 = z.T @ y1
+                q["q11"][j, k] += (zy1 ** 2).sum(0)
+                if y2 is not None:
+                    zy2 = z.T @ y2
+                    q["q22"][j, k] += (zy2 ** 2).sum(0)
+                    q["q12"][j, k] += (zy1 * zy2).sum(0)
+                w[j, k] += (z @ (z.T @ u)).astype(np.float32)
+                d[j, k] += (z * z).sum(1)
+                m[j, k] += int((z.std(0) > 0).sum())
 
     def estimate(keep: np.ndarray, key: str, ya: np.ndarray, yb: np.ndarray):
-        """HE estimates, the denominator tr(A^2) - sum A_jj^2, and the B values ||A u_b||^2 behind tr(A^2)."""
-        scale = max(m[keep].sum(), 1)
-        diag = d[keep].sum(0) / scale
-        au = w[keep].sum(0, dtype=np.float64) / scale
-        per_vector = (au * au).sum(0)
-        denominator = per_vector.mean() - (diag * diag).sum()
-        return (q[key][keep].sum(0) / scale - diag @ (ya * yb)) / denominator, denominator, per_vector
+        scale = m[keep].sum(0)  # K
+        present = scale > 0
+        scale = np.where(present, scale, 1)
+        diag = d[keep].sum(0) / scale[:, None]  # K x n
+        au = w[keep].sum(0, dtype=np.float64) / scale[:, None, None]  # K x n x B: A_k u_b
+        per_vector = np.einsum("knb,lnb->bkl", au, au)  # (A_k u_b)'(A_l u_b)
+        matrix = per_vector.mean(0) - diag @ diag.T  # tr(A_k A_l) - sum_i A_k,ii A_l,ii
+        right = q[key][keep].sum(0) / scale[:, None] - diag @ (ya * yb)  # K x phenotypes
+        parts = np.full(right.shape, np.nan)
+        solve = np.linalg.solve(matrix[np.ix_(present, present)], right[present])
+        parts[present] = solve
+        inverse = np.linalg.inv(matrix[np.ix_(present, present)])
+        deviation = np.zeros((vectors, *right.shape))  # -M^-1 (T_b - mean T) s: the randomisation's error
+        moved = per_vector[:, present][:, :, present] - per_vector.mean(0)[np.ix_(present, present)]
+        deviation[:, present] = -np.einsum("kl,blm,mt->bkt", inverse, moved, solve)
+        return parts, deviation
 
-    return {"estimate": estimate, "m": m}
+    return {"estimate": estimate, "blocks": count}
