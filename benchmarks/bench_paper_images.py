@@ -20,7 +20,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench_image_import import _cpus, run_measured  # benchmarks/ is the script's folder: on sys.path
+from bench_image_import import _cpus, run_measured_pss  # benchmarks/ is the script's folder: on sys.path
 
 
 def steps(work: Path, cohort: Path, epochs: int) -> list[tuple[str, list[str]]]:
@@ -66,14 +66,19 @@ def main() -> None:
     for name, command in plan:
         if name in results:
             continue
-        seconds, peak = run_measured([sys.executable, "-m", "comical", *map(str, command)])
-        results[name] = {"seconds": round(seconds, 1), "peak_bytes": peak,
+        measured = run_measured_pss([sys.executable, "-m", "comical", *map(str, command)])
+        results[name] = {"seconds": round(measured["seconds"], 1), "peak_bytes": measured["peak_rss"],
+                         "peak_pss_bytes": measured["peak_pss"],
+                         "peak_pss_by_process": measured["peak_pss_by_process"],
                          "command": "comical " + " ".join(map(str, command))}
         results_path.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"{name}: {seconds:.0f} s, peak {peak / 2**30:.2f} GiB", flush=True)
+        print(f"{name}: {measured['seconds']:.0f} s, peak RSS {measured['peak_rss'] / 2**30:.2f} GiB, PSS "
+              f"{measured['peak_pss'] / 2**30:.2f} GiB", flush=True)
     machine = f"{platform.machine()}, {_cpus()} CPUs"
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:,.0f} s | {r['peak_bytes'] / 2**30:.2f} GiB | {machine} | `{r['command']}` |")
+        pss = f"{r['peak_pss_bytes'] / 2**30:.2f} GiB" if "peak_pss_bytes" in r else "not measured"
+        print(f"| {name} | {r['seconds']:,.0f} s | {r['peak_bytes'] / 2**30:.2f} GiB | {pss} | {machine} | "
+              f"`{r['command']}` |")
 
 
 if __name__ == "__main__":
