@@ -241,6 +241,11 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
         h2, se, parts, parts_se = estimator.h2_components(y, component_index)
         for k, name in enumerate(names):
             per_component |= {f"h2_{name}": parts[k], f"se_{name}": parts_se[k]}
+            if np.isnan(parts[k]).all():
+                notes.append(f"component {name}: no variant polymorphic in these subjects; h2 NA")
+            elif np.isnan(parts_se[k]).all():
+                notes.append(f"component {name}: its variants lie within one of the jackknife's variant blocks; its "
+                             "se and the total's are NA")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame({"dimension": columns, "h2": h2, "se": se, **per_component, "n_subjects": int(have.sum()),
@@ -253,7 +258,7 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
                "mean_h2": float(np.mean(h2)), "notes": notes}
     if annotation is not None:
         summary["components"] = {name: {"variants": int((component_index == k).sum()),
-                                        "mean_h2": float(np.nanmean(parts[k]))} for k, name in enumerate(names)}
+                                        "mean_h2": float(np.mean(parts[k]))} for k, name in enumerate(names)}
     if pairs:
         rg, rg_se = estimator.rg(order.select([p[0] for p in pairs]).to_numpy(),
                                  order.select([p[1] for p in pairs]).to_numpy())

@@ -49,7 +49,9 @@ def randomized_he_components(read: Callable[[int, int], np.ndarray], components:
                              covariates: np.ndarray, *, vectors: int = VECTORS, blocks: int = JACKKNIFE_BLOCKS,
                              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """RHE-mc: (total h2, its se, per-component h2 (K x phenotypes), their se). `components[v]`: the component
-    (0..K-1) of variant v, for every variant `read` reaches; a component with no polymorphic variant gets NaN."""
+    (0..K-1) of variant v, for every variant `read` reaches. A component with no polymorphic variant gets NaN and
+    adds nothing to the total; one that lies within a single jackknife block gets an NaN se, and so does the total
+    (its leave-one-block-out replicates would lose that component)."""
     from comical.pipelines.statgen.heritability import _residualised
 
     y = _residualised(np.asarray(y, float).reshape(len(y), -1), covariates)
@@ -58,12 +60,15 @@ def randomized_he_components(read: Callable[[int, int], np.ndarray], components:
     parts, per_vector = sums["estimate"](every, "q11", y, y)
     leave_out = np.stack([sums["estimate"](every & (np.arange(len(every)) != j), "q11", y, y)[0]
                           for j in range(len(every))])  # blocks x K x phenotypes
-    monte_carlo = (per_vector ** 2).mean(0) / vectors  # K x phenotypes, and the total's below
-    total_monte_carlo = (per_vector.sum(1) ** 2).mean(0) / vectors
+    present = ~np.isnan(parts[:, 0])
+    if not present.any():
+        nan = np.full(parts.shape[1], np.nan)
+        return nan, nan, parts, np.full(parts.shape, np.nan)
+    monte_carlo = (per_vector ** 2).sum(0) / (vectors - 1) / vectors  # K x phenotypes, and the total's below
+    total_monte_carlo = (per_vector.sum(1) ** 2).sum(0) / (vectors - 1) / vectors
     se = np.sqrt(_jackknife_variance(leave_out) + monte_carlo)
-    # a component without polymorphic variants adds nothing to the total
-    total_se = np.sqrt(_jackknife_variance(np.nansum(leave_out, 1)) + total_monte_carlo)
-    return np.nansum(parts, 0), total_se, parts, se
+    total_se = np.sqrt(_jackknife_variance(leave_out[:, present].sum(1)) + total_monte_carlo)
+    return parts[present].sum(0), total_se, parts, se
 
 
 def randomized_rg(read: Callable[[int, int], np.ndarray], n_variants: int, y1: np.ndarray, y2: np.ndarray,
