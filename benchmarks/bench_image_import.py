@@ -71,12 +71,13 @@ def run_measured_pss(command: list[str], *, pss_every: float = 1.0) -> dict:
     """Wall seconds; the process tree's peak summed RSS (sampled every 0.1 s: pages shared between processes, such
     as Ray's object store, count once per process that maps them); with `pss_every` > 0 also its peak summed PSS
     (each shared page split between its processes, so counted once in the sum; read from smaps every `pss_every`
-    s, which costs CPU) and each process's own peak PSS, by its title (Ray names its workers ray::<actor>)."""
+    s, which costs CPU) and each process's own peak PSS and peak USS (its private pages: PSS minus USS is its share of
+    pages it shares, Ray's object store among them), by its title (Ray names its workers ray::<actor>)."""
     import psutil
 
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    root, peak, peak_pss, by_process, last_pss = psutil.Process(process.pid), 0, 0, {}, 0.0
+    root, peak, peak_pss, by_process, last_pss, uss = psutil.Process(process.pid), 0, 0, {}, 0.0, {}
     while process.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
@@ -84,10 +85,11 @@ def run_measured_pss(command: list[str], *, pss_every: float = 1.0) -> dict:
             if pss_every and time.perf_counter() - last_pss >= pss_every:
                 last_pss, total = time.perf_counter(), 0
                 for p in tree:
-                    pss = p.memory_full_info().pss
+                    full = p.memory_full_info()
                     title = (p.cmdline() or [p.name()])[0].split("/")[-1][:60]
-                    by_process[title] = max(by_process.get(title, 0), pss)
-                    total += pss
+                    by_process[title] = max(by_process.get(title, 0), full.pss)
+                    uss[title] = max(uss.get(title, 0), full.uss)
+                    total += full.pss
                 peak_pss = max(peak_pss, total)
         except psutil.Error:
             pass
@@ -95,7 +97,8 @@ def run_measured_pss(command: list[str], *, pss_every: float = 1.0) -> dict:
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode})")
     return {"seconds": time.perf_counter() - start, "peak_rss": peak, "peak_pss": peak_pss,
-            "peak_pss_by_process": dict(sorted(by_process.items(), key=lambda kv: -kv[1])[:8])}
+            "peak_pss_by_process": dict(sorted(by_process.items(), key=lambda kv: -kv[1])[:8]),
+            "peak_uss_by_process": dict(sorted(uss.items(), key=lambda kv: -kv[1])[:8])}
 
 
 def _cpus() -> int:
