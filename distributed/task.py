@@ -53,6 +53,11 @@ class Task:
     # its paper's settings, under what a config gives: `optim:` keys, and top-level ones (batch_size, epochs)
     optim_defaults: Mapping = MappingProxyType({})
     run_defaults: Mapping = MappingProxyType({})
+    # 3-D image tasks: the validation forward runs this many rows at a time and joins the outputs named in
+    # `per_row_outputs` (dict keys or tuple positions; the rest come from the first chunk), so a validation batch of
+    # eval_batch_size candidates costs a chunk's activations (4,096 volumes at once took a worker to 10 GiB)
+    eval_chunk: int | None = None
+    per_row_outputs: tuple = ()
 
     def __init__(self) -> None:
         self.info: dict = {}
@@ -86,6 +91,27 @@ class Task:
 
     def loss(self, outputs, batch: dict[str, torch.Tensor], config, *, rank: int, world_size: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def eval_outputs(self, model, batch: dict[str, torch.Tensor], dtype: torch.dtype, chunks: int | None = None):
+        """The model's outputs on a validation batch: one forward, or with `eval_chunk` one per chunk of rows,
+        joined. `chunks`: run at least this many forwards (the extra ones on the first chunk, outputs dropped), so
+        that ZeRO-3's collective forwards stay in step across ranks."""
+        if self.eval_chunk is None:
+            return model(self.prepare(batch, dtype))
+        n = len(next(iter(batch.values())))
+        starts = range(0, n, self.eval_chunk)
+        parts = [model(self.prepare({k: v[i:i + self.eval_chunk] for k, v in batch.items()}, dtype)) for i in starts]
+        for _ in range((chunks or 0) - len(parts)):
+            model(self.prepare({k: v[:self.eval_chunk] for k, v in batch.items()}, dtype))
+        first = parts[0]
+        if isinstance(first, dict):
+            return {k: torch.cat([p[k] for p in parts]) if k in self.per_row_outputs else v for k, v in first.items()}
+        return tuple(torch.cat([p[i] for p in parts]) if i in self.per_row_outputs else v for i, v in enumerate(first))
+
+    def eval_chunks(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many forwards `eval_outputs` runs on this batch."""
+        n = len(next(iter(batch.values())))
+        return 1 if self.eval_chunk is None else -(-n // self.eval_chunk)
 
     def batch_metrics(self, outputs, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
         """Metric sums over the batch's rows, and per-row outputs (may be empty)."""

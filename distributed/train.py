@@ -202,7 +202,11 @@ def evaluate(model, task: Task, data, config: TrainConfig, *, world: int = 1, se
     tick("its first validation batch")
     for step, (rows, batch) in enumerate(eval_batches(data, config, seed)):
         tick(f"validation batch {step + 1} to be scored and the next to arrive")
-        outputs = model(task.prepare(batch, dtype))
+        chunks = None  # ZeRO-3: every rank runs as many chunked forwards as the rank that runs most
+        if task.eval_chunk is not None and world > 1 and config.engine.zero_stage == 3:
+            chunks = _common_steps(task.eval_chunks(batch), getattr(model, "device", None) or torch.device("cpu"),
+                                   op="max")
+        outputs = task.eval_outputs(model, batch, dtype, chunks)
         if rows is None:  # this rank's shard is done: the forward only keeps ZeRO-3's collectives in step
             continue
         n = len(next(iter(batch.values())))

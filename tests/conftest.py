@@ -277,3 +277,15 @@ def in_process(ray_session):
     """Training in this process for one test (`training_in_process`)."""
     with training_in_process():
         yield
+
+
+class ValidationShard:
+    """A streamed validation split as `evaluate` reads it (Ray Data's `iter_torch_batches`), over tensors."""
+
+    def __init__(self, columns: dict):
+        self.columns = columns
+
+    def iter_torch_batches(self, batch_size: int, prefetch_batches: int):
+        n = len(next(iter(self.columns.values())))
+        for i in range(0, n, batch_size):
+            yield {k: v[i:i + batch_size] for k, v in self.columns.items()}

@@ -94,6 +94,33 @@ def test_prepare_looks_up_each_image_rows_genotypes(gemcont_inputs):
         task.prepare(batch, torch.float32)
 
 
+def test_gemcont_validation_in_chunks_scores_what_one_forward_scores(gemcont_inputs):
+    """GEMCONT's validation forward runs 64 volumes at a time and joins image and genotype embeddings (the logit
+    scale is one): the loss and top-1 over batches of 100 subjects equal a single forward's."""
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.tasks.gemcont import GemcontTask
+    from comical.distributed.train import evaluate
+    from conftest import ValidationShard
+
+    manifest = json.loads((gemcont_inputs / "manifest.json").read_text())
+    table = pl.read_parquet(gemcont_inputs / "genotypes.parquet")
+    shape = manifest["image_shape"]
+    task = GemcontTask().bind({"data": str(gemcont_inputs), "modality": "t1", "image_shape": shape})
+    torch.manual_seed(0)
+    model = GemcontModel(GemcontConfig(), [0.1] * len(table["g"][0]), tuple(shape)).eval()
+    g = torch.Generator().manual_seed(1)
+    shard = ValidationShard({"eid": torch.tensor(table["eid"].to_numpy()[:150]),
+                    "t1": torch.randint(0, 255, (150, int(np.prod(shape))), generator=g, dtype=torch.uint8),
+                    "t1_scale": torch.full((150,), 0.01)})
+    config = TrainConfig.from_dict({"task": "gemcont", "eval_batch_size": 100})
+    chunked = evaluate(model, task, shard, config)
+    task.eval_chunk = None
+    whole = evaluate(model, task, shard, config)
+    assert chunked.keys() == whole.keys() and chunked["n_pairs"] == 150
+    for key in whole:
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+
+
 def test_projector_starts_at_the_effects_and_scarf_corrupts_its_fraction():
     effects = [0.3, -0.1, 0.0, 0.2]
     model = GemcontModel(GemcontConfig(), effects, (16, 16, 16))

@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import destroy_process_group, write_showcase
+from conftest import ValidationShard, destroy_process_group, write_showcase
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -32,6 +32,31 @@ def test_ema_update_matches_the_direct_computation():
     for name, p in model.key.named_parameters():
         torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * query[name])
     assert not any(p.requires_grad for p in model.key.parameters())
+
+
+@pytest.mark.parametrize("task_name", ["momentum-t1t2", "autoencoder-t1t2"])
+def test_a_validation_forward_in_chunks_scores_what_one_forward_scores(task_name):
+    """The image tasks' validation runs the forward 64 volumes at a time (memory) and joins the per-row outputs: the
+    loss and top-1 over batches of 100 candidates (two chunks, one partial) equal a single forward's."""
+    from comical.distributed.config import TrainConfig
+    from comical.distributed.task import get_task
+    from comical.distributed.train import evaluate
+
+    task = get_task(task_name).bind({"image_shape": list(SHAPE)})
+    torch.manual_seed(0)
+    model = task.build_model(SMALL, task.info)
+    g = torch.Generator().manual_seed(1)
+    shard = ValidationShard({"eid": torch.arange(150), "t1": torch.randint(0, 255, (150, 512), generator=g, dtype=torch.uint8),
+                    "t2": torch.randint(0, 255, (150, 512), generator=g, dtype=torch.uint8),
+                    "t1_scale": torch.full((150,), 0.01), "t2_scale": torch.full((150,), 0.02)})
+    config = TrainConfig.from_dict({"task": task_name, "eval_batch_size": 100, "model": SMALL.to_dict()})
+    assert task.eval_chunk == 64 and task.eval_chunks({"eid": torch.arange(100)}) == 2
+    chunked = evaluate(model, task, shard, config)
+    task.eval_chunk = None  # the instance's: one forward per batch
+    whole = evaluate(model, task, shard, config)
+    assert chunked.keys() == whole.keys() and chunked["n_pairs"] == 150
+    for key in whole:
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
 
 
 def test_queue_infonce_equals_the_written_out_loss():

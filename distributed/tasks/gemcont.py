@@ -195,6 +195,7 @@ class GemcontTask(Task):
     name = "gemcont"
     model_config = GemcontConfig
     input_path = STREAMED
+    eval_chunk, per_row_outputs = 64, (0, 1)  # the validation forward, 64 volumes at a time (the scale: one)
     selection_metric = "loss"
     # paper 001 section 3.5: AdamW 3e-4, weight decay 1e-4, cosine schedule after a warm-up
     optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "schedule": "cosine",

@@ -176,6 +176,7 @@ class MomentumTask(Task):
     views = ("t1", "t2")
     model_config = MomentumConfig
     input_path = STREAMED
+    eval_chunk, per_row_outputs = 64, ("qa", "qb", "ka", "kb")  # the validation forward, 64 volumes at a time
     selection_metric = "loss"
     optim_defaults = MappingProxyType({"learning_rate": 3e-4, "weight_decay": 1e-4, "warmup_steps": 20})
     run_defaults = MappingProxyType({"batch_size": 32})  # at most the queue (512) and a worker's share of mini's
@@ -301,6 +302,7 @@ class MomentumT2Task(MomentumTask):
 
 class AutoencoderTask(MomentumTask):
     name = "autoencoder-t1t2"
+    per_row_outputs = ("reconstruction", "target", "z")
 
     def build_model(self, model_config: MomentumConfig, info: dict) -> nn.Module:
         return Autoencoder(model_config, info["image_shape"])
