@@ -201,8 +201,8 @@ def heritability(embeddings: str | Path, cohort_dir: str | Path, out: str | Path
         raise InputError("--components with --method exact: multi-component HE is randomized (RHE-mc) only")
     annotation = read_components(Path(components)) if components is not None else None
     cohort = load_cohort(cohort_dir)
-    known = cohort.genotypes.variants["variant_id"].implode()
-    if annotation is not None and not annotation["variant_id"].is_in(known).any():
+    if annotation is not None and not annotation["variant_id"].is_in(
+            cohort.genotypes.variants["variant_id"].implode()).any():
         raise InputError(f"--components {components}: names none of the cohort's variants (variant_id as in its "
                          ".bim)")
     qc = cohort_qc(cohort, qc_dir)
